@@ -1,0 +1,1 @@
+//! muxado-uring: the muxado stream-multiplexing protocol on an io_uring engine.
