@@ -1,1 +1,17 @@
-//! muxado-uring: the muxado stream-multiplexing protocol on an io_uring engine.
+//! muxado-uring: the [muxado] stream-multiplexing protocol, wire-compatible
+//! with the Go implementations and ngrok's Rust crate, on an io_uring,
+//! thread-per-core engine.
+//!
+//! The crate is built in layers, each usable on its own:
+//! - [`frame`]: the wire codec (8-byte header, RST / DATA / WNDINC / GOAWAY);
+//! - [`proto`]: the session state machine, sans I/O;
+//! - [`Error`] and [`ErrorCode`]: what went wrong, in words and on the wire.
+//!
+//! [muxado]: https://github.com/inconshreveable/muxado
+
+pub mod error;
+pub mod frame;
+pub mod proto;
+
+pub use error::{Error, ErrorCode};
+pub use proto::Config;

@@ -1,0 +1,989 @@
+//! The sans-IO session: a plain struct fed with bytes, application calls and
+//! time, which yields bytes to transmit and events.
+//!
+//! Methods come in four kinds, called in one rhythm:
+//! - getters (`&self`): [`Session::stream_id`], [`Session::stats`], …;
+//! - `handle_*`: what arrives from the network or the clock;
+//! - mutators: the application's commands ([`Session::open`], [`Session::write`],
+//!   [`Session::read`], [`Session::reset`], …);
+//! - `poll_*`: what the caller must do next ([`Session::poll_transmit`],
+//!   [`Session::poll_event`], [`Session::poll_timeout`]), called after every
+//!   handle or mutate.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use slab::Slab;
+
+use super::config::Config;
+use super::ids::{IdAllocator, IdMap, Role};
+use super::stream::{StreamKey, StreamState};
+use crate::error::{Error, ErrorCode};
+use crate::frame::{
+    self, FrameType, Header, FLAG_FIN, FLAG_SYN, GOAWAY_FIXED_LEN, HEADER_LEN, MAX_PAYLOAD,
+};
+
+/// Largest receive window: credit must fit a WNDINC's 31 bits with room to spare.
+pub const MAX_WINDOW: u32 = 1 << 30;
+
+/// Something the caller should act on; see [`Session::poll_event`].
+///
+/// Stream events fire only for a stream whose last [`Session::read`] or
+/// [`Session::write`] had to wait, and once per wait, so the queue stays as
+/// small as the number of waiting streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A stream that waited to read has data, EOF or an error.
+    Readable(StreamKey),
+    /// A stream that waited to write has window or buffer space, or an error.
+    Writable(StreamKey),
+    /// An inbound stream is waiting (after [`Session::accept`] returned `None`),
+    /// or the session died.
+    Accept,
+    /// The peer sent GOAWAY; see [`Session::remote_goaway`].
+    GoAway,
+    /// The session died; see [`Session::error`]. Transmit what is left, then
+    /// close the transport.
+    Dead,
+}
+
+/// Counters of one session.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Frames decoded from the peer.
+    pub frames_in: u64,
+    /// Frames encoded for the peer.
+    pub frames_out: u64,
+    /// Bytes handed to [`Session::handle_input`].
+    pub bytes_in: u64,
+    /// Bytes handed out by [`Session::poll_transmit`].
+    pub bytes_out: u64,
+    /// Times a write waited because the stream's send window was empty.
+    pub window_stalls: u64,
+    /// Times a write waited for outgoing buffer space or its fairness quota.
+    pub buffer_stalls: u64,
+    /// Streams opened by this side.
+    pub streams_opened: u64,
+    /// Streams accepted from the peer.
+    pub streams_accepted: u64,
+    /// Inbound streams refused (backlog full, limit reached, after GOAWAY).
+    pub streams_refused: u64,
+}
+
+/// Where the payload bytes of the frame being read go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sink {
+    /// Appended to a stream's receive buffer.
+    Stream(StreamKey),
+    /// Read and discarded.
+    Drain,
+    /// Kept (up to the limit) as the peer's GOAWAY debug data.
+    GoAwayDebug,
+}
+
+/// Where the frame reader is within the byte stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadState {
+    /// Collecting the 8 header bytes.
+    Header,
+    /// Collecting the fixed body of an RST/WNDINC (4) or GOAWAY (8).
+    Fixed(Header),
+    /// Passing `remaining` payload bytes to `sink`.
+    Payload {
+        header: Header,
+        remaining: u32,
+        sink: Sink,
+    },
+}
+
+/// One muxado session, sans I/O.
+///
+/// ```
+/// use muxado::proto::{Event, Role, Session};
+/// use std::time::Instant;
+///
+/// let now = Instant::now();
+/// let mut client = Session::new(Role::Client, Default::default());
+/// let mut server = Session::new(Role::Server, Default::default());
+///
+/// let s = client.open().unwrap();
+/// assert_eq!(client.write(s, b"hello").unwrap(), 5);
+/// client.close_write(s).unwrap();
+///
+/// let mut wire = bytes::BytesMut::new();
+/// assert!(client.poll_transmit(&mut wire));
+/// server.handle_input(now, &wire);
+///
+/// let t = server.accept().unwrap().unwrap();
+/// let mut buf = [0u8; 16];
+/// assert_eq!(server.read(t, &mut buf).unwrap(), Some(5));
+/// assert_eq!(&buf[..5], b"hello");
+/// assert_eq!(server.read(t, &mut buf).unwrap(), Some(0)); // FIN: end of stream
+/// ```
+#[derive(Debug)]
+pub struct Session {
+    role: Role,
+    config: Config,
+    credit_threshold: u32,
+    now: Option<Instant>,
+
+    streams: Slab<StreamState>,
+    table: IdMap,
+    next_gen: u32,
+    ids: IdAllocator,
+    ids_exhausted: bool,
+    remote_last_id: u32,
+    accept_queue: VecDeque<StreamKey>,
+    want_accept: bool,
+    lingering: VecDeque<(Instant, StreamKey)>,
+
+    read_state: ReadState,
+    stash: [u8; GOAWAY_FIXED_LEN],
+    stash_len: usize,
+    pending_goaway: (u32, ErrorCode),
+
+    out: BytesMut,
+    epoch: u64,
+    buffer_waiters: VecDeque<StreamKey>,
+    events: VecDeque<Event>,
+
+    local_gone_away: bool,
+    remote_goaway: Option<(ErrorCode, Vec<u8>)>,
+    error: Option<Error>,
+    stats: Stats,
+}
+
+impl Session {
+    /// A new session in the given role. Nothing is sent until a stream writes.
+    pub fn new(role: Role, mut config: Config) -> Self {
+        config.max_window = config.max_window.clamp(1, MAX_WINDOW);
+        Session {
+            role,
+            credit_threshold: config.credit_threshold(),
+            streams: Slab::new(),
+            table: IdMap::default(),
+            next_gen: 0,
+            ids: IdAllocator::new(role),
+            ids_exhausted: false,
+            remote_last_id: role.initial_remote_last_id(),
+            accept_queue: VecDeque::with_capacity(config.accept_backlog.min(1024)),
+            want_accept: false,
+            lingering: VecDeque::new(),
+            read_state: ReadState::Header,
+            stash: [0; GOAWAY_FIXED_LEN],
+            stash_len: 0,
+            pending_goaway: (0, ErrorCode::NoError),
+            out: BytesMut::new(),
+            epoch: 1,
+            buffer_waiters: VecDeque::new(),
+            events: VecDeque::new(),
+            local_gone_away: false,
+            remote_goaway: None,
+            error: None,
+            stats: Stats::default(),
+            now: None,
+            config,
+        }
+    }
+
+    // ---- getters ---------------------------------------------------------
+
+    /// This side's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Streams alive (open, queued for accept, or held by the application).
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Inbound streams waiting for [`Session::accept`].
+    pub fn accept_queue_len(&self) -> usize {
+        self.accept_queue.len()
+    }
+
+    /// The wire id of a stream.
+    pub fn stream_id(&self, key: StreamKey) -> Result<u32, Error> {
+        Ok(self.get(key)?.id)
+    }
+
+    /// Bytes a stream may still send before it needs a WNDINC.
+    pub fn send_window(&self, key: StreamKey) -> Result<u64, Error> {
+        Ok(self.get(key)?.send_window)
+    }
+
+    /// Bytes received on a stream and not yet read.
+    pub fn readable_len(&self, key: StreamKey) -> Result<usize, Error> {
+        Ok(self.get(key)?.recv_buf.len())
+    }
+
+    /// The error that killed the session, once it is dead.
+    pub fn error(&self) -> Option<&Error> {
+        self.error.as_ref()
+    }
+
+    /// True once the session is dead.
+    pub fn is_dead(&self) -> bool {
+        self.error.is_some()
+    }
+
+    /// The peer's GOAWAY (code, debug data), if one arrived.
+    pub fn remote_goaway(&self) -> Option<(ErrorCode, &[u8])> {
+        self.remote_goaway.as_ref().map(|(c, d)| (*c, d.as_slice()))
+    }
+
+    /// Bytes waiting in the outgoing buffer.
+    pub fn pending_transmit(&self) -> usize {
+        self.out.len()
+    }
+
+    // ---- handle_* --------------------------------------------------------
+
+    /// Feeds bytes received from the transport. Any split of the byte stream
+    /// gives the same result; payloads go straight into stream buffers. After
+    /// the session dies, input is ignored.
+    pub fn handle_input(&mut self, now: Instant, mut data: &[u8]) {
+        self.now = Some(now);
+        self.stats.bytes_in += data.len() as u64;
+        while !data.is_empty() && self.error.is_none() {
+            match self.read_state {
+                ReadState::Header => {
+                    let header = if self.stash_len == 0 && data.len() >= HEADER_LEN {
+                        let (head, rest) = data.split_first_chunk::<HEADER_LEN>().expect("len");
+                        data = rest;
+                        Header::decode(head)
+                    } else {
+                        if !self.fill_stash(&mut data, HEADER_LEN) {
+                            return;
+                        }
+                        let head = self.stash[..HEADER_LEN].try_into().expect("stash");
+                        self.stash_len = 0;
+                        Header::decode(head)
+                    };
+                    self.on_header(header);
+                }
+                ReadState::Fixed(header) => {
+                    let need = match header.ty {
+                        FrameType::GoAway => GOAWAY_FIXED_LEN,
+                        _ => 4,
+                    };
+                    if !self.fill_stash(&mut data, need) {
+                        return;
+                    }
+                    self.stash_len = 0;
+                    self.read_state = ReadState::Header;
+                    self.on_fixed_body(header);
+                }
+                ReadState::Payload {
+                    header,
+                    remaining,
+                    sink,
+                } => {
+                    let n = data.len().min(remaining as usize);
+                    let (chunk, rest) = data.split_at(n);
+                    data = rest;
+                    self.on_payload(sink, chunk);
+                    let remaining = remaining - n as u32;
+                    if remaining == 0 {
+                        self.read_state = ReadState::Header;
+                        self.on_frame_end(header, sink);
+                    } else {
+                        self.read_state = ReadState::Payload {
+                            header,
+                            remaining,
+                            sink,
+                        };
+                    }
+                }
+            }
+            self.check_control_backlog();
+        }
+    }
+
+    /// The transport reached end-of-file: the session dies with PeerEOF.
+    pub fn handle_eof(&mut self) {
+        let mid_frame = self.read_state != ReadState::Header || self.stash_len != 0;
+        self.die(Error::PeerEof(if mid_frame {
+            "unexpected EOF from remote peer in the middle of a frame"
+        } else {
+            "read EOF from remote peer"
+        }));
+    }
+
+    /// The transport failed: the session dies with ErrorUnknown (0xFF).
+    pub fn handle_transport_error(&mut self, message: &str) {
+        self.die(Error::Transport(message.into()));
+    }
+
+    /// Advances the clock: streams reset long enough ago are forgotten.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = Some(now);
+        while let Some(&(deadline, key)) = self.lingering.front() {
+            if deadline > now {
+                break;
+            }
+            self.lingering.pop_front();
+            if let Some(s) = self.get_mut_opt(key) {
+                let id = s.id;
+                self.unregister(key.slot as usize, id);
+            }
+        }
+    }
+
+    // ---- mutators ---------------------------------------------------------
+
+    /// Opens a stream. Nothing is sent until its first write or FIN, which
+    /// carries SYN (lazy open, as in Go).
+    pub fn open(&mut self) -> Result<StreamKey, Error> {
+        if self.error.is_some() {
+            return Err(Error::SessionClosed);
+        }
+        if self.remote_goaway.is_some() {
+            return Err(Error::RemoteGoneAway);
+        }
+        if self.ids_exhausted {
+            return Err(Error::StreamsExhausted);
+        }
+        if self.streams.len() >= self.config.max_streams {
+            return Err(Error::TooManyStreams(self.config.max_streams));
+        }
+        let Some(id) = self.ids.allocate() else {
+            self.ids_exhausted = true;
+            return Err(Error::StreamsExhausted);
+        };
+        self.stats.streams_opened += 1;
+        Ok(self.insert_stream(id, true))
+    }
+
+    /// Takes the next inbound stream: `Ok(None)` if none is waiting (an
+    /// [`Event::Accept`] follows when one arrives). Streams queued before the
+    /// session died are still handed out; after them, the session's error.
+    pub fn accept(&mut self) -> Result<Option<StreamKey>, Error> {
+        if let Some(key) = self.accept_queue.pop_front() {
+            return Ok(Some(key));
+        }
+        if self.error.is_some() {
+            return Err(Error::SessionClosed);
+        }
+        self.want_accept = true;
+        Ok(None)
+    }
+
+    /// Queues up to `data.len()` bytes as DATA frames copied straight into the
+    /// outgoing buffer. Returns how many were taken; `Ok(0)` for non-empty
+    /// `data` means wait for [`Event::Writable`] (window empty, buffer full, or
+    /// this stream's fair share of the current transmission used up).
+    pub fn write(&mut self, key: StreamKey, data: &[u8]) -> Result<usize, Error> {
+        let room = self.config.max_send_buffer.saturating_sub(self.out.len());
+        let (epoch, quota) = (self.epoch, self.config.stream_send_quota);
+        let s = self.get_mut(key)?;
+        check_writable(s)?;
+        if data.is_empty() {
+            return Ok(0);
+        }
+        if s.epoch != epoch {
+            s.epoch = epoch;
+            s.epoch_bytes = 0;
+        }
+        let share = quota.saturating_sub(s.epoch_bytes);
+        let window = usize::try_from(s.send_window).unwrap_or(usize::MAX);
+        let n = data
+            .len()
+            .min(window)
+            .min(room)
+            .min(share)
+            .min(MAX_PAYLOAD as usize);
+        if n == 0 {
+            s.want_write = true;
+            if window == 0 {
+                self.stats.window_stalls += 1;
+            } else {
+                let queue = !std::mem::replace(&mut s.waiting_for_buffer, true);
+                self.stats.buffer_stalls += 1;
+                if queue {
+                    self.buffer_waiters.push_back(key);
+                }
+            }
+            return Ok(0);
+        }
+        let flags = if s.syn_sent { 0 } else { FLAG_SYN };
+        s.syn_sent = true;
+        s.send_window -= n as u64;
+        s.epoch_bytes += n;
+        let id = s.id;
+        frame::encode_data(&mut self.out, id, &data[..n], flags).expect("id and length checked");
+        self.stats.frames_out += 1;
+        Ok(n)
+    }
+
+    /// Copies received bytes into `dst`. `Ok(Some(n))` with n > 0: data;
+    /// `Ok(Some(0))`: the peer finished the stream (or `dst` is empty);
+    /// `Ok(None)`: nothing yet, wait for [`Event::Readable`]. Data that arrived
+    /// before a reset or the session's death is still returned before the error.
+    /// Consumed bytes are credited back to the peer with coalesced WNDINCs.
+    pub fn read(&mut self, key: StreamKey, dst: &mut [u8]) -> Result<Option<usize>, Error> {
+        let s = self.get_mut(key)?;
+        if !s.recv_buf.is_empty() {
+            let n = dst.len().min(s.recv_buf.len());
+            dst[..n].copy_from_slice(&s.recv_buf[..n]);
+            s.recv_buf.advance(n);
+            self.credit(key, n);
+            return Ok(Some(n));
+        }
+        if dst.is_empty() || s.recv_fin {
+            return Ok(Some(0));
+        }
+        if let Some(e) = &s.error {
+            return Err(e.clone());
+        }
+        if s.closed {
+            return Err(Error::StreamClosed);
+        }
+        s.want_read = true;
+        Ok(None)
+    }
+
+    /// Half-closes the stream: sends FIN (with SYN if nothing was sent yet).
+    /// Reading continues. Calling it again does nothing (Go would send
+    /// another empty FIN frame).
+    pub fn close_write(&mut self, key: StreamKey) -> Result<(), Error> {
+        let s = self.get_mut(key)?;
+        if s.send_fin && s.error.is_none() {
+            return Ok(());
+        }
+        check_writable(s)?;
+        self.send_fin(key);
+        Ok(())
+    }
+
+    /// Closes the stream like Go's `Close`: sends FIN if not yet sent, then
+    /// forgets the stream's id, so that data the peer still sends is answered
+    /// with RST StreamClosed. Data already received can still be read; after
+    /// it, reads fail with [`Error::StreamClosed`]. No RST is sent.
+    pub fn close(&mut self, key: StreamKey) -> Result<(), Error> {
+        let dead = self.error.is_some();
+        let s = self.get_mut(key)?;
+        if s.closed {
+            return Ok(());
+        }
+        s.closed = true;
+        if dead || s.error.is_some() {
+            // A reset stream lingers in the table by itself; nothing to send.
+            return Ok(());
+        }
+        if !s.send_fin {
+            self.send_fin(key);
+        }
+        let id = self.streams[key.slot as usize].id;
+        self.unregister(key.slot as usize, id);
+        Ok(())
+    }
+
+    /// Resets the stream: sends RST(code) if the peer knows the stream, fails
+    /// both directions locally and drops buffered data. The id stays known for
+    /// [`Config::reset_linger`] so late frames are absorbed silently.
+    pub fn reset(&mut self, key: StreamKey, code: ErrorCode) -> Result<(), Error> {
+        let dead = self.error.is_some();
+        let s = self.get_mut(key)?;
+        if s.error.is_some() || dead {
+            return Ok(());
+        }
+        let in_table = s.in_table;
+        s.recv_buf = BytesMut::new();
+        if in_table {
+            self.reset_stream(key, code);
+        } else {
+            self.fail_stream(key, Error::LocalReset(code));
+        }
+        Ok(())
+    }
+
+    /// The application dropped its handle. An open stream is closed as by
+    /// [`Session::close`]; the slot is freed once the id is forgotten.
+    pub fn release(&mut self, key: StreamKey) {
+        let Ok(s) = self.get_mut(key) else { return };
+        if !s.closed {
+            let _ = self.close(key);
+        }
+        let s = &mut self.streams[key.slot as usize];
+        s.held = false;
+        s.recv_buf = BytesMut::new();
+        self.maybe_free(key.slot as usize);
+    }
+
+    /// Sends GOAWAY(code, debug) without closing: from now on inbound SYNs are
+    /// refused with RST StreamRefused; existing streams carry on. (Old Go peers
+    /// mis-read a GOAWAY followed by other frames; see the README.)
+    pub fn go_away(&mut self, code: ErrorCode, debug: &[u8]) -> Result<(), Error> {
+        if self.error.is_some() {
+            return Err(Error::SessionClosed);
+        }
+        let debug = &debug[..debug.len().min(MAX_PAYLOAD as usize - GOAWAY_FIXED_LEN)];
+        frame::encode_goaway(&mut self.out, self.remote_last_id, code, debug)
+            .expect("last id and length are in range");
+        self.stats.frames_out += 1;
+        self.local_gone_away = true;
+        Ok(())
+    }
+
+    /// Closes the session: GOAWAY(NoError, "no error"), then nothing more is
+    /// sent. Every stream fails with SessionClosed. A second call does nothing.
+    pub fn close_session(&mut self) {
+        self.die(Error::SessionClosed);
+    }
+
+    // ---- poll_* -----------------------------------------------------------
+
+    /// Hands the bytes to transmit to the caller by swapping buffers: `spare`
+    /// (its contents are discarded, its capacity reused) becomes the session's
+    /// new outgoing buffer and the filled one is returned in `spare`, so
+    /// neither side copies or allocates. Returns false when there is nothing to
+    /// send. Writers that waited for buffer space are woken.
+    pub fn poll_transmit(&mut self, spare: &mut BytesMut) -> bool {
+        if self.out.is_empty() {
+            return false;
+        }
+        spare.clear();
+        std::mem::swap(spare, &mut self.out);
+        self.stats.bytes_out += spare.len() as u64;
+        self.epoch += 1;
+        while let Some(key) = self.buffer_waiters.pop_front() {
+            if let Some(s) = self.get_mut_opt(key) {
+                s.waiting_for_buffer = false;
+                self.notify_write(key);
+            }
+        }
+        true
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.lingering.front().map(|&(t, _)| t)
+    }
+
+    // ---- frame reading ----------------------------------------------------
+
+    /// Moves bytes from `data` into the stash until it holds `need`; true when full.
+    fn fill_stash(&mut self, data: &mut &[u8], need: usize) -> bool {
+        let n = (need - self.stash_len).min(data.len());
+        self.stash[self.stash_len..self.stash_len + n].copy_from_slice(&data[..n]);
+        self.stash_len += n;
+        *data = &data[n..];
+        self.stash_len == need
+    }
+
+    fn on_header(&mut self, header: Header) {
+        self.stats.frames_in += 1;
+        if let Err(e) = header.validate() {
+            self.die(Error::Protocol {
+                code: e.code(),
+                reason: e.reason(),
+            });
+            return;
+        }
+        match header.ty {
+            FrameType::Rst | FrameType::WndInc | FrameType::GoAway => {
+                self.read_state = ReadState::Fixed(header);
+            }
+            FrameType::Data => {
+                let sink = self.on_data_header(header);
+                self.begin_payload(header, header.length, sink);
+            }
+            FrameType::Unknown(_) => self.begin_payload(header, header.length, Sink::Drain),
+        }
+    }
+
+    fn begin_payload(&mut self, header: Header, len: u32, sink: Sink) {
+        if len == 0 {
+            self.read_state = ReadState::Header;
+            self.on_frame_end(header, sink);
+        } else {
+            self.read_state = ReadState::Payload {
+                header,
+                remaining: len,
+                sink,
+            };
+        }
+    }
+
+    fn on_fixed_body(&mut self, header: Header) {
+        let id = header.stream_id;
+        match header.ty {
+            FrameType::Rst => {
+                let code = frame::parse_rst(self.stash[..4].try_into().expect("4"));
+                if let Some(&slot) = self.table.get(&id) {
+                    let key = self.key_of(slot);
+                    self.fail_stream(key, Error::RemoteReset(code));
+                    self.unregister(slot, id);
+                }
+            }
+            FrameType::WndInc => {
+                let inc = match frame::parse_wndinc(self.stash[..4].try_into().expect("4")) {
+                    Ok(inc) => inc,
+                    Err(e) => {
+                        self.die(Error::Protocol {
+                            code: e.code(),
+                            reason: e.reason(),
+                        });
+                        return;
+                    }
+                };
+                if let Some(&slot) = self.table.get(&id) {
+                    let s = &mut self.streams[slot];
+                    s.send_window = s.send_window.saturating_add(u64::from(inc));
+                    let key = self.key_of(slot);
+                    self.notify_write(key);
+                }
+            }
+            FrameType::GoAway => {
+                let fixed = self.stash[..GOAWAY_FIXED_LEN].try_into().expect("8");
+                self.pending_goaway = frame::parse_goaway(fixed);
+                let debug = self
+                    .remote_goaway
+                    .get_or_insert_with(|| (ErrorCode::NoError, Vec::new()));
+                debug.1.clear();
+                let debug_len = header.length - GOAWAY_FIXED_LEN as u32;
+                self.begin_payload(header, debug_len, Sink::GoAwayDebug);
+            }
+            FrameType::Data | FrameType::Unknown(_) => unreachable!("no fixed body"),
+        }
+    }
+
+    /// Decides where a DATA frame's payload goes, applying SYN, table and
+    /// flow-control rules (reference §6). Every rejected payload is drained.
+    fn on_data_header(&mut self, h: Header) -> Sink {
+        let id = h.stream_id;
+        if h.syn() {
+            if !self.role.is_remote_id(id) {
+                self.die(Error::Protocol {
+                    code: ErrorCode::ProtocolError,
+                    reason: "SYN on a stream id of the wrong parity",
+                });
+                return Sink::Drain;
+            }
+            if self.table.contains_key(&id) {
+                self.die(Error::Protocol {
+                    code: ErrorCode::ProtocolError,
+                    reason: "duplicate SYN for an open stream",
+                });
+                return Sink::Drain;
+            }
+            let over_limit = self.streams.len() >= self.config.max_streams;
+            let refuse = if self.local_gone_away || over_limit {
+                Some(ErrorCode::StreamRefused)
+            } else if self.accept_queue.len() >= self.config.accept_backlog {
+                Some(ErrorCode::AcceptQueueFull)
+            } else {
+                None
+            };
+            if let Some(code) = refuse {
+                self.stats.streams_refused += 1;
+                self.send_rst(id, code);
+                return Sink::Drain;
+            }
+            let key = self.insert_stream(id, false);
+            self.remote_last_id = id;
+            self.stats.streams_accepted += 1;
+            self.accept_queue.push_back(key);
+            if std::mem::take(&mut self.want_accept) {
+                self.events.push_back(Event::Accept);
+            }
+        }
+        let Some(&slot) = self.table.get(&id) else {
+            if !(h.length == 0 && h.fin()) {
+                self.send_rst(id, ErrorCode::StreamClosed);
+            }
+            return Sink::Drain;
+        };
+        let key = self.key_of(slot);
+        let window = self.config.max_window as usize;
+        let s = &mut self.streams[slot];
+        if !s.accepts_data() {
+            if h.length > 0 && !s.rst_sent && s.error.is_none() {
+                self.reset_stream(key, ErrorCode::StreamClosed);
+            }
+            return Sink::Drain;
+        }
+        if s.recv_buf.len() + h.length as usize > window {
+            self.reset_stream(key, ErrorCode::FlowControlError);
+            return Sink::Drain;
+        }
+        if h.length > 0 {
+            s.recv_buf.reserve(h.length as usize);
+        }
+        Sink::Stream(key)
+    }
+
+    fn on_payload(&mut self, sink: Sink, chunk: &[u8]) {
+        match sink {
+            Sink::Stream(key) => {
+                if let Some(s) = self.get_mut_opt(key) {
+                    if s.accepts_data() {
+                        s.recv_buf.extend_from_slice(chunk);
+                        self.notify_read(key);
+                    }
+                }
+            }
+            Sink::GoAwayDebug => {
+                let limit = self.config.max_goaway_debug;
+                if let Some((_, debug)) = &mut self.remote_goaway {
+                    let n = chunk.len().min(limit.saturating_sub(debug.len()));
+                    debug.extend_from_slice(&chunk[..n]);
+                }
+            }
+            Sink::Drain => {}
+        }
+    }
+
+    fn on_frame_end(&mut self, h: Header, sink: Sink) {
+        match (h.ty, sink) {
+            (FrameType::Data, Sink::Stream(key)) if h.fin() => {
+                let Some(s) = self.get_mut_opt(key) else {
+                    return;
+                };
+                if !s.accepts_data() {
+                    return;
+                }
+                s.recv_fin = true;
+                s.credit = 0;
+                let (fully, id) = (s.fully_closed(), s.id);
+                self.notify_read(key);
+                if fully {
+                    self.unregister(key.slot as usize, id);
+                }
+            }
+            (FrameType::GoAway, _) => self.on_goaway(),
+            _ => {}
+        }
+    }
+
+    /// The peer's GOAWAY is complete: no more opens, and our streams above its
+    /// last id fail with RemoteGoneAway (no RST: the peer never saw them).
+    fn on_goaway(&mut self) {
+        let (last, code) = self.pending_goaway;
+        if let Some(g) = &mut self.remote_goaway {
+            g.0 = code;
+        }
+        let doomed: Vec<(usize, u32)> = self
+            .table
+            .iter()
+            .filter(|&(&id, &slot)| self.streams[slot].local && id > last)
+            .map(|(&id, &slot)| (slot, id))
+            .collect();
+        for (slot, id) in doomed {
+            let key = self.key_of(slot);
+            self.fail_stream(key, Error::RemoteGoneAway);
+            self.unregister(slot, id);
+        }
+        self.events.push_back(Event::GoAway);
+    }
+
+    // ---- internals --------------------------------------------------------
+
+    fn insert_stream(&mut self, id: u32, local: bool) -> StreamKey {
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let gen = self.next_gen;
+        let slot = self
+            .streams
+            .insert(StreamState::new(id, gen, local, self.config.max_window));
+        self.table.insert(id, slot);
+        StreamKey {
+            slot: slot as u32,
+            gen,
+        }
+    }
+
+    fn key_of(&self, slot: usize) -> StreamKey {
+        StreamKey {
+            slot: slot as u32,
+            gen: self.streams[slot].gen,
+        }
+    }
+
+    fn get(&self, key: StreamKey) -> Result<&StreamState, Error> {
+        match self.streams.get(key.slot as usize) {
+            Some(s) if s.gen == key.gen && s.held => Ok(s),
+            _ => Err(Error::StaleHandle),
+        }
+    }
+
+    fn get_mut(&mut self, key: StreamKey) -> Result<&mut StreamState, Error> {
+        match self.streams.get_mut(key.slot as usize) {
+            Some(s) if s.gen == key.gen && s.held => Ok(s),
+            _ => Err(Error::StaleHandle),
+        }
+    }
+
+    fn get_mut_opt(&mut self, key: StreamKey) -> Option<&mut StreamState> {
+        self.streams
+            .get_mut(key.slot as usize)
+            .filter(|s| s.gen == key.gen)
+    }
+
+    /// Forgets the stream's id; frees the slot if nobody holds it.
+    fn unregister(&mut self, slot: usize, id: u32) {
+        let s = &mut self.streams[slot];
+        if s.in_table {
+            s.in_table = false;
+            self.table.remove(&id);
+        }
+        self.maybe_free(slot);
+    }
+
+    fn maybe_free(&mut self, slot: usize) {
+        let s = &self.streams[slot];
+        if !s.in_table && !s.held {
+            self.streams.remove(slot);
+        }
+    }
+
+    fn send_fin(&mut self, key: StreamKey) {
+        let s = &mut self.streams[key.slot as usize];
+        let flags = if s.syn_sent {
+            FLAG_FIN
+        } else {
+            FLAG_FIN | FLAG_SYN
+        };
+        s.syn_sent = true;
+        s.send_fin = true;
+        let (id, fully) = (s.id, s.fully_closed());
+        frame::encode_data(&mut self.out, id, &[], flags).expect("valid id");
+        self.stats.frames_out += 1;
+        if fully {
+            self.unregister(key.slot as usize, id);
+        }
+    }
+
+    fn send_rst(&mut self, id: u32, code: ErrorCode) {
+        if self.error.is_none() {
+            frame::encode_rst(&mut self.out, id, code).expect("valid id");
+            self.stats.frames_out += 1;
+        }
+    }
+
+    /// Resets a stream that is in the table: one RST (if the peer knows the
+    /// stream), the stream fails, and its id lingers to absorb late frames.
+    fn reset_stream(&mut self, key: StreamKey, code: ErrorCode) {
+        let s = &mut self.streams[key.slot as usize];
+        let send = s.syn_sent && !s.rst_sent;
+        s.rst_sent = true;
+        let id = s.id;
+        if send {
+            self.send_rst(id, code);
+        }
+        self.fail_stream(key, Error::LocalReset(code));
+        let now = self.now.unwrap_or_else(Instant::now);
+        self.lingering
+            .push_back((now + self.config.reset_linger, key));
+    }
+
+    fn fail_stream(&mut self, key: StreamKey, error: Error) {
+        let s = &mut self.streams[key.slot as usize];
+        if s.error.is_none() {
+            s.error = Some(error);
+        }
+        self.notify_read(key);
+        self.notify_write(key);
+    }
+
+    fn notify_read(&mut self, key: StreamKey) {
+        let s = &mut self.streams[key.slot as usize];
+        if std::mem::take(&mut s.want_read) {
+            self.events.push_back(Event::Readable(key));
+        }
+    }
+
+    fn notify_write(&mut self, key: StreamKey) {
+        let s = &mut self.streams[key.slot as usize];
+        if std::mem::take(&mut s.want_write) {
+            self.events.push_back(Event::Writable(key));
+        }
+    }
+
+    /// Credits consumed bytes back to the peer once enough have accumulated.
+    fn credit(&mut self, key: StreamKey, n: usize) {
+        let threshold = self.credit_threshold;
+        let dead = self.error.is_some();
+        let s = &mut self.streams[key.slot as usize];
+        if !s.in_table || s.recv_fin || s.error.is_some() || dead {
+            return;
+        }
+        s.credit += n as u32;
+        if s.credit >= threshold {
+            let (id, inc) = (s.id, std::mem::take(&mut s.credit));
+            frame::encode_wndinc(&mut self.out, id, inc).expect("credit within window");
+            self.stats.frames_out += 1;
+        }
+    }
+
+    /// A peer that sends frames demanding replies but never reads them would
+    /// grow the outgoing buffer without bound: past the limit, give up.
+    fn check_control_backlog(&mut self) {
+        let limit = self.config.max_send_buffer + self.config.max_control_backlog;
+        if self.out.len() > limit && self.error.is_none() {
+            self.die(Error::EnhanceYourCalm(
+                "outgoing control frames exceed the configured backlog",
+            ));
+        }
+    }
+
+    /// Session death, once: GOAWAY with the right code, then nothing more is
+    /// sent; every stream fails with SessionClosed.
+    fn die(&mut self, error: Error) {
+        if self.error.is_some() {
+            return;
+        }
+        let (code, debug): (ErrorCode, std::borrow::Cow<'_, str>) = match &error {
+            Error::SessionClosed => (ErrorCode::NoError, "no error".into()),
+            e => (e.code(), e.to_string().into()),
+        };
+        frame::encode_goaway(&mut self.out, self.remote_last_id, code, debug.as_bytes())
+            .expect("last id and length are in range");
+        self.stats.frames_out += 1;
+        self.error = Some(error);
+        self.table.clear();
+        self.lingering.clear();
+        let keys: Vec<StreamKey> = self
+            .streams
+            .iter()
+            .map(|(slot, _)| self.key_of(slot))
+            .collect();
+        for key in keys {
+            self.streams[key.slot as usize].in_table = false;
+            self.fail_stream(key, Error::SessionClosed);
+            self.maybe_free(key.slot as usize);
+        }
+        self.buffer_waiters.clear();
+        if std::mem::take(&mut self.want_accept) {
+            self.events.push_back(Event::Accept);
+        }
+        self.events.push_back(Event::Dead);
+    }
+}
+
+fn check_writable(s: &StreamState) -> Result<(), Error> {
+    if let Some(e) = &s.error {
+        return Err(e.clone());
+    }
+    if s.send_fin || s.closed {
+        return Err(Error::StreamClosed);
+    }
+    Ok(())
+}
