@@ -15,3 +15,8 @@ pub mod proto;
 
 pub use error::{Error, ErrorCode};
 pub use proto::Config;
+
+/// The README's examples run as doc tests, so the README stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
