@@ -102,6 +102,10 @@ pub enum EncodeError {
     /// A WNDINC increment must be in 1..=0x7fffffff.
     #[error("window increment {0:#x} is outside 1..=0x7fffffff")]
     BadIncrement(u32),
+    /// [`Frame::Unknown`] with a type outside 4..=15: it would be written as
+    /// a known frame (or a masked type) and not decode back as itself.
+    #[error("frame type {0:#x} is not an unknown type (4..=15)")]
+    NotUnknownType(u8),
 }
 
 /// A frame the peer must not have sent. Each one kills the session, and
@@ -458,7 +462,9 @@ impl<'a> Frame<'a> {
         Ok(Decode::Frame(frame, total))
     }
 
-    /// Encodes this frame (unknown types too, for tests and tools).
+    /// Encodes this frame (unknown types too, for tests and tools). An
+    /// [`Frame::Unknown`] must have a type in 4..=15 and a stream id without
+    /// the reserved bit.
     pub fn encode<B: BufMut + ?Sized>(&self, dst: &mut B) -> Result<(), EncodeError> {
         match *self {
             Frame::Rst { stream_id, code } => encode_rst(dst, stream_id, code),
@@ -482,6 +488,9 @@ impl<'a> Frame<'a> {
                 stream_id,
                 payload,
             } => {
+                if !(4..=15).contains(&ty) {
+                    return Err(EncodeError::NotUnknownType(ty));
+                }
                 if payload.len() > MAX_PAYLOAD as usize {
                     return Err(EncodeError::PayloadTooLarge(payload.len()));
                 }
@@ -495,6 +504,192 @@ impl<'a> Frame<'a> {
                 dst.put_slice(payload);
                 Ok(())
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(length: u32, ty: FrameType, flags: u8, stream_id: u32) -> Header {
+        Header {
+            length,
+            ty,
+            flags,
+            stream_id,
+        }
+    }
+
+    #[test]
+    fn put_header_lays_out_every_field() {
+        let mut b = Vec::new();
+        put_header(&mut b, 0x12_3456, FrameType::Unknown(0xA), 0x5, 0x0708_090A);
+        assert_eq!(b, [0x12, 0x34, 0x56, 0xA5, 0x07, 0x08, 0x09, 0x0A]);
+        // Flags above the nibble never reach the type bits.
+        let mut b = Vec::new();
+        put_header(&mut b, 0, FrameType::Rst, 0xF0, 1);
+        assert_eq!(b[3], 0x00);
+        // put_header itself trusts the caller: the length's top byte is dropped.
+        let mut b = Vec::new();
+        put_header(&mut b, 0xAB00_0001, FrameType::Data, 0, 1);
+        assert_eq!(&b[..4], &[0, 0, 1, 0x10]);
+    }
+
+    #[test]
+    fn check_stream_id_accepts_exactly_1_to_max() {
+        assert_eq!(check_stream_id(0), Err(EncodeError::StreamIdZero));
+        assert_eq!(check_stream_id(1), Ok(()));
+        assert_eq!(check_stream_id(MAX_STREAM_ID), Ok(()));
+        assert_eq!(
+            check_stream_id(RESERVED_BIT),
+            Err(EncodeError::StreamIdTooLarge(RESERVED_BIT))
+        );
+    }
+
+    #[test]
+    fn validate_checks_header_rules_in_go_order() {
+        use FrameType::*;
+        // Length first: an RST of length 3 on stream 0 is a size error.
+        assert_eq!(
+            header(3, Rst, 0, 0).validate(),
+            Err(FrameError::RstLength(3))
+        );
+        assert_eq!(
+            header(4, Rst, 0, 0).validate(),
+            Err(FrameError::StreamIdZero(Rst))
+        );
+        assert_eq!(
+            header(5, WndInc, 0, 0).validate(),
+            Err(FrameError::WndIncLength(5))
+        );
+        assert_eq!(
+            header(7, GoAway, 0, 1).validate(),
+            Err(FrameError::GoAwayLength(7))
+        );
+        assert_eq!(
+            header(8, GoAway, 0, 1).validate(),
+            Err(FrameError::GoAwayStreamId(1))
+        );
+        assert_eq!(header(8, GoAway, 0, 0).validate(), Ok(()));
+        assert_eq!(header(MAX_PAYLOAD, GoAway, 0xF, 0).validate(), Ok(()));
+        assert_eq!(
+            header(0, Data, 0, 0).validate(),
+            Err(FrameError::StreamIdZero(Data))
+        );
+        assert_eq!(
+            header(MAX_PAYLOAD, Data, 0xF, MAX_STREAM_ID).validate(),
+            Ok(())
+        );
+        assert_eq!(
+            header(0, Data, 0, RESERVED_BIT | 1).validate(),
+            Err(FrameError::ReservedBit(Data, RESERVED_BIT | 1))
+        );
+        // Unknown types: anything goes.
+        for ty in 4..=15 {
+            for id in [0, 1, u32::MAX] {
+                assert_eq!(header(MAX_PAYLOAD, Unknown(ty), 0xF, id).validate(), Ok(()));
+            }
+        }
+    }
+
+    #[test]
+    fn parse_bodies() {
+        assert_eq!(parse_rst(&[0, 0, 0, 8]), ErrorCode::FrameSizeError);
+        assert_eq!(parse_rst(&[0xFF; 4]), ErrorCode::Other(u32::MAX));
+        assert_eq!(parse_wndinc(&[0, 0, 0, 1]), Ok(1));
+        assert_eq!(parse_wndinc(&[0xFF; 4]), Ok(MAX_WINDOW_INCREMENT));
+        assert_eq!(
+            parse_wndinc(&[0x80, 0, 0, 0]),
+            Err(FrameError::ZeroIncrement)
+        );
+        assert_eq!(
+            parse_goaway(&[0x80, 0, 0, 3, 0, 0, 0, 0xFF]),
+            (0x8000_0003, ErrorCode::Unknown)
+        );
+    }
+
+    #[test]
+    fn header_flag_accessors() {
+        let h = header(0, FrameType::Data, FLAG_FIN, 1);
+        assert!(h.fin() && !h.syn());
+        let h = header(0, FrameType::Data, FLAG_SYN | 0x4, 1);
+        assert!(!h.fin() && h.syn());
+    }
+
+    /// Regression: `Frame::Unknown` with a known type (0..=3) used to be
+    /// written as that known frame without any of its checks (e.g. DATA on
+    /// stream 0), and types above 15 were silently masked, so the bytes did
+    /// not decode back to the frame that was encoded.
+    #[test]
+    fn unknown_frame_encode_rejects_types_outside_4_to_15() {
+        for ty in (0..4).chain([16, 0x13, 0xFF]) {
+            let f = Frame::Unknown {
+                ty,
+                flags: 0,
+                stream_id: 0,
+                payload: b"hi",
+            };
+            let mut b = Vec::new();
+            assert_eq!(f.encode(&mut b), Err(EncodeError::NotUnknownType(ty)));
+            assert!(b.is_empty());
+        }
+        for ty in 4..=15 {
+            let f = Frame::Unknown {
+                ty,
+                flags: 0x9,
+                stream_id: 0,
+                payload: b"hi",
+            };
+            let mut b = Vec::new();
+            f.encode(&mut b).unwrap();
+            assert_eq!(Frame::decode(&b), Ok(Decode::Frame(f, 10)));
+        }
+    }
+
+    #[test]
+    fn unknown_frame_encode_rejects_reserved_bit_and_huge_payloads() {
+        let f = Frame::Unknown {
+            ty: 9,
+            flags: 0,
+            stream_id: RESERVED_BIT,
+            payload: b"",
+        };
+        let mut b = Vec::new();
+        assert_eq!(
+            f.encode(&mut b),
+            Err(EncodeError::StreamIdTooLarge(RESERVED_BIT))
+        );
+        let big = vec![0u8; MAX_PAYLOAD as usize + 1];
+        let f = Frame::Unknown {
+            ty: 9,
+            flags: 0,
+            stream_id: 1,
+            payload: &big,
+        };
+        assert_eq!(
+            f.encode(&mut b),
+            Err(EncodeError::PayloadTooLarge(big.len()))
+        );
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn frame_errors_have_their_codes() {
+        for e in [
+            FrameError::RstLength(0),
+            FrameError::WndIncLength(0),
+            FrameError::GoAwayLength(0),
+        ] {
+            assert_eq!(e.code(), ErrorCode::FrameSizeError);
+        }
+        for e in [
+            FrameError::StreamIdZero(FrameType::Rst),
+            FrameError::GoAwayStreamId(3),
+            FrameError::ZeroIncrement,
+            FrameError::ReservedBit(FrameType::WndInc, RESERVED_BIT),
+        ] {
+            assert_eq!(e.code(), ErrorCode::ProtocolError);
         }
     }
 }
