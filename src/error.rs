@@ -7,8 +7,9 @@ use std::sync::Arc;
 ///
 /// The numeric values are those of the Go implementation. A peer may send any
 /// `u32`; values this crate does not know are preserved in [`ErrorCode::Other`]
-/// and sent back unchanged, so nothing is lost on the way through.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// and sent back unchanged, so nothing is lost on the way through. Codes
+/// compare by wire value, so `Other(5) == StreamRefused`.
+#[derive(Clone, Copy, Debug)]
 pub enum ErrorCode {
     /// 0: clean close of the session.
     NoError,
@@ -95,6 +96,20 @@ impl ErrorCode {
             0xFF => ErrorCode::Unknown,
             v => ErrorCode::Other(v),
         }
+    }
+}
+
+impl PartialEq for ErrorCode {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_u32() == other.to_u32()
+    }
+}
+
+impl Eq for ErrorCode {}
+
+impl std::hash::Hash for ErrorCode {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.to_u32().hash(state);
     }
 }
 
@@ -221,6 +236,8 @@ mod tests {
         assert_eq!(ErrorCode::from(8), ErrorCode::FrameSizeError);
         assert_eq!(ErrorCode::from(0xFF), ErrorCode::Unknown);
         assert_eq!(ErrorCode::from(16), ErrorCode::Other(16));
+        assert_eq!(ErrorCode::Other(5), ErrorCode::StreamRefused);
+        assert_ne!(ErrorCode::Other(6), ErrorCode::StreamRefused);
     }
 
     #[test]
