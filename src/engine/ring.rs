@@ -76,6 +76,54 @@ struct MultiState {
     cancel_sent: bool,
 }
 
+/// The operations in flight, addressed by a token `generation << 32 | slot` used as the SQE's
+/// `user_data`: a stale token (say, an async cancel aimed at an operation that already finished)
+/// can never match a newer operation that reuses the slot.
+struct OpTable {
+    slots: Slab<(u32, Lifecycle)>,
+    generation: u32,
+}
+
+impl OpTable {
+    fn new() -> OpTable {
+        OpTable {
+            slots: Slab::with_capacity(256),
+            generation: 0,
+        }
+    }
+
+    fn insert(&mut self, state: Lifecycle) -> u64 {
+        // Generations stay below 2^31 so that tokens never collide with the reserved ones.
+        self.generation = (self.generation + 1) & 0x7fff_ffff;
+        let slot = self.slots.insert((self.generation, state));
+        (u64::from(self.generation) << 32) | slot as u64
+    }
+
+    fn split(token: u64) -> (usize, u32) {
+        ((token & 0xffff_ffff) as usize, (token >> 32) as u32)
+    }
+
+    fn get_mut(&mut self, token: u64) -> Option<&mut Lifecycle> {
+        let (slot, generation) = Self::split(token);
+        match self.slots.get_mut(slot) {
+            Some((g, state)) if *g == generation => Some(state),
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, token: u64) {
+        if self.get_mut(token).is_some() {
+            self.slots.remove(Self::split(token).0);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u64, &Lifecycle)> {
+        self.slots
+            .iter()
+            .map(|(slot, (g, state))| ((u64::from(*g) << 32) | slot as u64, state))
+    }
+}
+
 /// Optional kernel features found when the ring was set up.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Features {
@@ -88,7 +136,7 @@ pub(crate) struct Features {
 /// The io_uring of one core plus the table of operations in flight.
 pub(crate) struct Driver {
     ring: IoUring,
-    ops: Slab<Lifecycle>,
+    ops: OpTable,
     /// Operations the kernel still owns (their final CQE has not arrived).
     in_kernel: usize,
     pub stats: Stats,
@@ -218,7 +266,7 @@ impl Driver {
         };
         let mut driver = Driver {
             ring,
-            ops: Slab::with_capacity(256),
+            ops: OpTable::new(),
             in_kernel: 0,
             stats: Stats::default(),
             features,
@@ -265,8 +313,8 @@ impl Driver {
         self.wake_armed = true;
     }
 
-    fn cancel(&mut self, key: usize) {
-        let sqe = opcode::AsyncCancel::new(key as u64)
+    fn cancel(&mut self, token: u64) {
+        let sqe = opcode::AsyncCancel::new(token)
             .build()
             .user_data(CANCEL_TOKEN);
         self.push(&sqe);
@@ -354,14 +402,14 @@ impl Driver {
                         remote = true;
                     }
                     CANCEL_TOKEN | TIMEOUT_TOKEN => {}
-                    key => self.complete(key as usize, c, wakers),
+                    token => self.complete(token, c, wakers),
                 }
             }
         }
         remote
     }
 
-    fn complete(&mut self, key: usize, c: Completion, wakers: &mut Vec<Waker>) {
+    fn complete(&mut self, key: u64, c: Completion, wakers: &mut Vec<Waker>) {
         let more = cqueue::more(c.flags);
         if !more {
             self.in_kernel -= 1;
@@ -419,7 +467,7 @@ impl Driver {
     /// Cancels every operation still in the kernel and waits (bounded) for their completions, so
     /// that no kernel write can land in memory we are about to free. Returns false on timeout.
     pub(crate) fn cancel_all_and_drain(&mut self, limit: Duration) -> bool {
-        let keys: Vec<usize> = self
+        let keys: Vec<u64> = self
             .ops
             .iter()
             .filter(|(_, s)| match s {
@@ -597,7 +645,7 @@ impl Core {
 /// A one-shot operation in flight. Resolves to its completion and gives its data back.
 pub(crate) struct Op<T: 'static> {
     core: Rc<Core>,
-    key: usize,
+    key: u64,
     data: Option<T>,
 }
 
@@ -627,7 +675,7 @@ impl<T: 'static> Op<T> {
             let mut d = core.driver.borrow_mut();
             let key = d.ops.insert(Lifecycle::Submitted(None));
             d.in_kernel += 1;
-            d.push(&sqe.user_data(key as u64));
+            d.push(&sqe.user_data(key));
             key
         };
         Ok(Op {
@@ -692,7 +740,7 @@ impl<T: 'static> Drop for Op<T> {
 /// A multishot operation (e.g. multishot recv): a stream of completions.
 pub(crate) struct MultiOp {
     core: Rc<Core>,
-    key: usize,
+    key: u64,
     done: bool,
 }
 
@@ -715,7 +763,7 @@ impl MultiOp {
                 cancel_sent: false,
             }));
             d.in_kernel += 1;
-            d.push(&sqe.user_data(key as u64));
+            d.push(&sqe.user_data(key));
             key
         };
         Ok(MultiOp {
@@ -768,7 +816,9 @@ impl Drop for MultiOp {
         if finished {
             d.ops.remove(self.key);
         } else {
-            d.ops[self.key] = Lifecycle::Ignored(Box::new(()));
+            if let Some(state) = d.ops.get_mut(self.key) {
+                *state = Lifecycle::Ignored(Box::new(()));
+            }
             if !cancel_sent {
                 d.cancel(self.key);
             }
