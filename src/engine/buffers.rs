@@ -91,6 +91,11 @@ impl BufPool {
         self.outstanding.set(self.outstanding.get() + 1);
     }
 
+    /// Number of buffers in the pool.
+    pub(crate) fn count(&self) -> usize {
+        self.count as usize
+    }
+
     /// Buffers currently available to the kernel.
     pub(crate) fn available(&self) -> usize {
         self.count as usize - self.outstanding.get()
