@@ -552,3 +552,27 @@ fn busy_task_does_not_starve_io() {
     .unwrap()
     .unwrap();
 }
+
+#[test]
+fn spawn_on_racing_shutdown_never_hangs() {
+    for _ in 0..20 {
+        let engine = Engine::builder().cores(2).pin(false).build().unwrap();
+        let handle = engine.handle();
+        let hs: Vec<_> = (0..10)
+            .filter_map(|i| {
+                handle
+                    .spawn_on(i % 2, || async { engine::yield_now().await })
+                    .ok()
+            })
+            .collect();
+        drop(engine);
+        for h in hs {
+            // Either it ran or it was cancelled; it must not block forever.
+            let _ = h.join();
+        }
+        assert!(matches!(
+            handle.spawn_on(0, || async {}),
+            Err(engine::EngineError::ShutDown)
+        ));
+    }
+}

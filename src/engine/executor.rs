@@ -528,9 +528,10 @@ where
         }),
         cond: Condvar::new(),
     });
-    let theirs = shared.clone();
+    // The guard travels with the job: if the job is dropped unrun (the core shut down first),
+    // the handle reports `Cancelled` instead of waiting forever.
+    let guard = CancelGuard(shared.clone());
     let job: Job = Box::new(move || {
-        let guard = CancelGuard(theirs);
         let future = match panic::catch_unwind(AssertUnwindSafe(make)) {
             Ok(f) => f,
             Err(p) => {
