@@ -5,16 +5,22 @@
 //! The crate is built in layers, each usable on its own:
 //! - [`frame`]: the wire codec (8-byte header, RST / DATA / WNDINC / GOAWAY);
 //! - [`proto`]: the session state machine, sans I/O;
+//! - [`engine`]: the io_uring, thread-per-core runtime (cores, tasks, timers, TCP);
+//! - [`Session`] and [`Stream`]: async handles that run `proto` on the engine;
 //! - [`Error`] and [`ErrorCode`]: what went wrong, in words and on the wire.
 //!
 //! [muxado]: https://github.com/inconshreveable/muxado
 
+pub mod engine;
 pub mod error;
 pub mod frame;
 pub mod proto;
+mod session;
 
+pub use engine::Engine;
 pub use error::{Error, ErrorCode};
 pub use proto::Config;
+pub use session::{Session, SessionEnd, SessionStats, Stream};
 
 /// The README's examples run as doc tests, so the README stays true.
 #[cfg(doctest)]

@@ -1,0 +1,694 @@
+//! Async [`Session`] and [`Stream`] handles: the engine driving the sans-IO core.
+//!
+//! A session lives on the core that created it and never moves. Three small
+//! tasks drive it there: a reader (multishot receive → [`proto::Session::handle_input`]),
+//! a writer (one send in flight; everything the turn's tasks queued goes out in
+//! it) and a clock for the protocol's timers. Handles share the session
+//! through an `Rc`: they are `!Send`, tied to their core, and cost no atomics.
+//!
+//! ```
+//! use muxado::engine::{self, net::{TcpListener, TcpStream}};
+//! use muxado::{Config, Session};
+//!
+//! type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+//!
+//! engine::block_on(async {
+//!     let listener = TcpListener::bind("127.0.0.1:0")?;
+//!     let addr = listener.local_addr()?;
+//!     let server = engine::spawn(async move {
+//!         let (tcp, _) = listener.accept().await?;
+//!         let session = Session::server(tcp, Config::default());
+//!         let mut stream = session.accept().await?;
+//!         let mut request = Vec::new();
+//!         stream.read_to_end(&mut request).await?;   // until the client's FIN
+//!         stream.write_all(&request).await?;         // echo
+//!         stream.close_write()?;
+//!         session.wait().await;                       // until the client closes
+//!         Result::Ok(())
+//!     });
+//!     let session = Session::client(TcpStream::connect(addr).await?, Config::default());
+//!     let mut stream = session.open()?;
+//!     stream.write_all(b"What is the meaning of life?").await?;
+//!     stream.close_write()?;                          // FIN: half-close
+//!     let mut answer = Vec::new();
+//!     stream.read_to_end(&mut answer).await?;
+//!     assert_eq!(answer, b"What is the meaning of life?");
+//!     session.close()?;
+//!     server.await
+//! })
+//! .expect("io_uring available")
+//! .expect("echo over muxado");
+//! ```
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use crate::engine::{self, net::TcpStream, Sleep};
+use crate::error::{Error, ErrorCode};
+use crate::proto::{self, Config, Event, Role, StreamKey};
+
+/// How long a dying session tries to deliver its GOAWAY (Go: 250 ms).
+const GOAWAY_GRACE: Duration = Duration::from_millis(250);
+
+/// A muxado session over one TCP connection, on the current engine core.
+///
+/// Cloning is cheap and gives another handle to the same session. The session
+/// is closed (GOAWAY NoError) when [`Session::close`] is called, or when every
+/// `Session` handle and every [`Stream`] of it has been dropped.
+pub struct Session {
+    shared: Rc<Shared>,
+}
+
+/// One stream of a session: a full-duplex, flow-controlled byte stream.
+///
+/// Dropping it closes it like [`Stream::close`].
+pub struct Stream {
+    shared: Rc<Shared>,
+    key: StreamKey,
+    id: u32,
+    read_deadline: Option<Pin<Box<Sleep>>>,
+    write_deadline: Option<Pin<Box<Sleep>>>,
+}
+
+/// How a session ended; see [`Session::wait`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionEnd {
+    /// The error that killed the session on this side
+    /// ([`Error::SessionClosed`] after a local [`Session::close`]).
+    pub local: Error,
+    /// The code and debug data of the peer's GOAWAY, if one arrived.
+    pub remote: Option<(ErrorCode, Vec<u8>)>,
+}
+
+/// Counters of one session.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Frames, bytes, stalls and streams, from the protocol core.
+    pub proto: proto::Stats,
+    /// Send operations submitted (each carries every frame queued before it).
+    pub sends: u64,
+    /// Receive completions handled.
+    pub recvs: u64,
+    /// Streams currently alive.
+    pub open_streams: usize,
+}
+
+struct Shared {
+    state: RefCell<State>,
+    tcp: TcpStream,
+    /// Session handles and streams alive; the session closes when it drops to 0.
+    users: Cell<usize>,
+    local_addr: Option<SocketAddr>,
+    peer_addr: Option<SocketAddr>,
+}
+
+#[derive(Default)]
+struct Wakers {
+    read: Option<Waker>,
+    write: Option<Waker>,
+}
+
+struct State {
+    proto: proto::Session,
+    /// Indexed by the stream's slab slot.
+    wakers: Vec<Wakers>,
+    acceptors: Vec<Waker>,
+    waiters: Vec<Waker>,
+    writer: Option<Waker>,
+    clock: Option<Waker>,
+    sends: u64,
+    recvs: u64,
+}
+
+impl State {
+    /// Wakes whoever the protocol's events concern, and the writer if there
+    /// is something to send. Called after every handle or mutate.
+    fn dispatch(&mut self) {
+        while let Some(event) = self.proto.poll_event() {
+            match event {
+                Event::Readable(k) => wake(self.slot(k).read.take()),
+                Event::Writable(k) => wake(self.slot(k).write.take()),
+                Event::Accept => self.acceptors.drain(..).for_each(Waker::wake),
+                Event::GoAway => {}
+                Event::Dead => {
+                    self.acceptors.drain(..).for_each(Waker::wake);
+                    self.waiters.drain(..).for_each(Waker::wake);
+                    wake(self.clock.take());
+                    wake(self.writer.take());
+                }
+            }
+        }
+        if self.proto.pending_transmit() > 0 {
+            wake(self.writer.take());
+        }
+        if self.proto.poll_timeout().is_some() {
+            wake(self.clock.take());
+        }
+    }
+
+    fn slot(&mut self, key: StreamKey) -> &mut Wakers {
+        let i = key.slot as usize;
+        if self.wakers.len() <= i {
+            self.wakers.resize_with(i + 1, Wakers::default);
+        }
+        &mut self.wakers[i]
+    }
+}
+
+fn wake(w: Option<Waker>) {
+    if let Some(w) = w {
+        w.wake();
+    }
+}
+
+fn push_waker(list: &mut Vec<Waker>, cx: &Context<'_>) {
+    if !list.iter().any(|w| w.will_wake(cx.waker())) {
+        list.push(cx.waker().clone());
+    }
+}
+
+fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
+impl Session {
+    /// Starts a client session (odd stream ids) over `tcp` on the current core.
+    pub fn client(tcp: TcpStream, config: Config) -> Session {
+        Session::start(tcp, Role::Client, config)
+    }
+
+    /// Starts a server session (even stream ids) over `tcp` on the current core.
+    pub fn server(tcp: TcpStream, config: Config) -> Session {
+        Session::start(tcp, Role::Server, config)
+    }
+
+    fn start(tcp: TcpStream, role: Role, config: Config) -> Session {
+        let shared = Rc::new(Shared {
+            state: RefCell::new(State {
+                proto: proto::Session::new(role, config),
+                wakers: Vec::new(),
+                acceptors: Vec::new(),
+                waiters: Vec::new(),
+                writer: None,
+                clock: None,
+                sends: 0,
+                recvs: 0,
+            }),
+            local_addr: tcp.local_addr().ok(),
+            peer_addr: tcp.peer_addr().ok(),
+            tcp,
+            users: Cell::new(1),
+        });
+        let started = engine::try_spawn(reader(shared.clone()))
+            .and_then(|_| engine::try_spawn(writer(shared.clone())))
+            .and_then(|_| engine::try_spawn(clock(shared.clone())));
+        if let Err(e) = started {
+            let mut st = shared.state.borrow_mut();
+            st.proto.handle_transport_error(&e.to_string());
+            st.dispatch();
+        }
+        Session { shared }
+    }
+
+    /// Opens a stream. Nothing is sent until its first write (lazy SYN).
+    pub fn open(&self) -> Result<Stream, Error> {
+        let mut st = self.shared.state.borrow_mut();
+        let key = st.proto.open()?;
+        let id = st.proto.stream_id(key)?;
+        drop(st);
+        Ok(Stream::new(&self.shared, key, id))
+    }
+
+    /// Waits for the next stream the peer opens. After the session dies,
+    /// streams already queued are still returned, then the error.
+    pub async fn accept(&self) -> Result<Stream, Error> {
+        let key = poll_fn(|cx| {
+            let mut st = self.shared.state.borrow_mut();
+            match st.proto.accept() {
+                Ok(Some(key)) => Poll::Ready(Ok(key)),
+                Ok(None) => {
+                    push_waker(&mut st.acceptors, cx);
+                    Poll::Pending
+                }
+                Err(e) => Poll::Ready(Err(e)),
+            }
+        })
+        .await?;
+        let id = self.shared.state.borrow().proto.stream_id(key)?;
+        Ok(Stream::new(&self.shared, key, id))
+    }
+
+    /// Closes the session: GOAWAY(NoError, "no error"), then the transport.
+    /// Every stream fails with [`Error::SessionClosed`]. A second call fails
+    /// with [`Error::SessionClosed`], as in Go.
+    pub fn close(&self) -> Result<(), Error> {
+        let mut st = self.shared.state.borrow_mut();
+        if st.proto.is_dead() {
+            return Err(Error::SessionClosed);
+        }
+        st.proto.close_session();
+        st.dispatch();
+        Ok(())
+    }
+
+    /// Sends GOAWAY without closing: the peer may open no more streams
+    /// (they are refused with RST StreamRefused); existing streams go on.
+    pub fn go_away(&self, code: ErrorCode, debug: &[u8]) -> Result<(), Error> {
+        let mut st = self.shared.state.borrow_mut();
+        st.proto.go_away(code, debug)?;
+        st.dispatch();
+        Ok(())
+    }
+
+    /// Waits until the session is dead and says why.
+    pub async fn wait(&self) -> SessionEnd {
+        poll_fn(|cx| {
+            let mut st = self.shared.state.borrow_mut();
+            match st.proto.error() {
+                Some(e) => Poll::Ready(SessionEnd {
+                    local: e.clone(),
+                    remote: st.proto.remote_goaway().map(|(c, d)| (c, d.to_vec())),
+                }),
+                None => {
+                    push_waker(&mut st.waiters, cx);
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// True once the session is dead.
+    pub fn is_closed(&self) -> bool {
+        self.shared.state.borrow().proto.is_dead()
+    }
+
+    /// The transport's local address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.shared.local_addr
+    }
+
+    /// The transport's remote address.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.shared.peer_addr
+    }
+
+    /// The session's counters. The engine's own (turns, syscalls) are in
+    /// [`engine::stats`].
+    pub fn stats(&self) -> SessionStats {
+        self.shared.stats()
+    }
+}
+
+impl Clone for Session {
+    fn clone(&self) -> Self {
+        self.shared.acquire();
+        Session {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.shared.release_user();
+    }
+}
+
+impl Shared {
+    fn stats(&self) -> SessionStats {
+        let st = self.state.borrow();
+        SessionStats {
+            proto: st.proto.stats(),
+            sends: st.sends,
+            recvs: st.recvs,
+            open_streams: st.proto.stream_count(),
+        }
+    }
+
+    fn acquire(&self) {
+        self.users.set(self.users.get() + 1);
+    }
+
+    /// The last handle is gone: nobody can use the session any more, close it.
+    fn release_user(&self) {
+        let left = self.users.get() - 1;
+        self.users.set(left);
+        if left == 0 {
+            if let Ok(mut st) = self.state.try_borrow_mut() {
+                st.proto.close_session();
+                st.dispatch();
+            }
+        }
+    }
+}
+
+/// Moves received bytes into the protocol until the transport ends or the
+/// session dies. Never waits on the writer.
+async fn reader(shared: Rc<Shared>) {
+    let mut rx = shared.tcp.recv_multishot();
+    loop {
+        let r = rx.next().await;
+        let mut st = shared.state.borrow_mut();
+        if st.proto.is_dead() {
+            return;
+        }
+        st.recvs += 1;
+        match r {
+            Ok(Some(chunk)) => st.proto.handle_input(Instant::now(), &chunk),
+            Ok(None) => st.proto.handle_eof(),
+            Err(e) => st.proto.handle_transport_error(&e.to_string()),
+        }
+        st.dispatch();
+        if st.proto.is_dead() {
+            return;
+        }
+    }
+}
+
+/// Sends what the protocol queued, one send in flight; after the session
+/// dies, flushes its GOAWAY (bounded by [`GOAWAY_GRACE`]) and shuts the
+/// transport down so the reader ends and the peer sees EOF.
+async fn writer(shared: Rc<Shared>) {
+    let mut spare = BytesMut::with_capacity(64 * 1024);
+    loop {
+        let ready = poll_fn(|cx| {
+            let mut st = shared.state.borrow_mut();
+            if st.proto.pending_transmit() > 0 {
+                Poll::Ready(true)
+            } else if st.proto.is_dead() {
+                Poll::Ready(false)
+            } else {
+                register(&mut st.writer, cx);
+                Poll::Pending
+            }
+        })
+        .await;
+        if !ready {
+            break;
+        }
+        // Let the other tasks woken this turn queue their frames first, so
+        // they leave in this send.
+        engine::yield_now().await;
+        let dying = {
+            let mut st = shared.state.borrow_mut();
+            st.proto.poll_transmit(&mut spare);
+            st.sends += 1;
+            st.dispatch();
+            st.proto.is_dead()
+        };
+        let send = shared.tcp.send_all(spare);
+        let (result, buf) = if dying {
+            match engine::timeout(GOAWAY_GRACE, send).await {
+                Ok(done) => done,
+                Err(_) => break,
+            }
+        } else {
+            send.await
+        };
+        spare = buf;
+        if let Err(e) = result {
+            let mut st = shared.state.borrow_mut();
+            st.proto.handle_transport_error(&e.to_string());
+            st.dispatch();
+            break;
+        }
+    }
+    let _ = shared.tcp.shutdown(std::net::Shutdown::Both);
+}
+
+/// Runs the protocol's timers (reset linger) on the engine's clock.
+async fn clock(shared: Rc<Shared>) {
+    loop {
+        let next = poll_fn(|cx| {
+            let mut st = shared.state.borrow_mut();
+            if st.proto.is_dead() {
+                return Poll::Ready(None);
+            }
+            match st.proto.poll_timeout() {
+                Some(t) => Poll::Ready(Some(t)),
+                None => {
+                    register(&mut st.clock, cx);
+                    Poll::Pending
+                }
+            }
+        })
+        .await;
+        let Some(deadline) = next else { return };
+        engine::sleep_until(deadline).await;
+        let mut st = shared.state.borrow_mut();
+        st.proto.handle_timeout(Instant::now());
+        st.dispatch();
+    }
+}
+
+impl Stream {
+    fn new(shared: &Rc<Shared>, key: StreamKey, id: u32) -> Stream {
+        shared.acquire();
+        Stream {
+            shared: shared.clone(),
+            key,
+            id,
+            read_deadline: None,
+            write_deadline: None,
+        }
+    }
+
+    /// The stream id on the wire.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Reads into `buf`: the number of bytes, 0 at the end of the stream
+    /// (the peer's FIN). Data that arrived before a reset is returned first.
+    pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        poll_fn(|cx| self.poll_read_slice(cx, buf)).await
+    }
+
+    /// Reads exactly `buf.len()` bytes; [`Error::PeerEof`] if the stream ends first.
+    pub async fn read_exact(&mut self, mut buf: &mut [u8]) -> Result<(), Error> {
+        while !buf.is_empty() {
+            match self.read(buf).await? {
+                0 => {
+                    return Err(Error::PeerEof(
+                        "stream ended before read_exact was satisfied",
+                    ))
+                }
+                n => buf = &mut buf[n..],
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads until the end of the stream, appending to `out`; returns the count.
+    pub async fn read_to_end(&mut self, out: &mut Vec<u8>) -> Result<usize, Error> {
+        let start = out.len();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match self.read(&mut chunk).await? {
+                0 => return Ok(out.len() - start),
+                n => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Writes some of `data`, waiting for window or buffer space if needed.
+    pub async fn write(&mut self, data: &[u8]) -> Result<usize, Error> {
+        poll_fn(|cx| self.poll_write_slice(cx, data)).await
+    }
+
+    /// Writes all of `data`.
+    pub async fn write_all(&mut self, mut data: &[u8]) -> Result<(), Error> {
+        while !data.is_empty() {
+            let n = self.write(data).await?;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Half-closes: no more writes; the peer reads EOF after the data. Reading goes on.
+    pub fn close_write(&mut self) -> Result<(), Error> {
+        self.with_state(|st, key| st.proto.close_write(key))
+    }
+
+    /// Closes both directions like Go's `Close`: FIN if not yet sent, and the
+    /// peer's further data is answered with RST StreamClosed.
+    pub fn close(&mut self) -> Result<(), Error> {
+        self.with_state(|st, key| st.proto.close(key))
+    }
+
+    /// Resets the stream with `code`: an RST to the peer, errors on both sides.
+    pub fn reset(&mut self, code: ErrorCode) -> Result<(), Error> {
+        self.with_state(|st, key| st.proto.reset(key, code))
+    }
+
+    /// Reads waiting longer than `deadline` fail with [`Error::Timeout`]; `None` clears it.
+    pub fn set_read_deadline(&mut self, deadline: Option<Instant>) {
+        self.read_deadline = deadline.map(|d| Box::pin(engine::sleep_until(d)));
+    }
+
+    /// Writes waiting (for window or buffer space) beyond `deadline` fail with
+    /// [`Error::Timeout`]; `None` clears it. Bytes already accepted are sent.
+    pub fn set_write_deadline(&mut self, deadline: Option<Instant>) {
+        self.write_deadline = deadline.map(|d| Box::pin(engine::sleep_until(d)));
+    }
+
+    /// The session's counters.
+    pub fn session_stats(&self) -> SessionStats {
+        self.shared.stats()
+    }
+
+    fn with_state<T>(
+        &mut self,
+        f: impl FnOnce(&mut State, StreamKey) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut st = self.shared.state.borrow_mut();
+        let r = f(&mut st, self.key);
+        st.dispatch();
+        r
+    }
+
+    /// Poll form of [`Stream::read`].
+    pub fn poll_read_slice(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<Result<usize, Error>> {
+        let mut st = self.shared.state.borrow_mut();
+        let r = st.proto.read(self.key, buf);
+        let out = match r {
+            Ok(Some(n)) => Poll::Ready(Ok(n)),
+            Ok(None) => {
+                register(&mut st.slot(self.key).read, cx);
+                expired(&mut self.read_deadline, cx, "read")
+            }
+            Err(e) => Poll::Ready(Err(e)),
+        };
+        st.dispatch();
+        out
+    }
+
+    /// Poll form of [`Stream::write`].
+    pub fn poll_write_slice(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<Result<usize, Error>> {
+        let mut st = self.shared.state.borrow_mut();
+        let out = match st.proto.write(self.key, data) {
+            Ok(0) if !data.is_empty() => {
+                register(&mut st.slot(self.key).write, cx);
+                expired(&mut self.write_deadline, cx, "write")
+            }
+            r => Poll::Ready(r),
+        };
+        st.dispatch();
+        out
+    }
+}
+
+/// Pending, unless the deadline has passed (then the timeout error).
+fn expired<T>(
+    deadline: &mut Option<Pin<Box<Sleep>>>,
+    cx: &mut Context<'_>,
+    what: &'static str,
+) -> Poll<Result<T, Error>> {
+    match deadline.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {
+        Some(Poll::Ready(())) => Poll::Ready(Err(Error::Timeout(what))),
+        _ => Poll::Pending,
+    }
+}
+
+use std::future::Future as _;
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.shared.state.try_borrow_mut() {
+            let w = st.slot(self.key);
+            w.read = None;
+            w.write = None;
+            st.proto.release(self.key);
+            st.dispatch();
+        }
+        self.shared.release_user();
+    }
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream").field("id", &self.id).finish()
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.shared.state.borrow();
+        f.debug_struct("Session")
+            .field("role", &st.proto.role())
+            .field("peer", &self.shared.peer_addr)
+            .field("dead", &st.proto.is_dead())
+            .finish()
+    }
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let buffered = {
+            let st = this.shared.state.borrow();
+            st.proto.readable_len(this.key).unwrap_or(0)
+        };
+        // Only the bytes that will be written need initialising; at least one,
+        // since an empty slice reads as end-of-stream.
+        let dst = buf.initialize_unfilled_to(buffered.clamp(1, buf.remaining()));
+        match this.poll_read_slice(cx, dst) {
+            Poll::Ready(Ok(n)) => {
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut()
+            .poll_write_slice(cx, data)
+            .map_err(io::Error::from)
+    }
+
+    /// Written bytes are already queued in the session, which sends them on
+    /// its own; there is nothing to wait for.
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Half-closes the stream (FIN).
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.get_mut().close_write().map_err(io::Error::from))
+    }
+}
