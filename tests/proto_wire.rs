@@ -1007,3 +1007,33 @@ fn reserved_bit_and_max_ids() {
         .assert_died(MAX_STREAM_ID, ErrorCode::ProtocolError)
         .is_empty());
 }
+
+#[test]
+fn goaway_last_id_is_highest_accepted_even_when_syns_arrive_out_of_order() {
+    // Lazy SYN lets a peer's streams reach us out of id order (open 3, open 5,
+    // write on 5 first). GOAWAY's last id must still be the highest accepted
+    // id, or the peer fails stream 5 locally (RemoteGoneAway, no RST) while
+    // we keep it open and wait on it forever.
+    let mut server = Peer::new(Role::Server);
+    server.input(&cat(&[data(5, FLAG_SYN, b"b"), data(3, FLAG_SYN, b"a")]));
+    server.s.go_away(ErrorCode::NoError, b"").unwrap();
+    assert_eq!(server.tx(), goaway(5, ErrorCode::NoError, b""));
+    server.s.close_session();
+    assert_eq!(
+        frames(&server.tx()),
+        vec![F::GoAway(5, ErrorCode::NoError, "no error".into())]
+    );
+
+    // The same through a client: stream 5 survives the server's GOAWAY.
+    let mut client = Peer::new(Role::Client);
+    let k3 = client.s.open().unwrap();
+    let k5 = client.s.open().unwrap();
+    client.s.write(k5, b"b").unwrap();
+    client.s.write(k3, b"a").unwrap();
+    let mut server = Peer::new(Role::Server);
+    server.input(&client.tx());
+    server.s.go_away(ErrorCode::NoError, b"").unwrap();
+    client.input(&server.tx());
+    assert_eq!(client.s.write(k5, b"more"), Ok(4));
+    assert_eq!(client.s.write(k3, b"more"), Ok(4));
+}

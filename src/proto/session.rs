@@ -699,7 +699,13 @@ impl Session {
                 return Sink::Drain;
             }
             let key = self.insert_stream(id, false);
-            self.remote_last_id = id;
+            // Go overwrites `remote_last_id` with every SYN's id, but with lazy
+            // SYN a peer's streams can arrive out of id order (open 3, open 5,
+            // write on 5 first). A GOAWAY carrying 3 would make the peer fail
+            // stream 5 locally (RemoteGoneAway, no RST) while we keep it open
+            // and wait on it forever. GOAWAY's last id means "the highest
+            // stream id I have seen" (reference §5.3), so keep the maximum.
+            self.remote_last_id = self.remote_last_id.max(id);
             self.stats.streams_accepted += 1;
             self.accept_queue.push_back(key);
             if std::mem::take(&mut self.want_accept) {
