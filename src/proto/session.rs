@@ -699,7 +699,13 @@ impl Session {
                 return Sink::Drain;
             }
             let key = self.insert_stream(id, false);
-            self.remote_last_id = id;
+            // Go overwrites `remote_last_id` with every SYN's id, but with lazy
+            // SYN a peer's streams can arrive out of id order (open 3, open 5,
+            // write on 5 first). A GOAWAY carrying 3 would make the peer fail
+            // stream 5 locally (RemoteGoneAway, no RST) while we keep it open
+            // and wait on it forever. GOAWAY's last id means "the highest
+            // stream id I have seen" (reference §5.3), so keep the maximum.
+            self.remote_last_id = self.remote_last_id.max(id);
             self.stats.streams_accepted += 1;
             self.accept_queue.push_back(key);
             if std::mem::take(&mut self.want_accept) {
@@ -986,4 +992,60 @@ fn check_writable(s: &StreamState) -> Result<(), Error> {
         return Err(Error::StreamClosed);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{Decode, Frame, MAX_STREAM_ID};
+
+    fn sent(s: &mut Session) -> Vec<(u32, u8, usize)> {
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        if s.poll_transmit(&mut buf) {
+            let mut b = &buf[..];
+            while let Ok(Decode::Frame(f, n)) = Frame::decode(b) {
+                if let Frame::Data {
+                    stream_id,
+                    flags,
+                    payload,
+                } = f
+                {
+                    out.push((stream_id, flags, payload.len()));
+                }
+                b = &b[n..];
+            }
+            assert!(b.is_empty());
+        }
+        out
+    }
+
+    #[test]
+    fn open_fails_with_streams_exhausted_sticky_and_sends_nothing() {
+        for (role, next, last) in [
+            (Role::Client, MAX_STREAM_ID - 2, MAX_STREAM_ID),
+            (Role::Server, MAX_STREAM_ID - 3, MAX_STREAM_ID - 1),
+        ] {
+            let mut s = Session::new(role, Config::default());
+            s.ids.set_next(next);
+            let a = s.open().unwrap();
+            let b = s.open().unwrap();
+            assert_eq!(s.stream_id(a), Ok(last - 2));
+            assert_eq!(s.stream_id(b), Ok(last));
+            for _ in 0..3 {
+                assert_eq!(s.open(), Err(Error::StreamsExhausted));
+            }
+            assert_eq!(s.stats().streams_opened, 2);
+            assert_eq!(s.pending_transmit(), 0, "a failed open sends nothing");
+            // The session stays usable for existing streams.
+            assert_eq!(s.write(b, b"last"), Ok(4));
+            s.close_write(a).unwrap();
+            assert_eq!(
+                sent(&mut s),
+                [(last, FLAG_SYN, 4), (last - 2, FLAG_SYN | FLAG_FIN, 0)]
+            );
+            assert!(!s.is_dead());
+            assert_eq!(s.open(), Err(Error::StreamsExhausted));
+        }
+    }
 }
