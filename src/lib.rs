@@ -11,6 +11,7 @@
 //!
 //! [muxado]: https://github.com/inconshreveable/muxado
 
+mod copy;
 pub mod engine;
 pub mod error;
 pub mod frame;

@@ -19,6 +19,7 @@ use slab::Slab;
 use super::config::Config;
 use super::ids::{IdAllocator, IdMap, Role};
 use super::stream::{StreamKey, StreamState};
+use crate::copy;
 use crate::error::{Error, ErrorCode};
 use crate::frame::{
     self, FrameType, Header, FLAG_FIN, FLAG_SYN, GOAWAY_FIXED_LEN, HEADER_LEN, MAX_PAYLOAD,
@@ -136,7 +137,10 @@ pub struct Session {
     remote_last_id: u32,
     accept_queue: VecDeque<StreamKey>,
     want_accept: bool,
-    lingering: VecDeque<(Instant, StreamKey)>,
+    /// Locally reset streams with the time they may be forgotten; `None` until
+    /// the session is first told the time (deadlines are monotonic either way).
+    lingering: VecDeque<(Option<Instant>, StreamKey)>,
+    goaway_event_queued: bool,
 
     read_state: ReadState,
     stash: [u8; GOAWAY_FIXED_LEN],
@@ -170,6 +174,7 @@ impl Session {
             accept_queue: VecDeque::with_capacity(config.accept_backlog.min(1024)),
             want_accept: false,
             lingering: VecDeque::new(),
+            goaway_event_queued: false,
             read_state: ReadState::Header,
             stash: [0; GOAWAY_FIXED_LEN],
             stash_len: 0,
@@ -255,7 +260,7 @@ impl Session {
     /// gives the same result; payloads go straight into stream buffers. After
     /// the session dies, input is ignored.
     pub fn handle_input(&mut self, now: Instant, mut data: &[u8]) {
-        self.now = Some(now);
+        self.set_now(now);
         self.stats.bytes_in += data.len() as u64;
         while !data.is_empty() && self.error.is_none() {
             match self.read_state {
@@ -329,8 +334,8 @@ impl Session {
 
     /// Advances the clock: streams reset long enough ago are forgotten.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.now = Some(now);
-        while let Some(&(deadline, key)) = self.lingering.front() {
+        self.set_now(now);
+        while let Some(&(Some(deadline), key)) = self.lingering.front() {
             if deadline > now {
                 break;
             }
@@ -423,7 +428,8 @@ impl Session {
         s.send_window -= n as u64;
         s.epoch_bytes += n;
         let id = s.id;
-        frame::encode_data(&mut self.out, id, &data[..n], flags).expect("id and length checked");
+        frame::encode_data_header(&mut self.out, id, n, flags).expect("id and length checked");
+        copy::extend(&mut self.out, &data[..n]);
         self.stats.frames_out += 1;
         Ok(n)
     }
@@ -437,7 +443,7 @@ impl Session {
         let s = self.get_mut(key)?;
         if !s.recv_buf.is_empty() {
             let n = dst.len().min(s.recv_buf.len());
-            dst[..n].copy_from_slice(&s.recv_buf[..n]);
+            copy::copy(&mut dst[..n], &s.recv_buf[..n]);
             s.recv_buf.advance(n);
             self.credit(key, n);
             return Ok(Some(n));
@@ -570,12 +576,28 @@ impl Session {
 
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event == Some(Event::GoAway) {
+            self.goaway_event_queued = false;
+        }
+        event
     }
 
     /// When [`Session::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.lingering.front().map(|&(t, _)| t)
+        self.lingering.front().and_then(|&(t, _)| t)
+    }
+
+    /// Records the time. The first time also dates the resets made before
+    /// any time was known, so no clock is ever read inside.
+    fn set_now(&mut self, now: Instant) {
+        if self.now.is_none() {
+            let deadline = now + self.config.reset_linger;
+            for (t, _) in self.lingering.iter_mut() {
+                t.get_or_insert(deadline);
+            }
+        }
+        self.now = Some(now);
     }
 
     // ---- frame reading ----------------------------------------------------
@@ -742,7 +764,7 @@ impl Session {
             Sink::Stream(key) => {
                 if let Some(s) = self.get_mut_opt(key) {
                     if s.accepts_data() {
-                        s.recv_buf.extend_from_slice(chunk);
+                        copy::extend(&mut s.recv_buf, chunk);
                         self.notify_read(key);
                     }
                 }
@@ -798,7 +820,10 @@ impl Session {
             self.fail_stream(key, Error::RemoteGoneAway);
             self.unregister(slot, id);
         }
-        self.events.push_back(Event::GoAway);
+        // One event however many GOAWAYs arrive before it is polled.
+        if !std::mem::replace(&mut self.goaway_event_queued, true) {
+            self.events.push_back(Event::GoAway);
+        }
     }
 
     // ---- internals --------------------------------------------------------
@@ -895,9 +920,8 @@ impl Session {
             self.send_rst(id, code);
         }
         self.fail_stream(key, Error::LocalReset(code));
-        let now = self.now.unwrap_or_else(Instant::now);
-        self.lingering
-            .push_back((now + self.config.reset_linger, key));
+        let deadline = self.now.map(|now| now + self.config.reset_linger);
+        self.lingering.push_back((deadline, key));
     }
 
     fn fail_stream(&mut self, key: StreamKey, error: Error) {
