@@ -147,7 +147,12 @@ pub(crate) struct Driver {
     wake_buf: Box<[u8; 8]>,
     wake_armed: bool,
     wake_fd: i32,
+    /// Completions copied out of the CQ by `drain`; kept so no turn allocates.
+    cq_batch: Vec<cqueue::Entry>,
 }
+
+/// Completions `drain` takes from the CQ at a time.
+const CQ_BATCH: usize = 256;
 
 /// The opcodes the engine cannot work without.
 const REQUIRED: &[(u8, &str)] = &[
@@ -274,6 +279,7 @@ impl Driver {
             wake_buf: Box::new([0; 8]),
             wake_armed: false,
             wake_fd,
+            cq_batch: Vec::with_capacity(CQ_BATCH),
         };
         driver.arm_wake();
         Ok(driver)
@@ -387,10 +393,11 @@ impl Driver {
             if cq.is_empty() {
                 break;
             }
-            let batch: Vec<cqueue::Entry> = cq.by_ref().take(256).collect();
+            let mut batch = std::mem::take(&mut self.cq_batch);
+            batch.extend(cq.by_ref().take(CQ_BATCH));
             // Dropping `cq` publishes the new head to the kernel.
             drop(cq);
-            for cqe in batch {
+            for cqe in batch.drain(..) {
                 self.stats.cqes += 1;
                 let c = Completion {
                     result: cqe.result(),
@@ -405,6 +412,7 @@ impl Driver {
                     token => self.complete(token, c, wakers),
                 }
             }
+            self.cq_batch = batch;
         }
         remote
     }
@@ -598,10 +606,16 @@ impl Core {
                 let mut wakers = self.wakers.borrow_mut();
                 driver.drain(&mut wakers)
             };
-            let wakers = std::mem::take(&mut *self.wakers.borrow_mut());
-            for w in wakers {
+            let mut wakers = std::mem::take(&mut *self.wakers.borrow_mut());
+            for w in wakers.drain(..) {
                 w.wake();
             }
+            // Give the emptied vector back, so that the next turn reuses its capacity.
+            let mut slot = self.wakers.borrow_mut();
+            if slot.is_empty() {
+                *slot = wakers;
+            }
+            drop(slot);
             if remote {
                 if self.remote.handle(self) {
                     self.stopping.set(true);
