@@ -8,7 +8,7 @@
 //! threshold keeps every copy on its vector loop, at the cost of one call per
 //! 2 KiB (see perf/README.md for the measurement).
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 
 /// Largest piece copied by one `memcpy` call.
 const PIECE: usize = 2048;
@@ -16,12 +16,18 @@ const PIECE: usize = 2048;
 /// Appends `src` to `dst`.
 #[inline]
 pub(crate) fn extend(dst: &mut BytesMut, src: &[u8]) {
+    dst.reserve(src.len());
+    put(dst, src);
+}
+
+/// Writes `src` into any `BufMut`.
+#[inline]
+pub(crate) fn put<B: BufMut + ?Sized>(dst: &mut B, src: &[u8]) {
     if src.len() <= PIECE {
-        dst.extend_from_slice(src);
+        dst.put_slice(src);
     } else {
-        dst.reserve(src.len());
         for piece in src.chunks(PIECE) {
-            dst.extend_from_slice(piece);
+            dst.put_slice(piece);
         }
     }
 }

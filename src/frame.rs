@@ -281,7 +281,7 @@ pub fn encode_data<B: BufMut + ?Sized>(
     flags: u8,
 ) -> Result<(), EncodeError> {
     encode_data_header(dst, stream_id, payload.len(), flags)?;
-    dst.put_slice(payload);
+    crate::copy::put(dst, payload);
     Ok(())
 }
 
