@@ -186,28 +186,9 @@ fn empty_stream_our_server_opens() {
         EmptyStream,
     );
 }
-#[test]
-#[ignore = "ngrok-muxado 0.5.4 bug: shutdown() before any write sends FIN without SYN, \
-            so the stream never reaches the acceptor (ngrok <-> ngrok too)"]
-fn empty_stream_our_client_theirs_opens() {
-    run_scenario(
-        OurRole::Client,
-        Impl::Theirs,
-        PairConfig::default(),
-        EmptyStream,
-    );
-}
-#[test]
-#[ignore = "ngrok-muxado 0.5.4 bug: shutdown() before any write sends FIN without SYN, \
-            so the stream never reaches the acceptor (ngrok <-> ngrok too)"]
-fn empty_stream_our_server_theirs_opens() {
-    run_scenario(
-        OurRole::Server,
-        Impl::Theirs,
-        PairConfig::default(),
-        EmptyStream,
-    );
-}
+// An empty stream opened by ngrok's side is not tested: ngrok-muxado 0.5.4's
+// shutdown() before any write sends FIN without SYN, so no acceptor (ngrok's own
+// included) ever learns of the stream. `wire_ngrok_fin_before_write_has_no_syn` pins the bytes.
 
 // ---- 2. 1,000 concurrent streams --------------------------------------------------
 
