@@ -99,6 +99,9 @@ pub struct SessionStats {
     pub recvs: u64,
     /// Streams currently alive.
     pub open_streams: usize,
+    /// The counters of the core the session runs on (turns, `io_uring_enter`
+    /// calls, SQEs, CQEs), shared by every session of that core.
+    pub core: engine::Stats,
 }
 
 struct Shared {
@@ -304,8 +307,7 @@ impl Session {
         self.shared.peer_addr
     }
 
-    /// The session's counters. The engine's own (turns, syscalls) are in
-    /// [`engine::stats`].
+    /// The session's counters, with its core's (turns, syscalls).
     pub fn stats(&self) -> SessionStats {
         self.shared.stats()
     }
@@ -334,6 +336,7 @@ impl Shared {
             sends: st.sends,
             recvs: st.recvs,
             open_streams: st.proto.stream_count(),
+            core: engine::stats(),
         }
     }
 
