@@ -7,6 +7,8 @@
 //! - [`proto`]: the session state machine, sans I/O;
 //! - [`engine`]: the io_uring, thread-per-core runtime (cores, tasks, timers, TCP);
 //! - [`Session`] and [`Stream`]: async handles that run `proto` on the engine;
+//! - [`typed`]: streams that carry a `u32` type ([`TypedSession`], [`TypedStream`]);
+//! - [`heartbeat`]: latency and dead-peer detection over a typed session ([`Heartbeat`]);
 //! - [`Error`] and [`ErrorCode`]: what went wrong, in words and on the wire.
 //!
 //! [muxado]: https://github.com/inconshreveable/muxado
@@ -15,13 +17,17 @@ mod copy;
 pub mod engine;
 pub mod error;
 pub mod frame;
+pub mod heartbeat;
 pub mod proto;
 mod session;
+pub mod typed;
 
 pub use engine::Engine;
 pub use error::{Error, ErrorCode};
+pub use heartbeat::{Heartbeat, HeartbeatConfig, HeartbeatEvent};
 pub use proto::Config;
 pub use session::{Session, SessionEnd, SessionStats, Stream};
+pub use typed::{StreamType, TypedSession, TypedStream};
 
 /// The README's examples run as doc tests, so the README stays true.
 #[cfg(doctest)]

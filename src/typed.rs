@@ -1,0 +1,200 @@
+//! Typed streams: every stream carries a `u32` type as its first 4 data bytes
+//! (big-endian), so the peer knows which protocol it speaks (protocol
+//! reference §8). No new frame types: both peers must agree to use this layer.
+//!
+//! [`TypedSession::open_typed`] opens a stream and writes the type at once, so
+//! the stream is opened on the wire by one DATA+SYN frame whose payload is
+//! exactly the type, like Go's `OpenTypedStream` (`00 00 04 12 00 00 00 03 |
+//! 00 00 00 01` for type 1 on a client's first stream).
+//! [`TypedSession::accept_typed`] reads exactly 4 bytes (Go does one read; a
+//! peer may split the type across frames or coalesce it with data, and both
+//! decode here).
+//!
+//! ```
+//! use muxado::engine::{self, net::{TcpListener, TcpStream}};
+//! use muxado::typed::TypedSession;
+//! use muxado::{Config, Session};
+//!
+//! type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+//!
+//! engine::block_on(async {
+//!     let listener = TcpListener::bind("127.0.0.1:0")?;
+//!     let addr = listener.local_addr()?;
+//!     let server = engine::spawn(async move {
+//!         let (tcp, _) = listener.accept().await?;
+//!         let typed = TypedSession::new(Session::server(tcp, Config::default()));
+//!         let mut stream = typed.accept_typed().await?;
+//!         assert_eq!(stream.stream_type(), 7);
+//!         let mut hello = [0u8; 5];
+//!         stream.read_exact(&mut hello).await?;   // the type is not part of the data
+//!         stream.write_all(&hello).await?;
+//!         stream.close_write()?;
+//!         typed.session().wait().await;
+//!         Result::Ok(())
+//!     });
+//!     let tcp = TcpStream::connect(addr).await?;
+//!     let typed = TypedSession::new(Session::client(tcp, Config::default()));
+//!     let mut stream = typed.open_typed(7).await?;  // SYN frame: the 4 type bytes
+//!     assert_eq!((stream.id(), stream.stream_type()), (3, 7));
+//!     stream.write_all(b"hello").await?;
+//!     let mut echo = Vec::new();
+//!     stream.read_to_end(&mut echo).await?;
+//!     assert_eq!(echo, b"hello");
+//!     typed.session().close()?;
+//!     server.await
+//! })
+//! .expect("io_uring available")
+//! .expect("typed echo");
+//! ```
+
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use crate::error::Error;
+use crate::session::{Session, Stream};
+
+/// A stream type: any `u32` (0 included). [`crate::heartbeat`] reserves
+/// [`HEARTBEAT_TYPE`](crate::heartbeat::HEARTBEAT_TYPE).
+pub type StreamType = u32;
+
+/// A session whose streams carry a [`StreamType`].
+///
+/// Cheap to clone (it clones the [`Session`] handle). Like [`Session`] it is
+/// `!Send`: it lives on the engine core that created the session.
+#[derive(Clone, Debug)]
+pub struct TypedSession {
+    session: Session,
+}
+
+/// A stream with its type: a full [`Stream`] (through `Deref`/`DerefMut`,
+/// and tokio's `AsyncRead`/`AsyncWrite`) plus [`TypedStream::stream_type`].
+/// The 4 type bytes are not part of its data.
+#[derive(Debug)]
+pub struct TypedStream {
+    stream: Stream,
+    stream_type: StreamType,
+}
+
+impl TypedSession {
+    /// Wraps `session`. Both peers must use the typed layer.
+    pub fn new(session: Session) -> TypedSession {
+        TypedSession { session }
+    }
+
+    /// The underlying session (to close it, wait for its end, read its stats).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Unwraps the session.
+    pub fn into_session(self) -> Session {
+        self.session
+    }
+
+    /// Opens a stream of type `t`: the 4 big-endian type bytes are written at
+    /// once, so the stream's SYN frame carries exactly the type.
+    ///
+    /// Completes at its first poll unless the session's send buffer is full
+    /// (then it waits for room, like any write).
+    pub async fn open_typed(&self, t: StreamType) -> Result<TypedStream, Error> {
+        let mut stream = self.session.open()?;
+        stream.write_all(&t.to_be_bytes()).await?;
+        Ok(TypedStream {
+            stream,
+            stream_type: t,
+        })
+    }
+
+    /// Waits for the next stream the peer opens and reads its type (exactly 4
+    /// bytes, however the peer framed them).
+    ///
+    /// A stream that ends or is reset before its 4 type bytes arrive is
+    /// dropped and the next one awaited (Go would return the error; here an
+    /// error is the session's: it is dead and no stream is left to accept). Until a stream's type has arrived,
+    /// the streams accepted after it wait, as in Go.
+    pub async fn accept_typed(&self) -> Result<TypedStream, Error> {
+        loop {
+            let mut stream = self.session.accept().await?;
+            let mut ty = [0u8; 4];
+            match stream.read_exact(&mut ty).await {
+                Ok(()) => {
+                    return Ok(TypedStream {
+                        stream,
+                        stream_type: u32::from_be_bytes(ty),
+                    })
+                }
+                // That stream failed; if the session did, accept says so.
+                Err(_) => continue,
+            }
+        }
+    }
+
+    /// The same as [`TypedSession::accept_typed`] (Go's typed `Accept` also
+    /// returns typed streams). For untyped streams, use `session().accept()`.
+    pub async fn accept(&self) -> Result<TypedStream, Error> {
+        self.accept_typed().await
+    }
+}
+
+impl From<Session> for TypedSession {
+    fn from(session: Session) -> Self {
+        TypedSession::new(session)
+    }
+}
+
+impl TypedStream {
+    /// The stream's type.
+    pub fn stream_type(&self) -> StreamType {
+        self.stream_type
+    }
+
+    /// The plain stream (its type bytes are already consumed or sent).
+    pub fn into_stream(self) -> Stream {
+        self.stream
+    }
+}
+
+impl Deref for TypedStream {
+    type Target = Stream;
+
+    fn deref(&self) -> &Stream {
+        &self.stream
+    }
+}
+
+impl DerefMut for TypedStream {
+    fn deref_mut(&mut self) -> &mut Stream {
+        &mut self.stream
+    }
+}
+
+impl tokio::io::AsyncRead for TypedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TypedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    /// Half-closes the stream (FIN).
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
