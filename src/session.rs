@@ -58,6 +58,10 @@ use crate::proto::{self, Config, Event, Role, StreamKey};
 /// How long a dying session tries to deliver its GOAWAY (Go: 250 ms).
 const GOAWAY_GRACE: Duration = Duration::from_millis(250);
 
+/// How long a dead session waits for the peer to close its side before it
+/// shuts the transport down in both directions.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
 /// A muxado session over one TCP connection, on the current engine core.
 ///
 /// Cloning is cheap and gives another handle to the same session. The session
@@ -127,6 +131,9 @@ struct State {
     waiters: Vec<Waker>,
     writer: Option<Waker>,
     clock: Option<Waker>,
+    /// The reader saw the transport end; the writer waits for it to close.
+    reader_done: bool,
+    closer: Option<Waker>,
     sends: u64,
     recvs: u64,
 }
@@ -205,6 +212,8 @@ impl Session {
                 waiters: Vec::new(),
                 writer: None,
                 clock: None,
+                reader_done: false,
+                closer: None,
                 sends: 0,
                 recvs: 0,
             }),
@@ -364,25 +373,30 @@ async fn reader(shared: Rc<Shared>) {
     loop {
         let r = rx.next().await;
         let mut st = shared.state.borrow_mut();
-        if st.proto.is_dead() {
-            return;
+        let ended = !matches!(r, Ok(Some(_)));
+        // After the session's death, input is still read but dropped: a socket
+        // closed with unread input answers with RST, and the peer could lose
+        // the last bytes we sent (our GOAWAY among them).
+        if !st.proto.is_dead() {
+            st.recvs += 1;
+            match r {
+                Ok(Some(chunk)) => st.proto.handle_input(Instant::now(), &chunk),
+                Ok(None) => st.proto.handle_eof(),
+                Err(e) => st.proto.handle_transport_error(&e.to_string()),
+            }
+            st.dispatch();
         }
-        st.recvs += 1;
-        match r {
-            Ok(Some(chunk)) => st.proto.handle_input(Instant::now(), &chunk),
-            Ok(None) => st.proto.handle_eof(),
-            Err(e) => st.proto.handle_transport_error(&e.to_string()),
-        }
-        st.dispatch();
-        if st.proto.is_dead() {
+        if ended {
+            st.reader_done = true;
+            wake(st.closer.take());
             return;
         }
     }
 }
 
 /// Sends what the protocol queued, one send in flight; after the session
-/// dies, flushes its GOAWAY (bounded by [`GOAWAY_GRACE`]) and shuts the
-/// transport down so the reader ends and the peer sees EOF.
+/// dies, flushes its GOAWAY (bounded by [`GOAWAY_GRACE`]) and ends the
+/// transport gracefully.
 async fn writer(shared: Rc<Shared>) {
     let mut spare = BytesMut::with_capacity(64 * 1024);
     loop {
@@ -428,6 +442,20 @@ async fn writer(shared: Rc<Shared>) {
             break;
         }
     }
+    // A graceful end: FIN after the last byte, then give the peer a moment to
+    // close its side while the reader drains, so the socket never closes with
+    // unread input.
+    let _ = shared.tcp.shutdown(std::net::Shutdown::Write);
+    let reader_done = poll_fn(|cx| {
+        let mut st = shared.state.borrow_mut();
+        if st.reader_done {
+            Poll::Ready(())
+        } else {
+            register(&mut st.closer, cx);
+            Poll::Pending
+        }
+    });
+    let _ = engine::timeout(CLOSE_LINGER, reader_done).await;
     let _ = shared.tcp.shutdown(std::net::Shutdown::Both);
 }
 

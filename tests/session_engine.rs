@@ -736,3 +736,88 @@ fn dropping_every_handle_closes_the_session() {
         .expect("io_uring available");
     });
 }
+
+/// `close()` right after the last write loses nothing, even when the peer
+/// reads its socket slowly and keeps sending: the closing side drains its
+/// input after death and half-closes instead of closing with unread input
+/// (which makes the kernel send RST, and the peer drop what it had not read).
+#[test]
+fn close_right_after_writing_loses_nothing() {
+    use muxado::frame::{self, Decode, Frame};
+    bounded(Duration::from_secs(30), || {
+        engine::block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            // A raw peer: sends ignorable frames (unknown type 5) all along, and
+            // reads only after a while, then parses everything to EOF.
+            let peer = engine::spawn(async move {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let noise = tcp.clone();
+                let done = Rc::new(Cell::new(false));
+                let stop = done.clone();
+                engine::spawn(async move {
+                    let mut frame = Vec::new();
+                    Frame::Unknown {
+                        ty: 5,
+                        flags: 0,
+                        stream_id: 0,
+                        payload: &[0; 64],
+                    }
+                    .encode(&mut frame)
+                    .unwrap();
+                    while !stop.get() {
+                        let (r, f) = noise.send_all(frame).await;
+                        frame = f;
+                        if r.is_err() {
+                            break;
+                        }
+                        engine::sleep(Duration::from_millis(1)).await;
+                    }
+                });
+                engine::sleep(Duration::from_millis(200)).await;
+                let mut wire = Vec::new();
+                let mut rx = tcp.recv_multishot();
+                let end = loop {
+                    match rx.next().await {
+                        Ok(Some(chunk)) => wire.extend_from_slice(&chunk),
+                        Ok(None) => break "EOF".to_string(),
+                        Err(e) => break e.to_string(),
+                    }
+                };
+                done.set(true);
+                let _ = tcp.shutdown(std::net::Shutdown::Both);
+                let (mut data, mut fin, mut goaway, mut at) = (Vec::new(), false, false, 0);
+                while let Ok(Decode::Frame(f, n)) = Frame::decode(&wire[at..]) {
+                    at += n;
+                    match f {
+                        Frame::Data { payload, flags, .. } => {
+                            data.extend_from_slice(payload);
+                            fin |= flags & frame::FLAG_FIN != 0;
+                        }
+                        Frame::GoAway { .. } => goaway = true,
+                        _ => {}
+                    }
+                }
+                (end, data, fin, goaway)
+            });
+            let config = Config {
+                max_window: 4 << 20,
+                ..Config::default()
+            };
+            let client = Session::client(TcpStream::connect(addr).await.unwrap(), config);
+            let payload = Rng::new(7).bytes(1 << 20);
+            let mut s = client.open().expect("open");
+            s.write_all(&payload).await.expect("write");
+            s.close_write().expect("FIN");
+            client.close().expect("close");
+            drop(s);
+            drop(client);
+            let (end, data, fin, goaway) = peer.await;
+            assert_eq!(end, "EOF", "the peer saw the transport end with {end}");
+            assert_eq!(data.len(), payload.len());
+            assert_eq!(checksum(&data), checksum(&payload));
+            assert!(fin && goaway, "FIN {fin}, GOAWAY {goaway}");
+        })
+        .expect("io_uring available");
+    });
+}
