@@ -169,6 +169,7 @@ pub(crate) struct CoreConfig {
     pub ring_entries: u32,
     pub recv_buf_count: u16,
     pub recv_buf_size: usize,
+    pub send: SendConfig,
 }
 
 impl Default for CoreConfig {
@@ -177,6 +178,35 @@ impl Default for CoreConfig {
             ring_entries: 256,
             recv_buf_count: 128,
             recv_buf_size: 32 * 1024,
+            send: SendConfig::default(),
+        }
+    }
+}
+
+/// How session writers send (see the `Builder` methods of the same names).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SendConfig {
+    /// Use `SEND_ZC` for sends of at least this many bytes.
+    pub zc_min: Option<usize>,
+    /// Slots of the per-core sparse table of registered send buffers (0: off).
+    pub fixed_slots: u32,
+    /// Split large sends into two SQEs linked with `IOSQE_IO_LINK` (both `MSG_WAITALL`).
+    pub link: bool,
+    /// Send with `MSG_WAITALL`, so the kernel finishes partial sends itself.
+    pub waitall: bool,
+}
+
+impl SendConfig {
+    /// Defaults, overridden by `MUXADO_SEND_ZC=<min bytes>`, `MUXADO_FIXED_SEND=<slots>`,
+    /// `MUXADO_SEND_LINK=1` and `MUXADO_SEND_WAITALL=1` (for measurements).
+    fn from_env() -> SendConfig {
+        let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+        let d = SendConfig::default();
+        SendConfig {
+            zc_min: var("MUXADO_SEND_ZC").map(|v| v as usize).or(d.zc_min),
+            fixed_slots: var("MUXADO_FIXED_SEND").map_or(d.fixed_slots, |v| v as u32),
+            link: var("MUXADO_SEND_LINK").map_or(d.link, |v| v != 0),
+            waitall: var("MUXADO_SEND_WAITALL").map_or(d.waitall, |v| v != 0),
         }
     }
 }
@@ -204,7 +234,10 @@ impl Default for Builder {
         Builder {
             cores: None,
             pin: true,
-            cfg: CoreConfig::default(),
+            cfg: CoreConfig {
+                send: SendConfig::from_env(),
+                ..CoreConfig::default()
+            },
         }
     }
 }
@@ -234,6 +267,36 @@ impl Builder {
     pub fn recv_buffers(mut self, count: u16, size: usize) -> Self {
         self.cfg.recv_buf_count = count;
         self.cfg.recv_buf_size = size;
+        self
+    }
+
+    /// Session writers send with `IORING_OP_SEND_ZC` when a send carries at least `min_bytes`
+    /// (`None`, the default: never). The buffer is held until the kernel's notification CQE.
+    /// Falls back to plain sends, with one log line, if the kernel lacks SEND_ZC.
+    pub fn send_zero_copy(mut self, min_bytes: Option<usize>) -> Self {
+        self.cfg.send.zc_min = min_bytes;
+        self
+    }
+
+    /// Session writers send from registered (fixed) buffers: each core gets a sparse table of
+    /// `slots` registered buffers (two per session). 0, the default, turns this off.
+    pub fn fixed_send_buffers(mut self, slots: u32) -> Self {
+        self.cfg.send.fixed_slots = slots;
+        self
+    }
+
+    /// Session writers split sends of 128 KiB or more into two SQEs linked with
+    /// `IOSQE_IO_LINK` (both `MSG_WAITALL`), so two sends are in flight in byte order.
+    /// Default off.
+    pub fn send_linked(mut self, on: bool) -> Self {
+        self.cfg.send.link = on;
+        self
+    }
+
+    /// Session writers send with `MSG_WAITALL`: the kernel completes partial sends itself
+    /// instead of returning short counts. Default off.
+    pub fn send_waitall(mut self, on: bool) -> Self {
+        self.cfg.send.waitall = on;
         self
     }
 

@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use slab::Slab;
 
-use super::buffers::BufPool;
+use super::buffers::{BufPool, FixedTable};
 use super::executor::{Executor, Remote};
 use super::time::Timers;
-use super::{CoreConfig, EngineError, Stats};
+use super::{CoreConfig, EngineError, SendConfig, Stats};
 
 /// `user_data` of the eventfd read that carries cross-core wakeups.
 const WAKE_TOKEN: u64 = u64::MAX;
@@ -59,6 +59,9 @@ enum Lifecycle {
     Submitted(Option<Waker>),
     /// The CQE arrived; waiting for the future to be polled.
     Completed(Completion),
+    /// A zero-copy send reported its result (with `IORING_CQE_F_MORE`); the kernel still reads
+    /// the buffer until the notification CQE (`IORING_CQE_F_NOTIF`), which completes the op.
+    AwaitingNotif(Completion, Option<Waker>),
     /// The future was dropped: keep its data alive until the final CQE.
     Ignored(#[allow(dead_code)] Box<dyn Any>),
     /// A multishot operation: completions queue up until the consumer takes them.
@@ -131,6 +134,10 @@ pub(crate) struct Features {
     pub defer_taskrun: bool,
     pub coop_taskrun: bool,
     pub pbuf_ring: bool,
+    /// `IORING_OP_SEND_ZC` is supported.
+    pub send_zc: bool,
+    /// A sparse table of registered (fixed) send buffers exists.
+    pub fixed_send: bool,
 }
 
 /// The io_uring of one core plus the table of operations in flight.
@@ -143,6 +150,11 @@ pub(crate) struct Driver {
     pub features: Features,
     /// Provided-buffer ring for multishot receives; `None` when unavailable.
     pub bufs: Option<Rc<BufPool>>,
+    /// Slots of the sparse registered-buffer table that send buffers may take; `None` when the
+    /// table could not be created (or fixed sends are off).
+    pub fixed: Option<FixedTable>,
+    /// How sends are issued (see [`SendConfig`]).
+    pub send: SendConfig,
     /// 8-byte target of the eventfd read; `wake_armed` says whether the kernel holds it.
     wake_buf: Box<[u8; 8]>,
     wake_armed: bool,
@@ -240,6 +252,7 @@ fn create_ring(entries: u32) -> Result<(IoUring, Features), EngineError> {
             return Err(EngineError::MissingOpcode(name));
         }
     }
+    features.send_zc = probe.is_supported(opcode::SendZc::CODE);
     Ok((ring, features))
 }
 
@@ -264,6 +277,31 @@ impl Driver {
                 None
             }
         };
+        let mut send = cfg.send.clone();
+        if send.zc_min.is_some() && !features.send_zc {
+            super::log_once(
+                "no-send-zc",
+                "IORING_OP_SEND_ZC unsupported by this kernel; zero-copy sends fall back to SEND",
+            );
+            send.zc_min = None;
+        }
+        let fixed = if send.fixed_slots > 0 {
+            match ring.submitter().register_buffers_sparse(send.fixed_slots) {
+                Ok(()) => {
+                    features.fixed_send = true;
+                    Some(FixedTable::new(send.fixed_slots))
+                }
+                Err(e) => {
+                    super::log_once(
+                        "no-fixed-send",
+                        &format!("sparse registered-buffer table unavailable ({e}); sends use plain buffers"),
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let mut driver = Driver {
             ring,
             ops: OpTable::new(),
@@ -271,6 +309,8 @@ impl Driver {
             stats: Stats::default(),
             features,
             bufs,
+            fixed,
+            send,
             wake_buf: Box::new([0; 8]),
             wake_armed: false,
             wake_fd,
@@ -298,6 +338,73 @@ impl Driver {
                 // them (NODROP). Flushing again after the kernel has room is all we can do here.
                 std::thread::yield_now();
             }
+        }
+    }
+
+    /// Makes room for `n` SQEs in the submission queue (flushing it if needed), so that a chain
+    /// of `n` linked SQEs pushed next is submitted in one piece.
+    /// Returns false if the room could not be made (the kernel is busy): then do not link.
+    fn reserve(&mut self, n: usize) -> bool {
+        let free = |ring: &mut IoUring| {
+            let sq = ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if free(&mut self.ring) >= n {
+            return true;
+        }
+        self.stats.enters += 1;
+        let _ = self.ring.submit();
+        free(&mut self.ring) >= n
+    }
+
+    /// Registers `len` bytes at `ptr` as a fixed buffer in a free slot of the sparse table.
+    /// Returns the slot, or `None` (no table, table full, or the kernel refused).
+    ///
+    /// The kernel pins the pages: sends through the slot read those pages even if the caller
+    /// later frees the memory, so the caller must release the slot before its memory can be
+    /// reused for other contents it does not mean to send.
+    pub(crate) fn register_send_buf(&mut self, ptr: *const u8, len: usize) -> Option<u16> {
+        let table = self.fixed.as_mut()?;
+        let slot = table.take()?;
+        let iov = libc::iovec {
+            iov_base: ptr as *mut libc::c_void,
+            iov_len: len,
+        };
+        // SAFETY: the iovec describes memory the caller owns right now; the kernel takes its own
+        // references to the pages, so the registration never points at freed memory.
+        let r = unsafe {
+            self.ring
+                .submitter()
+                .register_buffers_update(u32::from(slot), &[iov], None)
+        };
+        match r {
+            Ok(()) => Some(slot),
+            Err(e) => {
+                super::log_once(
+                    "fixed-send-register",
+                    &format!("registering a send buffer failed ({e}); sending from plain buffers"),
+                );
+                self.fixed.as_mut().expect("checked above").give_back(slot);
+                None
+            }
+        }
+    }
+
+    /// Empties a slot taken by [`register_send_buf`](Self::register_send_buf). Sends already in
+    /// flight keep the pages (the kernel holds a reference per request).
+    pub(crate) fn release_send_buf(&mut self, slot: u16) {
+        let empty = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        // SAFETY: an empty iovec clears the slot; no memory is handed to the kernel.
+        let r = unsafe {
+            self.ring
+                .submitter()
+                .register_buffers_update(u32::from(slot), &[empty], None)
+        };
+        if let (Ok(()), Some(table)) = (r, self.fixed.as_mut()) {
+            table.give_back(slot);
         }
     }
 
@@ -421,11 +528,23 @@ impl Driver {
             return;
         };
         match state {
+            Lifecycle::Submitted(waker) if more => {
+                // SEND_ZC's result: the notification follows once the kernel lets go of the data.
+                *state = Lifecycle::AwaitingNotif(c, waker.take());
+            }
             Lifecycle::Submitted(waker) => {
                 if let Some(w) = waker.take() {
                     wakers.push(w);
                 }
                 *state = Lifecycle::Completed(c);
+            }
+            Lifecycle::AwaitingNotif(result, waker) => {
+                if !more {
+                    if let Some(w) = waker.take() {
+                        wakers.push(w);
+                    }
+                    *state = Lifecycle::Completed(*result);
+                }
             }
             Lifecycle::Completed(_) => {}
             Lifecycle::Ignored(_) => {
@@ -472,6 +591,8 @@ impl Driver {
             .iter()
             .filter(|(_, s)| match s {
                 Lifecycle::Submitted(_) | Lifecycle::Ignored(_) => true,
+                // The send is done; only its notification is outstanding. Nothing to cancel.
+                Lifecycle::AwaitingNotif(..) => false,
                 Lifecycle::Multi(m) => !m.finished,
                 Lifecycle::Completed(_) => false,
             })
@@ -504,6 +625,9 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        if self.fixed.is_some() {
+            let _ = self.ring.submitter().unregister_buffers();
+        }
         if let Some(pool) = &self.bufs {
             let _ = self.ring.submitter().unregister_buf_ring(pool.bgid());
         }
@@ -686,6 +810,16 @@ impl<T: 'static> Op<T> {
     }
 }
 
+/// Runs `f` with the core's driver (`None` outside a core).
+pub(crate) fn with_driver<R>(f: impl FnOnce(&mut Driver) -> R) -> Option<R> {
+    current().map(|c| f(&mut c.driver.borrow_mut()))
+}
+
+/// Makes room for `n` SQEs so that a linked chain pushed next goes to the kernel in one piece.
+pub(crate) fn reserve_sqes(n: usize) -> bool {
+    with_driver(|d| d.reserve(n)).unwrap_or(false)
+}
+
 impl<T: Unpin + 'static> Future for Op<T> {
     type Output = (Completion, T);
 
@@ -701,7 +835,7 @@ impl<T: Unpin + 'static> Future for Op<T> {
                 let data = this.data.take().expect("op polled after completion");
                 Poll::Ready((c, data))
             }
-            Lifecycle::Submitted(w) => {
+            Lifecycle::Submitted(w) | Lifecycle::AwaitingNotif(_, w) => {
                 match w {
                     Some(w) if w.will_wake(cx.waker()) => {}
                     _ => *w = Some(cx.waker().clone()),
@@ -731,6 +865,10 @@ impl<T: 'static> Drop for Op<T> {
                 // The kernel still owns pointers into `data`: park it until the CQE.
                 *state = Lifecycle::Ignored(Box::new(data));
                 d.cancel(self.key);
+            }
+            Some(state @ Lifecycle::AwaitingNotif(..)) => {
+                // The send finished but the kernel may still read `data` until the notification.
+                *state = Lifecycle::Ignored(Box::new(data));
             }
             _ => {}
         }
