@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use crate::engine::{self, net::SendPath, net::TcpStream, Sleep};
+use crate::engine::{self, net::TcpStream, Sleep};
 use crate::error::{Error, ErrorCode};
 use crate::proto::{self, Config, Event, Role, StreamKey};
 
@@ -382,7 +382,6 @@ async fn reader(shared: Rc<Shared>) {
 /// transport down so the reader ends and the peer sees EOF.
 async fn writer(shared: Rc<Shared>) {
     let mut spare = BytesMut::with_capacity(64 * 1024);
-    let mut path = SendPath::new();
     loop {
         let ready = poll_fn(|cx| {
             let mut st = shared.state.borrow_mut();
@@ -404,17 +403,15 @@ async fn writer(shared: Rc<Shared>) {
         engine::yield_now().await;
         let dying = {
             let mut st = shared.state.borrow_mut();
-            let before = (spare.as_ptr(), spare.capacity());
             if !st.proto.poll_transmit(&mut spare) {
                 // Nothing to send after all: `spare` still holds the last send's bytes.
                 continue;
             }
-            path.swapped(before, (spare.as_ptr(), spare.capacity()));
             st.sends += 1;
             st.dispatch();
             st.proto.is_dead()
         };
-        let send = shared.tcp.send_all_via(spare, &mut path);
+        let send = shared.tcp.send_all_session(spare);
         let (result, buf) = if dying {
             match engine::timeout(GOAWAY_GRACE, send).await {
                 Ok(done) => done,

@@ -157,29 +157,3 @@ impl Drop for BufPool {
         }
     }
 }
-
-/// The free slots of a core's sparse registered-buffer table (`IORING_REGISTER_BUFFERS2` with
-/// `IORING_RSRC_REGISTER_SPARSE`), which session writers fill with their send buffers.
-pub(crate) struct FixedTable {
-    free: Vec<u16>,
-}
-
-impl FixedTable {
-    /// A table of `slots` empty slots.
-    pub(crate) fn new(slots: u32) -> FixedTable {
-        let n = slots.min(u32::from(u16::MAX) + 1) as usize;
-        FixedTable {
-            free: (0..n).rev().map(|i| i as u16).collect(),
-        }
-    }
-
-    /// Takes a free slot.
-    pub(crate) fn take(&mut self) -> Option<u16> {
-        self.free.pop()
-    }
-
-    /// Returns a slot (already emptied in the kernel).
-    pub(crate) fn give_back(&mut self, slot: u16) {
-        self.free.push(slot);
-    }
-}

@@ -183,31 +183,21 @@ impl Default for CoreConfig {
     }
 }
 
-/// How session writers send (see the `Builder` methods of the same names).
+/// How session writers send.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SendConfig {
-    /// Use `SEND_ZC` for sends of at least this many bytes.
+    /// Use `SEND_ZC` for sends of at least this many bytes (see [`Builder::send_zero_copy`]).
     pub zc_min: Option<usize>,
-    /// Slots of the per-core sparse table of registered send buffers (0: off).
-    pub fixed_slots: u32,
-    /// Split large sends into two SQEs linked with `IOSQE_IO_LINK` (both `MSG_WAITALL`).
-    pub link: bool,
-    /// Send with `MSG_WAITALL`, so the kernel finishes partial sends itself.
-    pub waitall: bool,
 }
 
 impl SendConfig {
-    /// Defaults, overridden by `MUXADO_SEND_ZC=<min bytes>`, `MUXADO_FIXED_SEND=<slots>`,
-    /// `MUXADO_SEND_LINK=1` and `MUXADO_SEND_WAITALL=1` (for measurements).
+    /// The defaults, with `MUXADO_SEND_ZC=<min bytes>` turning zero-copy sends on (so that
+    /// `muxado bench` can compare both without a rebuild).
     fn from_env() -> SendConfig {
-        let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
-        let d = SendConfig::default();
-        SendConfig {
-            zc_min: var("MUXADO_SEND_ZC").map(|v| v as usize).or(d.zc_min),
-            fixed_slots: var("MUXADO_FIXED_SEND").map_or(d.fixed_slots, |v| v as u32),
-            link: var("MUXADO_SEND_LINK").map_or(d.link, |v| v != 0),
-            waitall: var("MUXADO_SEND_WAITALL").map_or(d.waitall, |v| v != 0),
-        }
+        let zc_min = std::env::var("MUXADO_SEND_ZC")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok());
+        SendConfig { zc_min }
     }
 }
 
@@ -273,30 +263,13 @@ impl Builder {
     /// Session writers send with `IORING_OP_SEND_ZC` when a send carries at least `min_bytes`
     /// (`None`, the default: never). The buffer is held until the kernel's notification CQE.
     /// Falls back to plain sends, with one log line, if the kernel lacks SEND_ZC.
+    ///
+    /// Off by default: on loopback (where the kernel copies zero-copy pages anyway) it measured
+    /// slower than SEND, since the writer also waits for the notification before its next send.
+    /// `MUXADO_SEND_ZC=<min bytes>` in the environment turns it on for engines built with the
+    /// default builder (e.g. `muxado bench`).
     pub fn send_zero_copy(mut self, min_bytes: Option<usize>) -> Self {
         self.cfg.send.zc_min = min_bytes;
-        self
-    }
-
-    /// Session writers send from registered (fixed) buffers: each core gets a sparse table of
-    /// `slots` registered buffers (two per session). 0, the default, turns this off.
-    pub fn fixed_send_buffers(mut self, slots: u32) -> Self {
-        self.cfg.send.fixed_slots = slots;
-        self
-    }
-
-    /// Session writers split sends of 128 KiB or more into two SQEs linked with
-    /// `IOSQE_IO_LINK` (both `MSG_WAITALL`), so two sends are in flight in byte order.
-    /// Default off.
-    pub fn send_linked(mut self, on: bool) -> Self {
-        self.cfg.send.link = on;
-        self
-    }
-
-    /// Session writers send with `MSG_WAITALL`: the kernel completes partial sends itself
-    /// instead of returning short counts. Default off.
-    pub fn send_waitall(mut self, on: bool) -> Self {
-        self.cfg.send.waitall = on;
         self
     }
 

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{ready, Context, Poll};
 
-use io_uring::{cqueue, opcode, squeue, types};
+use io_uring::{cqueue, opcode, types};
 
 use super::buffers::BufPool;
 use super::ring::{self, MultiOp, Op};
@@ -136,10 +136,7 @@ unsafe impl IoBuf for Box<[u8]> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The send path of session writers.
-
-/// A send shorter than twice this is never split into linked halves.
-const LINK_MIN: usize = 64 * 1024;
+// Sends.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SendKind {
@@ -147,179 +144,6 @@ enum SendKind {
     Copy,
     /// `IORING_OP_SEND_ZC`: two CQEs; the buffer is busy until the notification.
     ZeroCopy,
-}
-
-/// What a send operation owns: the buffer (alone, or shared by two linked sends).
-trait SendSource: Unpin + 'static {
-    fn source_ptr(&self) -> *const u8;
-    fn source_len(&self) -> usize;
-    /// Whether the SQE links the next one (`IOSQE_IO_LINK`).
-    fn link_next(&self) -> bool;
-}
-
-/// A buffer owned by one send.
-struct Plain<B>(B);
-
-impl<B: IoBuf> SendSource for Plain<B> {
-    fn source_ptr(&self) -> *const u8 {
-        self.0.stable_ptr()
-    }
-    fn source_len(&self) -> usize {
-        self.0.bytes_init()
-    }
-    fn link_next(&self) -> bool {
-        false
-    }
-}
-
-/// A buffer shared by two linked sends; each op keeps it alive until its own final CQE. The
-/// flag says whether this is the head of the link.
-struct Linked<B>(Rc<B>, bool);
-
-impl<B: IoBuf> SendSource for Linked<B> {
-    fn source_ptr(&self) -> *const u8 {
-        self.0.stable_ptr()
-    }
-    fn source_len(&self) -> usize {
-        self.0.bytes_init()
-    }
-    fn link_next(&self) -> bool {
-        self.1
-    }
-}
-
-/// Polls two futures in order until both are done.
-async fn join2<A: std::future::Future, B: std::future::Future>(
-    a: A,
-    b: B,
-) -> (A::Output, B::Output) {
-    let mut a = std::pin::pin!(a);
-    let mut b = std::pin::pin!(b);
-    let (mut ra, mut rb) = (None, None);
-    std::future::poll_fn(|cx| {
-        if ra.is_none() {
-            if let Poll::Ready(v) = a.as_mut().poll(cx) {
-                ra = Some(v);
-            }
-        }
-        if rb.is_none() {
-            if let Poll::Ready(v) = b.as_mut().poll(cx) {
-                rb = Some(v);
-            }
-        }
-        if ra.is_some() && rb.is_some() {
-            Poll::Ready((ra.take().expect("set"), rb.take().expect("set")))
-        } else {
-            Poll::Pending
-        }
-    })
-    .await
-}
-
-/// One registered send buffer of a writer: the allocation (`ptr`, `cap`) and its slot.
-#[derive(Debug, Clone, Copy)]
-struct Reg {
-    ptr: usize,
-    cap: usize,
-    slot: u16,
-}
-
-/// The send state of one session writer: which of its (two, swapped) buffers are registered
-/// with the core's ring, in which slots of the sparse table.
-///
-/// A registration pins the pages of the allocation as they were when it was made. If the
-/// allocation were freed and another one later placed at the same address, a send through the
-/// stale slot would transmit the old pages (memory-safe, since the kernel holds them, but wrong
-/// bytes). So a slot is used only for an exact (address, capacity) match, and [`swapped`]
-/// drops the slot of a buffer the protocol reallocated (it grows its outgoing buffer with
-/// `reserve`, which changes the capacity) before anything else can be registered.
-///
-/// [`swapped`]: SendPath::swapped
-#[derive(Debug, Default)]
-pub(crate) struct SendPath {
-    regs: [Option<Reg>; 2],
-    /// The buffer given to the protocol by the last swap (address, capacity).
-    given: Option<(usize, usize)>,
-    disabled: bool,
-}
-
-impl SendPath {
-    pub(crate) fn new() -> SendPath {
-        SendPath::default()
-    }
-
-    /// Call after each buffer swap with the protocol: `given` is the buffer just handed to it,
-    /// `returned` the one it handed back (the one given last time, unless it reallocated it).
-    /// Buffers are named by (address of the first byte, capacity).
-    pub(crate) fn swapped(&mut self, given: (*const u8, usize), returned: (*const u8, usize)) {
-        let returned = (returned.0 as usize, returned.1);
-        if let Some(prev) = self.given {
-            if prev != returned {
-                // The protocol reallocated the buffer it held: its old registration is stale.
-                self.drop_where(|r| (r.ptr, r.cap) == prev);
-            }
-        }
-        self.given = Some((given.0 as usize, given.1));
-    }
-
-    /// The slot of the allocation at `ptr` with capacity `cap`, registering it if needed.
-    fn slot_for(&mut self, ptr: *const u8, cap: usize) -> Option<u16> {
-        if self.disabled || cap == 0 {
-            return None;
-        }
-        let ptr = ptr as usize;
-        if let Some(r) = self
-            .regs
-            .iter()
-            .flatten()
-            .find(|r| r.ptr == ptr && r.cap == cap)
-        {
-            return Some(r.slot);
-        }
-        let enabled = ring::with_driver(|d| d.fixed.is_some()).unwrap_or(false);
-        if !enabled {
-            self.disabled = true;
-            return None;
-        }
-        // Replace an empty entry, else the one that is not the buffer the protocol holds.
-        let i = match self.regs.iter().position(Option::is_none) {
-            Some(i) => i,
-            None => {
-                let given = self.given;
-                self.regs
-                    .iter()
-                    .position(|r| r.map(|r| (r.ptr, r.cap)) != given)
-                    .unwrap_or(0)
-            }
-        };
-        if let Some(old) = self.regs[i].take() {
-            ring::with_driver(|d| d.release_send_buf(old.slot));
-        }
-        let slot = ring::with_driver(|d| d.register_send_buf(ptr as *const u8, cap)).flatten()?;
-        self.regs[i] = Some(Reg { ptr, cap, slot });
-        Some(slot)
-    }
-
-    fn drop_where(&mut self, f: impl Fn(&Reg) -> bool) {
-        for r in self.regs.iter_mut() {
-            if r.as_ref().is_some_and(&f) {
-                let slot = r.take().expect("checked").slot;
-                ring::with_driver(|d| d.release_send_buf(slot));
-            }
-        }
-    }
-
-    /// Stops using registered buffers (the kernel refused them).
-    fn disable(&mut self) {
-        self.disabled = true;
-        self.drop_where(|_| true);
-    }
-}
-
-impl Drop for SendPath {
-    fn drop(&mut self) {
-        self.drop_where(|_| true);
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -637,27 +461,7 @@ impl TcpStream {
     }
 
     async fn send_at<B: IoBuf>(&self, buf: B, offset: usize) -> (io::Result<usize>, B) {
-        let fd = self.as_raw_fd();
-        let len = buf
-            .bytes_init()
-            .saturating_sub(offset)
-            .min(u32::MAX as usize) as u32;
-        // SAFETY: the SQE points into `buf`'s stable storage, within its initialized bytes;
-        // the op owns `buf` until the CQE.
-        let op = unsafe {
-            Op::submit(buf, |b| {
-                opcode::Send::new(types::Fd(fd), b.stable_ptr().add(offset), len)
-                    .flags(libc::MSG_NOSIGNAL)
-                    .build()
-            })
-        };
-        match op {
-            Ok(op) => {
-                let (c, buf) = op.await;
-                (c.io_result().map(|n| n as usize), buf)
-            }
-            Err((e, buf)) => (Err(e), buf),
-        }
+        self.send_with(buf, offset, SendKind::Copy).await
     }
 
     /// Sends all of `buf`, looping over partial sends.
@@ -677,64 +481,41 @@ impl TcpStream {
         (Ok(()), buf)
     }
 
-    /// Sends from `buf[offset..]` once with `IORING_OP_SEND_ZC` (`MSG_NOSIGNAL`): the kernel
-    /// sends from the pages of `buf` without copying them into socket buffers (on loopback it
-    /// copies anyway). Resolves only after both CQEs: the result, and the notification
+    /// Sends all of `buf` once with `IORING_OP_SEND_ZC` (`MSG_NOSIGNAL`): the kernel sends
+    /// from the pages of `buf` without copying them into socket buffers (on loopback it copies
+    /// anyway). Resolves only after both CQEs: the result, and the notification
     /// (`IORING_CQE_F_NOTIF`) that says the kernel no longer reads the buffer, so `buf` is given
-    /// back only when it may be reused. Fails with `EINVAL` (or `EOPNOTSUPP`) if the kernel or
-    /// the socket does not support zero-copy sends.
+    /// back only when it may be reused. Returns how much was sent. Fails with `EINVAL` (or
+    /// `EOPNOTSUPP`) if the kernel or the socket does not support zero-copy sends.
     pub async fn send_zc<B: IoBuf>(&self, buf: B) -> (io::Result<usize>, B) {
-        let len = buf.bytes_init();
-        let (r, b) = self
-            .send_with(
-                Plain(buf),
-                0,
-                len,
-                SendKind::ZeroCopy,
-                None,
-                libc::MSG_NOSIGNAL,
-            )
-            .await;
-        (r, b.0)
+        self.send_with(buf, 0, SendKind::ZeroCopy).await
     }
 
-    /// One send of `len` bytes from `buf[offset..]`, the way `kind` says, from registered
-    /// buffer `fixed` if given (which must contain those bytes).
-    async fn send_with<T: SendSource>(
+    /// One send from `buf[offset..]`, the way `kind` says.
+    async fn send_with<B: IoBuf>(
         &self,
-        buf: T,
+        buf: B,
         offset: usize,
-        len: usize,
         kind: SendKind,
-        fixed: Option<u16>,
-        flags: i32,
-    ) -> (io::Result<usize>, T) {
+    ) -> (io::Result<usize>, B) {
         let fd = self.as_raw_fd();
-        let len = len.min(u32::MAX as usize) as u32;
-        // SAFETY: the SQE points into `buf`'s stable storage, within its initialized bytes
-        // (`offset + len <= bytes_init`, checked by the callers); the op owns `buf` until its
-        // final CQE, which for SEND_ZC is the notification, after which the kernel no longer
-        // reads the pages. A fixed-buffer send reads the same bytes through pages the kernel
-        // pinned at registration.
+        let len = buf
+            .bytes_init()
+            .saturating_sub(offset)
+            .min(u32::MAX as usize) as u32;
+        // SAFETY: the SQE points into `buf`'s stable storage, within its initialized bytes; the
+        // op owns `buf` until its final CQE, which for SEND_ZC is the notification, after which
+        // the kernel no longer reads the pages.
         let op = unsafe {
             Op::submit(buf, |b| {
-                let ptr = b.source_ptr().add(offset);
-                debug_assert!(offset + len as usize <= b.source_len());
-                let sqe = match kind {
-                    SendKind::ZeroCopy => opcode::SendZc::new(types::Fd(fd), ptr, len)
-                        .buf_index(fixed)
-                        .flags(flags)
-                        .build(),
-                    // Kernel 6.18 answers IORING_OP_SEND with IORING_RECVSEND_FIXED_BUF with
-                    // EINVAL (measured), so copying sends ignore the registration.
+                let ptr = b.stable_ptr().add(offset);
+                match kind {
                     SendKind::Copy => opcode::Send::new(types::Fd(fd), ptr, len)
-                        .flags(flags)
+                        .flags(libc::MSG_NOSIGNAL)
                         .build(),
-                };
-                if b.link_next() {
-                    sqe.flags(squeue::Flags::IO_LINK)
-                } else {
-                    sqe
+                    SendKind::ZeroCopy => opcode::SendZc::new(types::Fd(fd), ptr, len)
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build(),
                 }
             })
         };
@@ -747,110 +528,40 @@ impl TcpStream {
         }
     }
 
-    /// Sends all of `buf` the way the core's send settings say (plain `SEND`, `SEND_ZC` above a
-    /// size, registered buffers, `MSG_WAITALL`, two linked SQEs), keeping byte order: at most
-    /// one chain of sends is in flight, and a linked second half starts only after the first
-    /// half was sent entirely.
-    pub(crate) async fn send_all_via<B: IoBufMut>(
-        &self,
-        buf: B,
-        path: &mut SendPath,
-    ) -> (io::Result<()>, B) {
-        let cfg = ring::with_driver(|d| d.send.clone()).unwrap_or_default();
+    /// Sends all of `buf` like [`send_all`](Self::send_all), but with `SEND_ZC` when the
+    /// core's settings say so for what is left ([`Builder::send_zero_copy`]). Session writers
+    /// send this way.
+    ///
+    /// [`Builder::send_zero_copy`]: super::Builder::send_zero_copy
+    pub(crate) async fn send_all_session<B: IoBuf>(&self, mut buf: B) -> (io::Result<()>, B) {
+        let mut zc_min = ring::with_driver(|d| d.send.zc_min).flatten();
         let total = buf.bytes_init();
-        // Only SEND_ZC can send from a registered buffer here (see `send_with`).
-        let mut fixed = if total > 0 && cfg.zc_min.is_some() {
-            path.slot_for(buf.stable_ptr(), buf.bytes_total())
-        } else {
-            None
-        };
-        let mut flags = libc::MSG_NOSIGNAL;
-        if cfg.waitall || cfg.link {
-            flags |= libc::MSG_WAITALL;
-        }
-        let mut buf = buf;
         let mut done = 0;
         while done < total {
-            let left = total - done;
-            let kind = match cfg.zc_min {
-                Some(min) if left >= min => SendKind::ZeroCopy,
+            let kind = match zc_min {
+                Some(min) if total - done >= min => SendKind::ZeroCopy,
                 _ => SendKind::Copy,
             };
-            let r = if cfg.link && left >= 2 * LINK_MIN && ring::reserve_sqes(2) {
-                let (r, b) = self.send_linked(buf, done, left, kind, fixed, flags).await;
-                buf = b;
-                r
-            } else {
-                let (r, b) = self
-                    .send_with(Plain(buf), done, left, kind, fixed, flags)
-                    .await;
-                buf = b.0;
-                r
-            };
+            let (r, b) = self.send_with(buf, done, kind).await;
+            buf = b;
             match r {
                 Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if fixed.is_some() && e.raw_os_error() == Some(libc::EINVAL) => {
+                Err(e)
+                    if kind == SendKind::ZeroCopy
+                        && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) =>
+                {
                     super::log_once(
-                        "fixed-send-einval",
-                        "sends from registered buffers fail with EINVAL; using plain buffers",
+                        "send-zc-refused",
+                        &format!("SEND_ZC refused on a socket ({e}); sending with SEND"),
                     );
-                    path.disable();
-                    fixed = None;
+                    zc_min = None;
                 }
                 Err(e) => return (Err(e), buf),
             }
         }
         (Ok(()), buf)
-    }
-
-    /// Sends `buf[offset..offset + len]` as two SQEs linked with `IOSQE_IO_LINK`, both with the
-    /// caller's flags (which include `MSG_WAITALL`): the second starts only after the first
-    /// sent all its bytes, and is cancelled if the first fell short. Returns the bytes sent in
-    /// order (the second half counts only if the first was complete).
-    async fn send_linked<B: IoBuf>(
-        &self,
-        buf: B,
-        offset: usize,
-        len: usize,
-        kind: SendKind,
-        fixed: Option<u16>,
-        flags: i32,
-    ) -> (io::Result<usize>, B) {
-        let half = len / 2;
-        let shared = Rc::new(buf);
-        let first = self.send_with(
-            Linked(shared.clone(), true),
-            offset,
-            half,
-            kind,
-            fixed,
-            flags,
-        );
-        let second = self.send_with(
-            Linked(shared, false),
-            offset + half,
-            len - half,
-            kind,
-            fixed,
-            flags,
-        );
-        // Both SQEs are pushed when the futures are first polled, in this order, with no yield
-        // in between (`join2` polls `first` then `second` in its first poll).
-        let ((r1, a), (r2, b)) = join2(first, second).await;
-        drop(a);
-        let Ok(buf) = Rc::try_unwrap(b.0) else {
-            unreachable!("both linked sends completed: no other owner of the buffer is left")
-        };
-        let r = match r1 {
-            Err(e) => Err(e),
-            // Short: the kernel cancelled the second half (ECANCELED); resend from `n`.
-            Ok(n) if n < half => Ok(n),
-            // Complete: add what the second half sent; its error, if any, shows on the retry.
-            Ok(n) => Ok(n + r2.unwrap_or(0)),
-        };
-        (r, buf)
     }
 
     /// Receives once into the spare capacity of `buf` (`IORING_OP_RECV`), appending to its

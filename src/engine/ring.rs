@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use slab::Slab;
 
-use super::buffers::{BufPool, FixedTable};
+use super::buffers::BufPool;
 use super::executor::{Executor, Remote};
 use super::time::Timers;
 use super::{CoreConfig, EngineError, SendConfig, Stats};
@@ -136,8 +136,6 @@ pub(crate) struct Features {
     pub pbuf_ring: bool,
     /// `IORING_OP_SEND_ZC` is supported.
     pub send_zc: bool,
-    /// A sparse table of registered (fixed) send buffers exists.
-    pub fixed_send: bool,
 }
 
 /// The io_uring of one core plus the table of operations in flight.
@@ -150,9 +148,6 @@ pub(crate) struct Driver {
     pub features: Features,
     /// Provided-buffer ring for multishot receives; `None` when unavailable.
     pub bufs: Option<Rc<BufPool>>,
-    /// Slots of the sparse registered-buffer table that send buffers may take; `None` when the
-    /// table could not be created (or fixed sends are off).
-    pub fixed: Option<FixedTable>,
     /// How sends are issued (see [`SendConfig`]).
     pub send: SendConfig,
     /// 8-byte target of the eventfd read; `wake_armed` says whether the kernel holds it.
@@ -285,23 +280,6 @@ impl Driver {
             );
             send.zc_min = None;
         }
-        let fixed = if send.fixed_slots > 0 {
-            match ring.submitter().register_buffers_sparse(send.fixed_slots) {
-                Ok(()) => {
-                    features.fixed_send = true;
-                    Some(FixedTable::new(send.fixed_slots))
-                }
-                Err(e) => {
-                    super::log_once(
-                        "no-fixed-send",
-                        &format!("sparse registered-buffer table unavailable ({e}); sends use plain buffers"),
-                    );
-                    None
-                }
-            }
-        } else {
-            None
-        };
         let mut driver = Driver {
             ring,
             ops: OpTable::new(),
@@ -309,7 +287,6 @@ impl Driver {
             stats: Stats::default(),
             features,
             bufs,
-            fixed,
             send,
             wake_buf: Box::new([0; 8]),
             wake_armed: false,
@@ -338,73 +315,6 @@ impl Driver {
                 // them (NODROP). Flushing again after the kernel has room is all we can do here.
                 std::thread::yield_now();
             }
-        }
-    }
-
-    /// Makes room for `n` SQEs in the submission queue (flushing it if needed), so that a chain
-    /// of `n` linked SQEs pushed next is submitted in one piece.
-    /// Returns false if the room could not be made (the kernel is busy): then do not link.
-    fn reserve(&mut self, n: usize) -> bool {
-        let free = |ring: &mut IoUring| {
-            let sq = ring.submission();
-            sq.capacity() - sq.len()
-        };
-        if free(&mut self.ring) >= n {
-            return true;
-        }
-        self.stats.enters += 1;
-        let _ = self.ring.submit();
-        free(&mut self.ring) >= n
-    }
-
-    /// Registers `len` bytes at `ptr` as a fixed buffer in a free slot of the sparse table.
-    /// Returns the slot, or `None` (no table, table full, or the kernel refused).
-    ///
-    /// The kernel pins the pages: sends through the slot read those pages even if the caller
-    /// later frees the memory, so the caller must release the slot before its memory can be
-    /// reused for other contents it does not mean to send.
-    pub(crate) fn register_send_buf(&mut self, ptr: *const u8, len: usize) -> Option<u16> {
-        let table = self.fixed.as_mut()?;
-        let slot = table.take()?;
-        let iov = libc::iovec {
-            iov_base: ptr as *mut libc::c_void,
-            iov_len: len,
-        };
-        // SAFETY: the iovec describes memory the caller owns right now; the kernel takes its own
-        // references to the pages, so the registration never points at freed memory.
-        let r = unsafe {
-            self.ring
-                .submitter()
-                .register_buffers_update(u32::from(slot), &[iov], None)
-        };
-        match r {
-            Ok(()) => Some(slot),
-            Err(e) => {
-                super::log_once(
-                    "fixed-send-register",
-                    &format!("registering a send buffer failed ({e}); sending from plain buffers"),
-                );
-                self.fixed.as_mut().expect("checked above").give_back(slot);
-                None
-            }
-        }
-    }
-
-    /// Empties a slot taken by [`register_send_buf`](Self::register_send_buf). Sends already in
-    /// flight keep the pages (the kernel holds a reference per request).
-    pub(crate) fn release_send_buf(&mut self, slot: u16) {
-        let empty = libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        };
-        // SAFETY: an empty iovec clears the slot; no memory is handed to the kernel.
-        let r = unsafe {
-            self.ring
-                .submitter()
-                .register_buffers_update(u32::from(slot), &[empty], None)
-        };
-        if let (Ok(()), Some(table)) = (r, self.fixed.as_mut()) {
-            table.give_back(slot);
         }
     }
 
@@ -625,9 +535,6 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        if self.fixed.is_some() {
-            let _ = self.ring.submitter().unregister_buffers();
-        }
         if let Some(pool) = &self.bufs {
             let _ = self.ring.submitter().unregister_buf_ring(pool.bgid());
         }
@@ -813,11 +720,6 @@ impl<T: 'static> Op<T> {
 /// Runs `f` with the core's driver (`None` outside a core).
 pub(crate) fn with_driver<R>(f: impl FnOnce(&mut Driver) -> R) -> Option<R> {
     current().map(|c| f(&mut c.driver.borrow_mut()))
-}
-
-/// Makes room for `n` SQEs so that a linked chain pushed next goes to the kernel in one piece.
-pub(crate) fn reserve_sqes(n: usize) -> bool {
-    with_driver(|d| d.reserve(n)).unwrap_or(false)
 }
 
 impl<T: Unpin + 'static> Future for Op<T> {
