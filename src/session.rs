@@ -420,12 +420,15 @@ async fn writer(shared: Rc<Shared>) {
         engine::yield_now().await;
         let dying = {
             let mut st = shared.state.borrow_mut();
-            st.proto.poll_transmit(&mut spare);
+            if !st.proto.poll_transmit(&mut spare) {
+                // Nothing to send after all: `spare` still holds the last send's bytes.
+                continue;
+            }
             st.sends += 1;
             st.dispatch();
             st.proto.is_dead()
         };
-        let send = shared.tcp.send_all(spare);
+        let send = shared.tcp.send_all_session(spare);
         let (result, buf) = if dying {
             match engine::timeout(GOAWAY_GRACE, send).await {
                 Ok(done) => done,

@@ -169,6 +169,7 @@ pub(crate) struct CoreConfig {
     pub ring_entries: u32,
     pub recv_buf_count: u16,
     pub recv_buf_size: usize,
+    pub send: SendConfig,
 }
 
 impl Default for CoreConfig {
@@ -177,7 +178,26 @@ impl Default for CoreConfig {
             ring_entries: 256,
             recv_buf_count: 128,
             recv_buf_size: 32 * 1024,
+            send: SendConfig::default(),
         }
+    }
+}
+
+/// How session writers send.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SendConfig {
+    /// Use `SEND_ZC` for sends of at least this many bytes (see [`Builder::send_zero_copy`]).
+    pub zc_min: Option<usize>,
+}
+
+impl SendConfig {
+    /// The defaults, with `MUXADO_SEND_ZC=<min bytes>` turning zero-copy sends on (so that
+    /// `muxado bench` can compare both without a rebuild).
+    fn from_env() -> SendConfig {
+        let zc_min = std::env::var("MUXADO_SEND_ZC")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok());
+        SendConfig { zc_min }
     }
 }
 
@@ -204,7 +224,10 @@ impl Default for Builder {
         Builder {
             cores: None,
             pin: true,
-            cfg: CoreConfig::default(),
+            cfg: CoreConfig {
+                send: SendConfig::from_env(),
+                ..CoreConfig::default()
+            },
         }
     }
 }
@@ -234,6 +257,19 @@ impl Builder {
     pub fn recv_buffers(mut self, count: u16, size: usize) -> Self {
         self.cfg.recv_buf_count = count;
         self.cfg.recv_buf_size = size;
+        self
+    }
+
+    /// Session writers send with `IORING_OP_SEND_ZC` when a send carries at least `min_bytes`
+    /// (`None`, the default: never). The buffer is held until the kernel's notification CQE.
+    /// Falls back to plain sends, with one log line, if the kernel lacks SEND_ZC.
+    ///
+    /// Off by default: on loopback (where the kernel copies zero-copy pages anyway) it measured
+    /// slower than SEND, since the writer also waits for the notification before its next send.
+    /// `MUXADO_SEND_ZC=<min bytes>` in the environment turns it on for engines built with the
+    /// default builder (e.g. `muxado bench`).
+    pub fn send_zero_copy(mut self, min_bytes: Option<usize>) -> Self {
+        self.cfg.send.zc_min = min_bytes;
         self
     }
 

@@ -136,6 +136,17 @@ unsafe impl IoBuf for Box<[u8]> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Sends.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendKind {
+    /// `IORING_OP_SEND`: the kernel copies the bytes into socket buffers.
+    Copy,
+    /// `IORING_OP_SEND_ZC`: two CQEs; the buffer is busy until the notification.
+    ZeroCopy,
+}
+
+// ---------------------------------------------------------------------------------------------
 // Socket addresses.
 
 fn to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
@@ -450,27 +461,7 @@ impl TcpStream {
     }
 
     async fn send_at<B: IoBuf>(&self, buf: B, offset: usize) -> (io::Result<usize>, B) {
-        let fd = self.as_raw_fd();
-        let len = buf
-            .bytes_init()
-            .saturating_sub(offset)
-            .min(u32::MAX as usize) as u32;
-        // SAFETY: the SQE points into `buf`'s stable storage, within its initialized bytes;
-        // the op owns `buf` until the CQE.
-        let op = unsafe {
-            Op::submit(buf, |b| {
-                opcode::Send::new(types::Fd(fd), b.stable_ptr().add(offset), len)
-                    .flags(libc::MSG_NOSIGNAL)
-                    .build()
-            })
-        };
-        match op {
-            Ok(op) => {
-                let (c, buf) = op.await;
-                (c.io_result().map(|n| n as usize), buf)
-            }
-            Err((e, buf)) => (Err(e), buf),
-        }
+        self.send_with(buf, offset, SendKind::Copy).await
     }
 
     /// Sends all of `buf`, looping over partial sends.
@@ -484,6 +475,89 @@ impl TcpStream {
                 Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    /// Sends all of `buf` once with `IORING_OP_SEND_ZC` (`MSG_NOSIGNAL`): the kernel sends
+    /// from the pages of `buf` without copying them into socket buffers (on loopback it copies
+    /// anyway). Resolves only after both CQEs: the result, and the notification
+    /// (`IORING_CQE_F_NOTIF`) that says the kernel no longer reads the buffer, so `buf` is given
+    /// back only when it may be reused. Returns how much was sent. Fails with `EINVAL` (or
+    /// `EOPNOTSUPP`) if the kernel or the socket does not support zero-copy sends.
+    pub async fn send_zc<B: IoBuf>(&self, buf: B) -> (io::Result<usize>, B) {
+        self.send_with(buf, 0, SendKind::ZeroCopy).await
+    }
+
+    /// One send from `buf[offset..]`, the way `kind` says.
+    async fn send_with<B: IoBuf>(
+        &self,
+        buf: B,
+        offset: usize,
+        kind: SendKind,
+    ) -> (io::Result<usize>, B) {
+        let fd = self.as_raw_fd();
+        let len = buf
+            .bytes_init()
+            .saturating_sub(offset)
+            .min(u32::MAX as usize) as u32;
+        // SAFETY: the SQE points into `buf`'s stable storage, within its initialized bytes; the
+        // op owns `buf` until its final CQE, which for SEND_ZC is the notification, after which
+        // the kernel no longer reads the pages.
+        let op = unsafe {
+            Op::submit(buf, |b| {
+                let ptr = b.stable_ptr().add(offset);
+                match kind {
+                    SendKind::Copy => opcode::Send::new(types::Fd(fd), ptr, len)
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build(),
+                    SendKind::ZeroCopy => opcode::SendZc::new(types::Fd(fd), ptr, len)
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build(),
+                }
+            })
+        };
+        match op {
+            Ok(op) => {
+                let (c, buf) = op.await;
+                (c.io_result().map(|n| n as usize), buf)
+            }
+            Err((e, buf)) => (Err(e), buf),
+        }
+    }
+
+    /// Sends all of `buf` like [`send_all`](Self::send_all), but with `SEND_ZC` when the
+    /// core's settings say so for what is left ([`Builder::send_zero_copy`]). Session writers
+    /// send this way.
+    ///
+    /// [`Builder::send_zero_copy`]: super::Builder::send_zero_copy
+    pub(crate) async fn send_all_session<B: IoBuf>(&self, mut buf: B) -> (io::Result<()>, B) {
+        let mut zc_min = ring::with_driver(|d| d.send.zc_min).flatten();
+        let total = buf.bytes_init();
+        let mut done = 0;
+        while done < total {
+            let kind = match zc_min {
+                Some(min) if total - done >= min => SendKind::ZeroCopy,
+                _ => SendKind::Copy,
+            };
+            let (r, b) = self.send_with(buf, done, kind).await;
+            buf = b;
+            match r {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if kind == SendKind::ZeroCopy
+                        && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) =>
+                {
+                    super::log_once(
+                        "send-zc-refused",
+                        &format!("SEND_ZC refused on a socket ({e}); sending with SEND"),
+                    );
+                    zc_min = None;
+                }
                 Err(e) => return (Err(e), buf),
             }
         }

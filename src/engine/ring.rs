@@ -26,7 +26,7 @@ use slab::Slab;
 use super::buffers::BufPool;
 use super::executor::{Executor, Remote};
 use super::time::Timers;
-use super::{CoreConfig, EngineError, Stats};
+use super::{CoreConfig, EngineError, SendConfig, Stats};
 
 /// `user_data` of the eventfd read that carries cross-core wakeups.
 const WAKE_TOKEN: u64 = u64::MAX;
@@ -59,6 +59,9 @@ enum Lifecycle {
     Submitted(Option<Waker>),
     /// The CQE arrived; waiting for the future to be polled.
     Completed(Completion),
+    /// A zero-copy send reported its result (with `IORING_CQE_F_MORE`); the kernel still reads
+    /// the buffer until the notification CQE (`IORING_CQE_F_NOTIF`), which completes the op.
+    AwaitingNotif(Completion, Option<Waker>),
     /// The future was dropped: keep its data alive until the final CQE.
     Ignored(#[allow(dead_code)] Box<dyn Any>),
     /// A multishot operation: completions queue up until the consumer takes them.
@@ -131,6 +134,8 @@ pub(crate) struct Features {
     pub defer_taskrun: bool,
     pub coop_taskrun: bool,
     pub pbuf_ring: bool,
+    /// `IORING_OP_SEND_ZC` is supported.
+    pub send_zc: bool,
 }
 
 /// The io_uring of one core plus the table of operations in flight.
@@ -143,6 +148,8 @@ pub(crate) struct Driver {
     pub features: Features,
     /// Provided-buffer ring for multishot receives; `None` when unavailable.
     pub bufs: Option<Rc<BufPool>>,
+    /// How sends are issued (see [`SendConfig`]).
+    pub send: SendConfig,
     /// 8-byte target of the eventfd read; `wake_armed` says whether the kernel holds it.
     wake_buf: Box<[u8; 8]>,
     wake_armed: bool,
@@ -245,6 +252,7 @@ fn create_ring(entries: u32) -> Result<(IoUring, Features), EngineError> {
             return Err(EngineError::MissingOpcode(name));
         }
     }
+    features.send_zc = probe.is_supported(opcode::SendZc::CODE);
     Ok((ring, features))
 }
 
@@ -269,6 +277,14 @@ impl Driver {
                 None
             }
         };
+        let mut send = cfg.send.clone();
+        if send.zc_min.is_some() && !features.send_zc {
+            super::log_once(
+                "no-send-zc",
+                "IORING_OP_SEND_ZC unsupported by this kernel; zero-copy sends fall back to SEND",
+            );
+            send.zc_min = None;
+        }
         let mut driver = Driver {
             ring,
             ops: OpTable::new(),
@@ -276,6 +292,7 @@ impl Driver {
             stats: Stats::default(),
             features,
             bufs,
+            send,
             wake_buf: Box::new([0; 8]),
             wake_armed: false,
             wake_fd,
@@ -429,11 +446,23 @@ impl Driver {
             return;
         };
         match state {
+            Lifecycle::Submitted(waker) if more => {
+                // SEND_ZC's result: the notification follows once the kernel lets go of the data.
+                *state = Lifecycle::AwaitingNotif(c, waker.take());
+            }
             Lifecycle::Submitted(waker) => {
                 if let Some(w) = waker.take() {
                     wakers.push(w);
                 }
                 *state = Lifecycle::Completed(c);
+            }
+            Lifecycle::AwaitingNotif(result, waker) => {
+                if !more {
+                    if let Some(w) = waker.take() {
+                        wakers.push(w);
+                    }
+                    *state = Lifecycle::Completed(*result);
+                }
             }
             Lifecycle::Completed(_) => {}
             Lifecycle::Ignored(_) => {
@@ -480,6 +509,8 @@ impl Driver {
             .iter()
             .filter(|(_, s)| match s {
                 Lifecycle::Submitted(_) | Lifecycle::Ignored(_) => true,
+                // The send is done; only its notification is outstanding. Nothing to cancel.
+                Lifecycle::AwaitingNotif(..) => false,
                 Lifecycle::Multi(m) => !m.finished,
                 Lifecycle::Completed(_) => false,
             })
@@ -700,6 +731,11 @@ impl<T: 'static> Op<T> {
     }
 }
 
+/// Runs `f` with the core's driver (`None` outside a core).
+pub(crate) fn with_driver<R>(f: impl FnOnce(&mut Driver) -> R) -> Option<R> {
+    current().map(|c| f(&mut c.driver.borrow_mut()))
+}
+
 impl<T: Unpin + 'static> Future for Op<T> {
     type Output = (Completion, T);
 
@@ -715,7 +751,7 @@ impl<T: Unpin + 'static> Future for Op<T> {
                 let data = this.data.take().expect("op polled after completion");
                 Poll::Ready((c, data))
             }
-            Lifecycle::Submitted(w) => {
+            Lifecycle::Submitted(w) | Lifecycle::AwaitingNotif(_, w) => {
                 match w {
                     Some(w) if w.will_wake(cx.waker()) => {}
                     _ => *w = Some(cx.waker().clone()),
@@ -745,6 +781,10 @@ impl<T: 'static> Drop for Op<T> {
                 // The kernel still owns pointers into `data`: park it until the CQE.
                 *state = Lifecycle::Ignored(Box::new(data));
                 d.cancel(self.key);
+            }
+            Some(state @ Lifecycle::AwaitingNotif(..)) => {
+                // The send finished but the kernel may still read `data` until the notification.
+                *state = Lifecycle::Ignored(Box::new(data));
             }
             _ => {}
         }
