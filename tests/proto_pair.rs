@@ -478,10 +478,13 @@ impl World {
     fn check_windows(&self, side: usize) {
         let sd = &self.sides[side];
         for st in sd.live.values() {
-            if let Ok(n) = sd.s.readable_len(st.key) {
+            if let (Ok(n), Ok(w)) = (sd.s.readable_len(st.key), sd.s.recv_window(st.key)) {
+                // Auto-tuning may grow a stream's window, never beyond its cap.
+                let cap = sd.s.config().max_auto_window;
                 assert!(
-                    n <= self.p.window as usize,
-                    "unread {n} exceeds the window on stream {}",
+                    n <= w as usize && w >= self.p.window && w <= cap,
+                    "unread {n}, window {w} (base {}, cap {cap}) on stream {}",
+                    self.p.window,
                     st.id
                 );
             }

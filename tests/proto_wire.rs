@@ -311,7 +311,8 @@ fn lazy_syn_on_first_frame_actually_sent() {
 
 #[test]
 fn wndinc_coalesced_and_every_read_byte_credited() {
-    let mut server = Peer::new(Role::Server);
+    // Exact Go-like credit: auto-tuning off.
+    let mut server = Peer::with(Role::Server, no_auto_tuning());
     let window = Config::default().max_window; // 256 KiB, threshold 64 KiB
     let threshold = window / 4;
     let payload: Vec<u8> = (0..window).map(|i| i as u8).collect();
@@ -354,6 +355,81 @@ fn wndinc_coalesced_and_every_read_byte_credited() {
         frames(&server.tx()),
         vec![F::WndInc(3, read + rest.len() as u32 - credited)]
     );
+}
+
+fn no_auto_tuning() -> Config {
+    Config {
+        max_auto_window: Config::default().max_window,
+        ..Config::default()
+    }
+}
+
+/// A reader that keeps up gets its window doubled with each credit, up to
+/// `max_auto_window`; the extra is granted in the WNDINC and then enforced as
+/// the new flow-control limit. A reader that lags gets no growth.
+#[test]
+fn auto_tuning_grows_the_window_of_a_reader_that_keeps_up() {
+    let config = Config {
+        max_window: 1000,
+        window_update_threshold: 250,
+        max_auto_window: 4000,
+        ..Config::default()
+    };
+    let mut server = Peer::with(Role::Server, config.clone());
+    server.input(&data(3, FLAG_SYN, &[7u8; 1000]));
+    let k = server.accept();
+    assert_eq!(server.s.recv_window(k), Ok(1000));
+    // Reads everything: credit 1000 consumed + 1000 growth.
+    assert_eq!(server.read_all(k).len(), 1000);
+    assert_eq!(frames(&server.tx()), vec![F::WndInc(3, 2000)]);
+    assert_eq!(server.s.recv_window(k), Ok(2000));
+    // The peer may now have 2000 unread: accepted, no RST.
+    server.input(&data(3, 0, &[7u8; 2000]));
+    assert_eq!(server.s.readable_len(k), Ok(2000));
+    assert_eq!(server.read_all(k).len(), 2000);
+    // Growth stops at the cap.
+    assert_eq!(frames(&server.tx()), vec![F::WndInc(3, 4000)]);
+    assert_eq!(server.s.recv_window(k), Ok(4000));
+    server.input(&data(3, 0, &[7u8; 4000]));
+    assert_eq!(server.read_all(k).len(), 4000);
+    assert_eq!(frames(&server.tx()), vec![F::WndInc(3, 4000)]);
+    assert_eq!(server.s.recv_window(k), Ok(4000));
+    // Beyond the grown window: FlowControlError.
+    server.input(&data(3, 0, &[7u8; 4001]));
+    assert_eq!(
+        frames(&server.tx()),
+        vec![F::Rst(3, ErrorCode::FlowControlError)]
+    );
+
+    // A reader that lags (data left unread when credit is due) gets no growth.
+    let mut lagging = Peer::with(Role::Server, config);
+    lagging.input(&data(3, FLAG_SYN, &[7u8; 1000]));
+    let k = lagging.accept();
+    let mut buf = [0u8; 300];
+    assert_eq!(lagging.s.read(k, &mut buf), Ok(Some(300)));
+    assert_eq!(frames(&lagging.tx()), vec![F::WndInc(3, 300)]);
+    assert_eq!(lagging.s.recv_window(k), Ok(1000));
+}
+
+/// The extra window of all streams together stays within `auto_window_budget`.
+#[test]
+fn auto_tuning_respects_the_session_budget() {
+    let config = Config {
+        max_window: 1000,
+        window_update_threshold: 250,
+        max_auto_window: 8000,
+        auto_window_budget: 1500,
+        ..Config::default()
+    };
+    let mut server = Peer::with(Role::Server, config);
+    let mut grown = 0;
+    for id in [3u32, 5, 7] {
+        server.input(&data(id, FLAG_SYN, &[1u8; 1000]));
+        let k = server.accept();
+        server.read_all(k);
+        grown += server.s.recv_window(k).unwrap() - 1000;
+    }
+    assert_eq!(grown, 1500, "1000 + 500 + 0 of extra window");
 }
 
 #[test]

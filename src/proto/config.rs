@@ -30,8 +30,20 @@ pub struct Config {
     /// Bytes one stream may queue between two transmissions, so that a bulk
     /// writer cannot starve the other streams of the session. Default 256 KiB.
     pub stream_send_quota: usize,
+    /// Receive-window auto-tuning: when the application keeps up with a
+    /// stream (nothing is left unread when credit is returned), the stream's
+    /// window doubles, up to this size, and the extra is granted in the same
+    /// WNDINC; a Go or ngrok sender simply follows the credit. A window as
+    /// large as the bandwidth-delay product is what keeps one stream as fast
+    /// as a TCP connection when the two ends run on different cores. Set it to
+    /// `max_window` to turn auto-tuning off. Default 4 MiB.
+    pub max_auto_window: u32,
+    /// Extra window (beyond `max_window`) all the streams of a session may
+    /// hold at once: bounds how much more auto-tuning lets the peer make us
+    /// buffer. Default 16 MiB.
+    pub auto_window_budget: usize,
     /// Consumed bytes are credited back to the peer with one WNDINC once this
-    /// many accumulate (Go sends one per read). 0 means a quarter of the window.
+    /// many accumulate (Go sends one per read). 0 means a quarter of `max_window`.
     pub window_update_threshold: u32,
     /// Control frames may exceed `max_send_buffer` by this much before the
     /// session gives up on a peer that sends but never reads (EnhanceYourCalm).
@@ -53,6 +65,8 @@ impl Default for Config {
             max_streams: 4096,
             max_send_buffer: 512 * 1024,
             stream_send_quota: 256 * 1024,
+            max_auto_window: 4 << 20,
+            auto_window_budget: 16 << 20,
             window_update_threshold: 0,
             max_control_backlog: 1 << 20,
             max_goaway_debug: 1 << 20,

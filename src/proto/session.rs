@@ -127,6 +127,8 @@ pub struct Session {
     role: Role,
     config: Config,
     credit_threshold: u32,
+    /// Extra receive window granted by auto-tuning, over all streams.
+    auto_window_used: usize,
     now: Option<Instant>,
 
     streams: Slab<StreamState>,
@@ -162,9 +164,11 @@ impl Session {
     /// A new session in the given role. Nothing is sent until a stream writes.
     pub fn new(role: Role, mut config: Config) -> Self {
         config.max_window = config.max_window.clamp(1, MAX_WINDOW);
+        config.max_auto_window = config.max_auto_window.clamp(config.max_window, MAX_WINDOW);
         Session {
             role,
             credit_threshold: config.credit_threshold(),
+            auto_window_used: 0,
             streams: Slab::new(),
             table: IdMap::default(),
             next_gen: 0,
@@ -227,6 +231,12 @@ impl Session {
     /// Bytes a stream may still send before it needs a WNDINC.
     pub fn send_window(&self, key: StreamKey) -> Result<u64, Error> {
         Ok(self.get(key)?.send_window)
+    }
+
+    /// How much the peer may have unread on a stream: `max_window`, or more
+    /// once auto-tuning has grown it (never beyond `max_auto_window`).
+    pub fn recv_window(&self, key: StreamKey) -> Result<u32, Error> {
+        Ok(self.get(key)?.recv_window)
     }
 
     /// Bytes received on a stream and not yet read.
@@ -741,8 +751,8 @@ impl Session {
             return Sink::Drain;
         };
         let key = self.key_of(slot);
-        let window = self.config.max_window as usize;
         let s = &mut self.streams[slot];
+        let window = s.recv_window as usize;
         if !s.accepts_data() {
             if h.length > 0 && !s.rst_sent && s.error.is_none() {
                 self.reset_stream(key, ErrorCode::StreamClosed);
@@ -881,7 +891,8 @@ impl Session {
     fn maybe_free(&mut self, slot: usize) {
         let s = &self.streams[slot];
         if !s.in_table && !s.held {
-            self.streams.remove(slot);
+            let s = self.streams.remove(slot);
+            self.auto_window_used -= (s.recv_window - self.config.max_window) as usize;
         }
     }
 
@@ -947,20 +958,34 @@ impl Session {
         }
     }
 
-    /// Credits consumed bytes back to the peer once enough have accumulated.
+    /// Credits consumed bytes back to the peer once enough have accumulated,
+    /// growing the window of a stream whose reader keeps up (auto-tuning).
     fn credit(&mut self, key: StreamKey, n: usize) {
-        let threshold = self.credit_threshold;
         let dead = self.error.is_some();
         let s = &mut self.streams[key.slot as usize];
         if !s.in_table || s.recv_fin || s.error.is_some() || dead {
             return;
         }
         s.credit += n as u32;
-        if s.credit >= threshold {
-            let (id, inc) = (s.id, std::mem::take(&mut s.credit));
-            frame::encode_wndinc(&mut self.out, id, inc).expect("credit within window");
-            self.stats.frames_out += 1;
+        // The threshold stays that of the base window even when this stream's
+        // window grew: a sender may ignore extra credit (ngrok's crate caps
+        // its window at the initial size), and it must still get credit
+        // before its base window runs out.
+        if s.credit < self.credit_threshold {
+            return;
         }
+        let mut inc = std::mem::take(&mut s.credit);
+        if s.recv_buf.is_empty() {
+            let room = self.config.auto_window_budget - self.auto_window_used;
+            let grow = (s.recv_window as usize)
+                .min((self.config.max_auto_window - s.recv_window) as usize)
+                .min(room) as u32;
+            s.recv_window += grow;
+            self.auto_window_used += grow as usize;
+            inc += grow;
+        }
+        frame::encode_wndinc(&mut self.out, s.id, inc).expect("credit within window");
+        self.stats.frames_out += 1;
     }
 
     /// A peer that sends frames demanding replies but never reads them would

@@ -38,6 +38,8 @@ pub(crate) struct StreamState {
     pub(crate) closed: bool,
     /// Received, not yet read.
     pub(crate) recv_buf: BytesMut,
+    /// What the peer may have unread here: `max_window`, more once auto-tuned.
+    pub(crate) recv_window: u32,
     /// Read, not yet credited back with WNDINC.
     pub(crate) credit: u32,
     /// Set once; overrides everything except data already buffered.
@@ -68,6 +70,7 @@ impl StreamState {
             recv_fin: false,
             closed: false,
             recv_buf: BytesMut::new(),
+            recv_window: window,
             credit: 0,
             error: None,
             rst_sent: false,
