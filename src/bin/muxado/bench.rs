@@ -6,33 +6,111 @@
 //! side do not.
 
 use std::net::SocketAddr;
-use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
-use muxado::engine::{self, net::TcpListener, net::TcpStream, Engine};
-use muxado::{Config, Session};
-
-use crate::serve::{self, Mode};
+use crate::serve::Mode;
+use crate::workload::{Measurement, Progress};
+use crate::{peers, report, uring};
 
 /// A workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
-    /// Writes of `--size` bytes into a sink stream for `--duration`.
+    /// 64 KiB writes into sink streams (1 and 64 streams): Gbit/s, fairness.
     Bulk,
-    /// 64-byte request/response on an echo stream.
+    /// 64-byte request/response on echo streams (1, 64, 1024 streams).
     Rpc,
+    /// 16 workers each opening a stream, writing 1 byte, half-closing and
+    /// reading the echo: streams/s.
+    Open,
+    /// 1,000 concurrent sessions (connections), one rpc stream each.
+    Sessions,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Bulk => "bulk",
+            Scenario::Rpc => "rpc",
+            Scenario::Open => "open",
+            Scenario::Sessions => "sessions",
+        }
+    }
+
+    /// What the server does with each stream in this scenario.
+    pub fn server_mode(self) -> Mode {
+        match self {
+            Scenario::Bulk => Mode::Sink,
+            _ => Mode::Echo,
+        }
+    }
+
+    fn default_streams(self) -> &'static [usize] {
+        match self {
+            Scenario::Bulk => &[1, 64],
+            Scenario::Rpc => &[1, 64, 1024],
+            Scenario::Open => &[16],
+            Scenario::Sessions => &[1000],
+        }
+    }
+
+    fn default_size(self) -> usize {
+        match self {
+            Scenario::Bulk => 64 * 1024,
+            Scenario::Open => 1,
+            _ => 64,
+        }
+    }
 }
 
 /// What carries the streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum System {
-    /// muxado-uring: streams of one muxado session.
+    /// muxado-uring: streams of one muxado session on our engine.
     Muxado,
-    /// One plain TCP connection per stream, on the same engine.
+    /// One plain TCP connection per stream, on our engine (the reference).
     TcpUring,
+    /// One plain TCP connection per stream, on tokio.
+    TcpTokio,
+    /// One plain TCP connection per stream, on tokio-uring.
+    TcpTokioUring,
+    /// ngrok's `muxado` crate on tokio.
+    NgrokMuxado,
+    /// rust-yamux on tokio.
+    Yamux,
+}
+
+pub const ALL_SYSTEMS: &[System] = &[
+    System::TcpUring,
+    System::Muxado,
+    System::TcpTokio,
+    System::TcpTokioUring,
+    System::NgrokMuxado,
+    System::Yamux,
+];
+
+impl System {
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Muxado => "muxado",
+            System::TcpUring => "tcp-uring",
+            System::TcpTokio => "tcp-tokio",
+            System::TcpTokioUring => "tcp-tokio-uring",
+            System::NgrokMuxado => "ngrok-muxado",
+            System::Yamux => "yamux",
+        }
+    }
+
+    fn on_engine(self) -> bool {
+        matches!(self, System::Muxado | System::TcpUring)
+    }
+
+    /// Speaks muxado (can be a `--connect` client).
+    pub fn speaks_muxado(self) -> bool {
+        matches!(self, System::Muxado | System::NgrokMuxado)
+    }
 }
 
 /// Where the client and the server run.
@@ -40,8 +118,38 @@ pub enum System {
 pub enum Placement {
     /// Client on CPU 0, server on CPU 1.
     Split,
-    /// Client and server on one core (CPU 0).
+    /// Client and server on one thread on CPU 0.
     Shared,
+}
+
+impl Placement {
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::Split => "client CPU0 / server CPU1",
+            Placement::Shared => "client+server CPU0",
+        }
+    }
+
+    pub fn short(self) -> &'static str {
+        match self {
+            Placement::Split => "split",
+            Placement::Shared => "shared",
+        }
+    }
+}
+
+/// One workload shape: a scenario with its stream count and message size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Case {
+    pub scenario: Scenario,
+    pub streams: usize,
+    pub size: usize,
+}
+
+impl Case {
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.scenario.name(), self.streams)
+    }
 }
 
 /// The options of one bench run.
@@ -50,426 +158,215 @@ pub struct Options {
     pub scenarios: Vec<Scenario>,
     pub systems: Vec<System>,
     pub placements: Vec<Placement>,
-    pub duration: Duration,
-    pub size: usize,
+    /// Measured seconds of each case; `None`: the scenario's default.
+    pub duration: Option<Duration>,
+    pub streams: Vec<usize>,
+    pub size: Option<usize>,
     pub json: bool,
+    pub out: Option<PathBuf>,
     pub connect: Option<SocketAddr>,
 }
 
-/// What one client run measured.
-struct Measurement {
-    bytes: u64,
-    ops: u64,
-    seconds: f64,
-    latency: Option<Histogram<u64>>,
-}
-
 /// One line of the result table.
-struct Row {
-    scenario: Scenario,
-    system: System,
-    placement: &'static str,
-    streams: usize,
-    msg_size: usize,
-    m: Measurement,
+pub struct Row {
+    pub case: Case,
+    pub system: System,
+    pub placement: String,
+    pub m: Measurement,
+    /// CPU seconds (user + system) of the whole process, both ends, during the case.
+    pub cpu_s: f64,
 }
 
 impl Row {
-    fn gbit_s(&self) -> f64 {
+    pub fn gbit_s(&self) -> f64 {
         self.m.bytes as f64 * 8.0 / self.m.seconds / 1e9
     }
 
-    fn ops_s(&self) -> f64 {
+    pub fn ops_s(&self) -> f64 {
         self.m.ops as f64 / self.m.seconds
     }
 
-    fn quantile_us(&self, q: f64) -> Option<f64> {
+    pub fn quantile_us(&self, q: f64) -> Option<f64> {
         self.m
             .latency
             .as_ref()
+            .filter(|h| !h.is_empty())
             .map(|h| h.value_at_quantile(q) as f64 / 1000.0)
     }
 
-    /// The figure a ratio is taken of: throughput for bulk, ops/s for rpc.
-    fn headline(&self) -> f64 {
-        match self.scenario {
+    /// The figure a ratio is taken of: Gbit/s for bulk, ops/s otherwise.
+    pub fn headline(&self) -> f64 {
+        match self.case.scenario {
             Scenario::Bulk => self.gbit_s(),
-            Scenario::Rpc => self.ops_s(),
+            _ => self.ops_s(),
         }
     }
+}
+
+/// The default measured time of a case: the whole default suite (7 cases ×
+/// 6 systems) finishes in about a minute on 2 cores.
+fn default_duration(s: Scenario) -> Duration {
+    match s {
+        Scenario::Bulk => Duration::from_millis(1000),
+        _ => Duration::from_millis(800),
+    }
+}
+
+fn cases(opts: &Options) -> Vec<Case> {
+    let mut out = Vec::new();
+    for &scenario in &opts.scenarios {
+        let counts: &[usize] = if opts.streams.is_empty() {
+            scenario.default_streams()
+        } else {
+            &opts.streams
+        };
+        for &streams in counts {
+            let size = match scenario {
+                Scenario::Open => 1,
+                _ => opts.size.unwrap_or(scenario.default_size()),
+            };
+            out.push(Case {
+                scenario,
+                streams,
+                size,
+            });
+        }
+    }
+    out
+}
+
+fn payload(size: usize) -> &'static [u8] {
+    Box::leak((0..size).map(|i| (i * 7 + 1) as u8).collect::<Box<[u8]>>())
+}
+
+/// CPU seconds (user + system) used by this process so far.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Prints a progress line per second on stderr while a case runs.
+fn progress_reporter(
+    label: String,
+    progress: Arc<Progress>,
+    bulk: bool,
+) -> (mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel::<()>();
+    let h = std::thread::spawn(move || {
+        let start = Instant::now();
+        let (mut last_b, mut last_o) = (0u64, 0u64);
+        let mut last_t = start;
+        while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_secs(1)) {
+            let now = Instant::now();
+            let dt = (now - last_t).as_secs_f64();
+            let b = progress.bytes.load(Ordering::Relaxed);
+            let o = progress.ops.load(Ordering::Relaxed);
+            let rate = if bulk {
+                format!("{:8.2} Gbit/s", (b - last_b) as f64 * 8.0 / dt / 1e9)
+            } else {
+                format!("{:10.0} ops/s", (o - last_o) as f64 / dt)
+            };
+            eprintln!("    [{:5.1}s] {label}: {rate}", (now - start).as_secs_f64());
+            (last_b, last_o, last_t) = (b, o, now);
+        }
+    });
+    (tx, h)
 }
 
 /// Runs the selected scenarios × systems × placements and prints the table.
 pub fn run(opts: &Options) -> Result<(), String> {
-    if let Some(addr) = opts.connect {
-        return run_remote(opts, addr);
-    }
-    let mut rows = Vec::new();
-    for &scenario in &opts.scenarios {
+    let cases = cases(opts);
+    let mut plan = Vec::new();
+    for &case in &cases {
         for &placement in &opts.placements {
             for &system in &opts.systems {
-                let m = run_local(opts, scenario, system, placement)?;
+                plan.push((case, system, placement));
+            }
+        }
+    }
+    if opts.connect.is_some() {
+        plan.retain(|&(_, s, p)| s.speaks_muxado() && p == opts.placements[0]);
+    }
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+    let total = plan.len();
+    for (i, (case, system, placement)) in plan.into_iter().enumerate() {
+        let duration = opts
+            .duration
+            .unwrap_or_else(|| default_duration(case.scenario));
+        let place = match opts.connect {
+            Some(addr) => format!("remote server {addr}"),
+            None => placement.name().to_string(),
+        };
+        eprintln!(
+            "[{}/{total}] {} {} ({}) ...",
+            i + 1,
+            case.label(),
+            system.name(),
+            if opts.connect.is_some() {
+                "remote"
+            } else {
+                placement.short()
+            }
+        );
+        let progress = Arc::new(Progress::default());
+        let (stop, reporter) = progress_reporter(
+            format!("{} {}", case.label(), system.name()),
+            progress.clone(),
+            case.scenario == Scenario::Bulk,
+        );
+        let data = payload(case.size);
+        let cpu0 = cpu_seconds();
+        let result = match (opts.connect, system.on_engine()) {
+            (Some(addr), true) => uring::run_remote(system, addr, case, data, duration, progress),
+            (Some(addr), false) => peers::run_remote(system, addr, case, data, duration, progress),
+            (None, true) => uring::run_case(system, case, placement, data, duration, progress),
+            (None, false) => peers::run_case(system, case, placement, data, duration, progress),
+        };
+        let cpu_s = cpu_seconds() - cpu0;
+        let _ = stop.send(());
+        let _ = reporter.join();
+        match result {
+            Ok(m) => {
                 let row = Row {
-                    scenario,
+                    case,
                     system,
-                    placement: placement_name(placement),
-                    streams: 1,
-                    msg_size: msg_size(opts, scenario),
+                    placement: place,
                     m,
+                    cpu_s,
                 };
+                eprintln!("    {}", report::summary(&row));
                 if opts.json {
-                    println!("{}", json_line(&row));
-                } else {
-                    eprintln!("  done: {:?} {:?} {}", scenario, system, row.placement);
+                    println!("{}", report::json_line(&row));
                 }
                 rows.push(row);
             }
-        }
-    }
-    if !opts.json {
-        print_table(&rows);
-    }
-    Ok(())
-}
-
-fn placement_name(p: Placement) -> &'static str {
-    match p {
-        Placement::Split => "client CPU0 / server CPU1",
-        Placement::Shared => "client+server CPU0",
-    }
-}
-
-fn msg_size(opts: &Options, scenario: Scenario) -> usize {
-    match scenario {
-        Scenario::Bulk => opts.size,
-        Scenario::Rpc => 64,
-    }
-}
-
-/// The client half against a server elsewhere (ours, ngrok's, Go's).
-fn run_remote(opts: &Options, addr: SocketAddr) -> Result<(), String> {
-    let mut rows = Vec::new();
-    for &scenario in &opts.scenarios {
-        let (duration, size) = (opts.duration, msg_size(opts, scenario));
-        let m = engine::block_on(async move {
-            client(System::Muxado, scenario, addr, duration, size).await
-        })
-        .map_err(|e| e.to_string())??;
-        let row = Row {
-            scenario,
-            system: System::Muxado,
-            placement: "remote server",
-            streams: 1,
-            msg_size: size,
-            m,
-        };
-        if opts.json {
-            println!("{}", json_line(&row));
-        }
-        rows.push(row);
-    }
-    if !opts.json {
-        print_table(&rows);
-    }
-    Ok(())
-}
-
-/// Starts an engine, a server and a client for one case.
-fn run_local(
-    opts: &Options,
-    scenario: Scenario,
-    system: System,
-    placement: Placement,
-) -> Result<Measurement, String> {
-    let mode = match scenario {
-        Scenario::Bulk => Mode::Sink,
-        Scenario::Rpc => Mode::Echo,
-    };
-    let (duration, size) = (opts.duration, msg_size(opts, scenario));
-    match placement {
-        Placement::Shared => engine::block_on(async move {
-            let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-            let addr = listener.local_addr().map_err(|e| e.to_string())?;
-            engine::spawn(server(system, listener, mode));
-            client(system, scenario, addr, duration, size).await
-        })
-        .map_err(|e| e.to_string())?,
-        Placement::Split => {
-            let engine = Engine::builder()
-                .cores(2)
-                .build()
-                .map_err(|e| e.to_string())?;
-            let (port_tx, port_rx) = mpsc::sync_channel::<SocketAddr>(1);
-            let port_rx = Arc::new(Mutex::new(port_rx));
-            let stop = Arc::new(AtomicBool::new(false));
-            let results = engine
-                .run(move |core| {
-                    let (port_tx, port_rx, stop) = (port_tx.clone(), port_rx.clone(), stop.clone());
-                    async move {
-                        if core == 1 {
-                            let listener = TcpListener::bind("127.0.0.1:0").ok()?;
-                            port_tx.send(listener.local_addr().ok()?).ok()?;
-                            engine::spawn(server(system, listener, mode));
-                            while !stop.load(Ordering::Acquire) {
-                                engine::sleep(Duration::from_millis(20)).await;
-                            }
-                            None
-                        } else {
-                            let addr = port_rx.lock().ok()?.recv().ok()?;
-                            let m = client(system, scenario, addr, duration, size).await;
-                            stop.store(true, Ordering::Release);
-                            Some(m)
-                        }
-                    }
-                })
-                .map_err(|e| e.to_string())?;
-            results
-                .into_iter()
-                .flatten()
-                .next()
-                .unwrap_or_else(|| Err("the server core did not start".into()))
-        }
-    }
-}
-
-async fn server(system: System, listener: TcpListener, mode: Mode) {
-    match system {
-        System::Muxado => serve::muxado_server(listener, mode, Config::default()).await,
-        System::TcpUring => serve::tcp_server(listener, mode).await,
-    }
-}
-
-async fn client(
-    system: System,
-    scenario: Scenario,
-    addr: SocketAddr,
-    duration: Duration,
-    size: usize,
-) -> Result<Measurement, String> {
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect to {addr}: {e}"))?;
-    let r = match (system, scenario) {
-        (System::Muxado, Scenario::Bulk) => muxado_bulk(tcp, duration, size).await,
-        (System::Muxado, Scenario::Rpc) => muxado_rpc(tcp, duration).await,
-        (System::TcpUring, Scenario::Bulk) => tcp_bulk(tcp, duration, size).await,
-        (System::TcpUring, Scenario::Rpc) => tcp_rpc(tcp, duration).await,
-    };
-    r.map_err(|e| format!("{system:?} {scenario:?}: {e}"))
-}
-
-type BoxError = Box<dyn std::error::Error>;
-
-async fn muxado_bulk(
-    tcp: TcpStream,
-    duration: Duration,
-    size: usize,
-) -> Result<Measurement, BoxError> {
-    let session = Session::client(tcp, Config::default());
-    let mut stream = session.open()?;
-    let buf = vec![0x5Au8; size];
-    let start = Instant::now();
-    let mut sent: u64 = 0;
-    while start.elapsed() < duration {
-        stream.write_all(&buf).await?;
-        sent += size as u64;
-    }
-    stream.close_write()?;
-    let mut count = [0u8; 8];
-    stream.read_exact(&mut count).await?;
-    let seconds = start.elapsed().as_secs_f64();
-    let received = u64::from_be_bytes(count);
-    if received != sent {
-        return Err(format!("sink counted {received} bytes, {sent} were sent").into());
-    }
-    let _ = session.close();
-    Ok(Measurement {
-        bytes: sent,
-        ops: sent / size as u64,
-        seconds,
-        latency: None,
-    })
-}
-
-async fn tcp_bulk(
-    tcp: TcpStream,
-    duration: Duration,
-    size: usize,
-) -> Result<Measurement, BoxError> {
-    let mut buf = vec![0x5Au8; size];
-    let start = Instant::now();
-    let mut sent: u64 = 0;
-    while start.elapsed() < duration {
-        let (r, b) = tcp.send_all(buf).await;
-        buf = b;
-        r?;
-        sent += size as u64;
-    }
-    tcp.shutdown_write()?;
-    let mut count = Vec::with_capacity(8);
-    let mut rx = tcp.recv_multishot();
-    while count.len() < 8 {
-        match rx.next().await? {
-            Some(chunk) => count.extend_from_slice(&chunk),
-            None => return Err("server closed before the count".into()),
-        }
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    let received = u64::from_be_bytes(count[..8].try_into()?);
-    if received != sent {
-        return Err(format!("sink counted {received} bytes, {sent} were sent").into());
-    }
-    Ok(Measurement {
-        bytes: sent,
-        ops: sent / size as u64,
-        seconds,
-        latency: None,
-    })
-}
-
-const RPC_SIZE: usize = 64;
-const RPC_WARMUP: usize = 1000;
-
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
-}
-
-async fn muxado_rpc(tcp: TcpStream, duration: Duration) -> Result<Measurement, BoxError> {
-    let session = Session::client(tcp, Config::default());
-    let mut stream = session.open()?;
-    let request = [0xA5u8; RPC_SIZE];
-    let mut reply = [0u8; RPC_SIZE];
-    let mut hist = new_histogram();
-    let mut ops = 0u64;
-    for _ in 0..RPC_WARMUP {
-        stream.write_all(&request).await?;
-        stream.read_exact(&mut reply).await?;
-    }
-    let start = Instant::now();
-    while start.elapsed() < duration {
-        let t = Instant::now();
-        stream.write_all(&request).await?;
-        stream.read_exact(&mut reply).await?;
-        hist.record(t.elapsed().as_nanos() as u64)?;
-        ops += 1;
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    if reply != request {
-        return Err("echo differs from the request".into());
-    }
-    let _ = session.close();
-    Ok(Measurement {
-        bytes: ops * RPC_SIZE as u64,
-        ops,
-        seconds,
-        latency: Some(hist),
-    })
-}
-
-async fn tcp_rpc(tcp: TcpStream, duration: Duration) -> Result<Measurement, BoxError> {
-    let tcp = Rc::new(tcp);
-    let mut rx = tcp.recv_multishot();
-    let mut request = vec![0xA5u8; RPC_SIZE];
-    let mut hist = new_histogram();
-    let mut ops = 0u64;
-    let mut round_trip = async |request: Vec<u8>| -> Result<Vec<u8>, BoxError> {
-        let (r, request) = tcp.send_all(request).await;
-        r?;
-        let mut got = 0;
-        while got < RPC_SIZE {
-            match rx.next().await? {
-                Some(chunk) => got += chunk.len(),
-                None => return Err("server closed".into()),
+            Err(e) => {
+                eprintln!("    FAILED: {e}");
+                failures.push(format!("{} {}: {e}", case.label(), system.name()));
             }
         }
-        Ok(request)
-    };
-    for _ in 0..RPC_WARMUP {
-        request = round_trip(request).await?;
     }
-    let start = Instant::now();
-    while start.elapsed() < duration {
-        let t = Instant::now();
-        request = round_trip(request).await?;
-        hist.record(t.elapsed().as_nanos() as u64)?;
-        ops += 1;
+    if !opts.json {
+        report::print_table(&rows);
     }
-    let seconds = start.elapsed().as_secs_f64();
-    Ok(Measurement {
-        bytes: ops * RPC_SIZE as u64,
-        ops,
-        seconds,
-        latency: Some(hist),
-    })
-}
-
-fn json_line(r: &Row) -> String {
-    let q = |q| {
-        r.quantile_us(q)
-            .map_or("null".to_string(), |v| format!("{v:.1}"))
-    };
-    format!(
-        "{{\"scenario\":\"{:?}\",\"system\":\"{}\",\"placement\":\"{}\",\"streams\":{},\"msg_size\":{},\"seconds\":{:.3},\"gbit_s\":{:.3},\"ops_s\":{:.1},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{}}}",
-        r.scenario,
-        system_name(r.system),
-        r.placement,
-        r.streams,
-        r.msg_size,
-        r.m.seconds,
-        r.gbit_s(),
-        r.ops_s(),
-        q(0.5),
-        q(0.9),
-        q(0.99),
-        q(0.999),
-    )
-    .to_lowercase()
-}
-
-fn system_name(s: System) -> &'static str {
-    match s {
-        System::Muxado => "muxado",
-        System::TcpUring => "tcp-uring",
+    if let Some(dir) = &opts.out {
+        report::write_dir(dir, &rows, &failures).map_err(|e| format!("--out {dir:?}: {e}"))?;
+        eprintln!("wrote {}", dir.display());
     }
-}
-
-fn print_table(rows: &[Row]) {
-    println!(
-        "{:<6} {:<10} {:<26} {:>9} {:>10} {:>9} {:>9} {:>9} {:>10} {:>8}",
-        "case",
-        "system",
-        "placement",
-        "Gbit/s",
-        "ops/s",
-        "p50 µs",
-        "p90 µs",
-        "p99 µs",
-        "p99.9 µs",
-        "× tcp"
-    );
-    for r in rows {
-        let base = rows.iter().find(|b| {
-            b.system == System::TcpUring && b.scenario == r.scenario && b.placement == r.placement
-        });
-        let ratio = base.map_or("-".to_string(), |b| {
-            format!("{:.2}", r.headline() / b.headline())
-        });
-        let q = |q| {
-            r.quantile_us(q)
-                .map_or("-".to_string(), |v| format!("{v:.1}"))
-        };
-        println!(
-            "{:<6} {:<10} {:<26} {:>9.2} {:>10.0} {:>9} {:>9} {:>9} {:>10} {:>8}",
-            format!("{:?}", r.scenario).to_lowercase(),
-            system_name(r.system),
-            r.placement,
-            r.gbit_s(),
-            r.ops_s(),
-            q(0.5),
-            q(0.9),
-            q(0.99),
-            q(0.999),
-            ratio
-        );
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} case(s) failed:\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        ))
     }
 }

@@ -1,9 +1,14 @@
 //! `muxado`: the command-line tool of muxado-uring.
 
 mod bench;
+mod peers;
+mod report;
 mod serve;
+mod uring;
+mod workload;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -34,17 +39,26 @@ enum Command {
         /// Client/server placement (default: split).
         #[arg(long, value_enum, value_delimiter = ',')]
         placement: Vec<Placement>,
-        /// Seconds each case runs.
-        #[arg(long, default_value_t = 3.0)]
-        duration: f64,
-        /// Write size of the bulk scenario, in bytes.
-        #[arg(long, default_value_t = 64 * 1024)]
-        size: usize,
-        /// One JSON object per result line instead of the table.
+        /// Measured seconds of each case (default: 1 for bulk, 0.8 otherwise).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Stream counts (default: bulk 1,64; rpc 1,64,1024; open 16 workers;
+        /// sessions 1000).
+        #[arg(long, value_delimiter = ',')]
+        streams: Vec<usize>,
+        /// Message size in bytes: bulk writes (default 65536) and rpc
+        /// requests (default 64).
+        #[arg(long)]
+        size: Option<usize>,
+        /// One JSON object per result line on stdout instead of the table.
         #[arg(long)]
         json: bool,
+        /// Also write results.json, results.md and SVG plots into DIR.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
         /// Run only the client half against a muxado server at ADDR
-        /// (ours, ngrok's or Go's, with `muxado serve` semantics).
+        /// (ours, ngrok's or Go's, with `muxado serve` semantics); default
+        /// scenarios rpc,open (an echo server); systems muxado,ngrok-muxado.
         #[arg(long, value_name = "ADDR")]
         connect: Option<SocketAddr>,
     },
@@ -63,18 +77,41 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout with status 0; usage errors exit 2.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let result = match cli.command {
         Command::Bench {
             scenario,
             systems,
             placement,
             duration,
+            streams,
             size,
             json,
+            out,
             connect,
-        } => bench_options(scenario, systems, placement, duration, size, json, connect)
-            .and_then(|opts| bench::run(&opts)),
+        } => bench_options(BenchArgs {
+            scenarios: scenario,
+            systems,
+            placements: placement,
+            duration,
+            streams,
+            size,
+            json,
+            out,
+            connect,
+        })
+        .and_then(|opts| bench::run(&opts)),
         Command::Serve {
             listen,
             mode,
@@ -90,39 +127,76 @@ fn main() -> ExitCode {
     }
 }
 
-fn bench_options(
+struct BenchArgs {
     scenarios: Vec<Scenario>,
     systems: Vec<System>,
     placements: Vec<Placement>,
-    duration: f64,
-    size: usize,
+    duration: Option<f64>,
+    streams: Vec<usize>,
+    size: Option<usize>,
     json: bool,
+    out: Option<PathBuf>,
     connect: Option<SocketAddr>,
-) -> Result<bench::Options, String> {
-    if !(duration > 0.0 && duration <= 3600.0) {
-        usage_error("--duration must be in (0, 3600] seconds");
+}
+
+fn bench_options(a: BenchArgs) -> Result<bench::Options, String> {
+    if let Some(d) = a.duration {
+        if !(d > 0.0 && d <= 3600.0) {
+            usage_error("--duration must be in (0, 3600] seconds");
+        }
     }
-    if size == 0 || size > 64 << 20 {
-        usage_error("--size must be in 1..=67108864 bytes");
+    if let Some(size) = a.size {
+        if size == 0 || size > 64 << 20 {
+            usage_error("--size must be in 1..=67108864 bytes");
+        }
     }
+    if a.streams.iter().any(|&n| n == 0 || n > 100_000) {
+        usage_error("--streams must be in 1..=100000");
+    }
+    let remote = a.connect.is_some();
+    if remote && a.systems.iter().any(|s| !s.speaks_muxado()) {
+        usage_error("with --connect, --systems can only be muxado and ngrok-muxado");
+    }
+    let default_scenarios: &[Scenario] = if remote {
+        &[Scenario::Rpc, Scenario::Open]
+    } else {
+        &[
+            Scenario::Bulk,
+            Scenario::Rpc,
+            Scenario::Open,
+            Scenario::Sessions,
+        ]
+    };
+    let default_systems: &[System] = if remote {
+        &[System::Muxado, System::NgrokMuxado]
+    } else {
+        bench::ALL_SYSTEMS
+    };
     Ok(bench::Options {
-        scenarios: or_all(scenarios, &[Scenario::Bulk, Scenario::Rpc]),
-        systems: or_all(systems, &[System::TcpUring, System::Muxado]),
-        placements: or_all(placements, &[Placement::Split]),
-        duration: Duration::from_secs_f64(duration),
-        size,
-        json,
-        connect,
+        scenarios: or_all(a.scenarios, default_scenarios),
+        systems: or_all(a.systems, default_systems),
+        placements: or_all(a.placements, &[Placement::Split]),
+        duration: a.duration.map(Duration::from_secs_f64),
+        streams: a.streams,
+        size: a.size,
+        json: a.json,
+        out: a.out,
+        connect: a.connect,
     })
 }
 
-/// `v`, or every choice when none was given.
-fn or_all<T: Clone>(v: Vec<T>, all: &[T]) -> Vec<T> {
+/// `v` (without repeats), or every choice when none was given.
+fn or_all<T: Clone + PartialEq>(v: Vec<T>, all: &[T]) -> Vec<T> {
     if v.is_empty() {
-        all.to_vec()
-    } else {
-        v
+        return all.to_vec();
     }
+    let mut out: Vec<T> = Vec::new();
+    for x in v {
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
 }
 
 /// Bad arguments: a clear message and exit status 2, like clap's own errors.
@@ -144,7 +218,7 @@ fn serve(listen: SocketAddr, mode: Mode, cores: usize) -> Result<(), String> {
         .run(move |_core| async move {
             match muxado::engine::net::TcpListener::bind(listen) {
                 Ok(listener) => {
-                    serve::muxado_server(listener, mode, muxado::Config::default()).await;
+                    serve::muxado_server(listener, mode, uring::bench_config()).await;
                     Ok(())
                 }
                 Err(e) => Err(format!("listen on {listen}: {e}")),

@@ -1,0 +1,236 @@
+//! The systems on our engine: `muxado` (streams of one muxado-uring session)
+//! and `tcp-uring` (one plain TCP connection per stream, the physical
+//! reference).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use muxado::engine::net::{MultiRecv, RecvBuf, TcpListener, TcpStream};
+use muxado::engine::{self, Engine};
+use muxado::{Config, Session, Stream};
+
+use crate::bench::{Case, Placement, System};
+use crate::serve::{self, Mode};
+use crate::workload::{self, BenchStream, Client, Measurement, Progress};
+
+/// The session settings of the bench (both ends) and of `muxado serve`:
+/// room for the 1,024-stream cases and for bursts of opens.
+pub fn bench_config() -> Config {
+    Config {
+        max_streams: 1 << 16,
+        accept_backlog: 1 << 14,
+        ..Config::default()
+    }
+}
+
+pub struct MuxadoClient {
+    session: Session,
+}
+
+impl Client for MuxadoClient {
+    type Stream = Stream;
+
+    async fn connect(addr: SocketAddr, _streams: usize) -> io::Result<Self> {
+        let tcp = TcpStream::connect(addr).await?;
+        Ok(MuxadoClient {
+            session: Session::client(tcp, bench_config()),
+        })
+    }
+
+    async fn open(&self) -> io::Result<Stream> {
+        self.session.open().map_err(io::Error::from)
+    }
+
+    async fn sleep(d: Duration) {
+        engine::sleep(d).await
+    }
+}
+
+impl BenchStream for Stream {
+    async fn send(&mut self, payload: &'static [u8]) -> io::Result<()> {
+        self.write_all(payload).await.map_err(io::Error::from)
+    }
+
+    async fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read(buf).await.map_err(io::Error::from)
+    }
+
+    async fn finish(&mut self) -> io::Result<()> {
+        self.close_write().map_err(io::Error::from)
+    }
+}
+
+pub struct TcpUringClient {
+    addr: SocketAddr,
+}
+
+/// A plain TCP connection on the engine: sends from the caller's buffer
+/// (no copy), receives by multishot into the provided-buffer ring.
+pub struct TcpUringStream {
+    tcp: TcpStream,
+    rx: MultiRecv,
+    pending: Option<(RecvBuf, usize)>,
+}
+
+impl Client for TcpUringClient {
+    type Stream = TcpUringStream;
+
+    async fn connect(addr: SocketAddr, _streams: usize) -> io::Result<Self> {
+        Ok(TcpUringClient { addr })
+    }
+
+    async fn open(&self) -> io::Result<TcpUringStream> {
+        let tcp = TcpStream::connect(self.addr).await?;
+        let rx = tcp.recv_multishot();
+        Ok(TcpUringStream {
+            tcp,
+            rx,
+            pending: None,
+        })
+    }
+
+    async fn sleep(d: Duration) {
+        engine::sleep(d).await
+    }
+}
+
+impl BenchStream for TcpUringStream {
+    async fn send(&mut self, payload: &'static [u8]) -> io::Result<()> {
+        self.tcp.send_all(payload).await.0
+    }
+
+    async fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pending.is_none() {
+            match self.rx.next().await? {
+                Some(chunk) => self.pending = Some((chunk, 0)),
+                None => return Ok(0),
+            }
+        }
+        let (chunk, off) = self.pending.as_mut().expect("filled above");
+        let n = (chunk.len() - *off).min(buf.len());
+        buf[..n].copy_from_slice(&chunk[*off..*off + n]);
+        *off += n;
+        if *off == chunk.len() {
+            self.pending = None;
+        }
+        Ok(n)
+    }
+
+    async fn finish(&mut self) -> io::Result<()> {
+        self.tcp.shutdown_write()
+    }
+}
+
+async fn server(system: System, listener: TcpListener, mode: Mode) {
+    match system {
+        System::TcpUring => serve::tcp_server(listener, mode).await,
+        _ => serve::muxado_server(listener, mode, bench_config()).await,
+    }
+}
+
+async fn client(
+    system: System,
+    addr: SocketAddr,
+    case: Case,
+    payload: &'static [u8],
+    duration: Duration,
+    progress: Arc<Progress>,
+) -> Result<Measurement, String> {
+    match system {
+        System::TcpUring => {
+            workload::drive::<TcpUringClient>(addr, &case, payload, duration, &progress).await
+        }
+        _ => workload::drive::<MuxadoClient>(addr, &case, payload, duration, &progress).await,
+    }
+}
+
+/// Runs one case of `muxado` or `tcp-uring`: server and client on engine
+/// cores placed as asked.
+pub fn run_case(
+    system: System,
+    case: Case,
+    placement: Placement,
+    payload: &'static [u8],
+    duration: Duration,
+    progress: Arc<Progress>,
+) -> Result<Measurement, String> {
+    let mode = case.scenario.server_mode();
+    match placement {
+        Placement::Shared => {
+            // One core on CPU0 runs both ends.
+            let engine = Engine::builder()
+                .cores(1)
+                .build()
+                .map_err(|e| e.to_string())?;
+            engine
+                .run(move |_| {
+                    let progress = progress.clone();
+                    async move {
+                        let listener =
+                            TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+                        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+                        let server = engine::spawn(server(system, listener, mode));
+                        let m = client(system, addr, case, payload, duration, progress).await;
+                        drop(server);
+                        m
+                    }
+                })
+                .map_err(|e| e.to_string())?
+                .pop()
+                .unwrap_or_else(|| Err("the engine ran no core".into()))
+        }
+        Placement::Split => {
+            // Core 0 (CPU0) is the client, core 1 (CPU1) the server.
+            let engine = Engine::builder()
+                .cores(2)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let (port_tx, port_rx) = mpsc::sync_channel::<SocketAddr>(1);
+            let port_rx = Arc::new(Mutex::new(port_rx));
+            let stop = Arc::new(AtomicBool::new(false));
+            let results = engine
+                .run(move |core| {
+                    let (port_tx, port_rx, stop) = (port_tx.clone(), port_rx.clone(), stop.clone());
+                    let progress = progress.clone();
+                    async move {
+                        if core == 1 {
+                            let listener = TcpListener::bind("127.0.0.1:0").ok()?;
+                            port_tx.send(listener.local_addr().ok()?).ok()?;
+                            let _server = engine::spawn(server(system, listener, mode));
+                            while !stop.load(Ordering::Acquire) {
+                                engine::sleep(Duration::from_millis(20)).await;
+                            }
+                            None
+                        } else {
+                            let addr = port_rx.lock().ok()?.recv().ok()?;
+                            let m = client(system, addr, case, payload, duration, progress).await;
+                            stop.store(true, Ordering::Release);
+                            Some(m)
+                        }
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+            results
+                .into_iter()
+                .flatten()
+                .next()
+                .unwrap_or_else(|| Err("the server core did not start".into()))
+        }
+    }
+}
+
+/// The client half against a server elsewhere, on one engine core.
+pub fn run_remote(
+    system: System,
+    addr: SocketAddr,
+    case: Case,
+    payload: &'static [u8],
+    duration: Duration,
+    progress: Arc<Progress>,
+) -> Result<Measurement, String> {
+    engine::block_on(client(system, addr, case, payload, duration, progress))
+        .map_err(|e| e.to_string())?
+}
