@@ -4,6 +4,7 @@
 //! the stream is half-closed. sink: read to the peer's FIN, then write the
 //! byte count as a big-endian u64 and half-close.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use muxado::engine::{self, net::TcpListener, net::TcpStream};
@@ -38,11 +39,49 @@ pub async fn muxado_server(listener: TcpListener, mode: Mode, config: Config) {
     }
 }
 
+/// Size of the buffers streams are served with.
+const BUF_SIZE: usize = 64 * 1024;
+
+thread_local! {
+    /// Buffers of finished streams, reused by the next ones on this core: a
+    /// server taking many short streams should not allocate and zero 64 KiB
+    /// for each (the TCP server below reuses its buffers the same way).
+    static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer from this core's pool, returned to it on drop.
+struct PooledBuf(Vec<u8>);
+
+impl PooledBuf {
+    fn take(zeroed: bool) -> PooledBuf {
+        let mut buf = BUFFERS
+            .with(|b| b.borrow_mut().pop())
+            .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE));
+        if zeroed && buf.len() < BUF_SIZE {
+            buf.resize(BUF_SIZE, 0);
+        }
+        PooledBuf(buf)
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.0);
+        BUFFERS.with(|b| {
+            let mut pool = b.borrow_mut();
+            if pool.len() < 1024 {
+                pool.push(buf);
+            }
+        });
+    }
+}
+
 async fn serve_stream(mut stream: Stream, mode: Mode) {
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut pooled = PooledBuf::take(true);
+    let buf = &mut pooled.0[..BUF_SIZE];
     let mut total: u64 = 0;
     loop {
-        match stream.read(&mut buf).await {
+        match stream.read(buf).await {
             Ok(0) => break,
             Ok(n) => {
                 total += n as u64;
@@ -73,7 +112,8 @@ pub async fn tcp_server(listener: TcpListener, mode: Mode) {
 async fn serve_tcp(tcp: Rc<TcpStream>, mode: Mode) {
     let mut rx = tcp.recv_multishot();
     let mut total: u64 = 0;
-    let mut out = Vec::with_capacity(64 * 1024);
+    let mut pooled = PooledBuf::take(false);
+    let mut out = std::mem::take(&mut pooled.0);
     loop {
         match rx.next().await {
             Ok(Some(chunk)) => {
@@ -85,14 +125,19 @@ async fn serve_tcp(tcp: Rc<TcpStream>, mode: Mode) {
                     let (r, b) = tcp.send_all(out).await;
                     out = b;
                     if r.is_err() {
+                        pooled.0 = out;
                         return;
                     }
                 }
             }
             Ok(None) => break,
-            Err(_) => return,
+            Err(_) => {
+                pooled.0 = out;
+                return;
+            }
         }
     }
+    pooled.0 = out;
     if mode == Mode::Sink {
         let (r, _) = tcp.send_all(total.to_be_bytes().to_vec()).await;
         if r.is_err() {
