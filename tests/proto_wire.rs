@@ -432,6 +432,36 @@ fn auto_tuning_respects_the_session_budget() {
     assert_eq!(grown, 1500, "1000 + 500 + 0 of extra window");
 }
 
+/// Streams open together share the budget equally: none grows past its share.
+#[test]
+fn auto_tuning_shares_the_budget_among_open_streams() {
+    let config = Config {
+        max_window: 1000,
+        window_update_threshold: 250,
+        max_auto_window: 8000,
+        auto_window_budget: 1500,
+        ..Config::default()
+    };
+    let mut server = Peer::with(Role::Server, config);
+    let keys: Vec<_> = [3u32, 5, 7]
+        .iter()
+        .map(|&id| {
+            server.input(&data(id, FLAG_SYN, &[1u8; 1000]));
+            server.accept()
+        })
+        .collect();
+    for &k in &keys {
+        server.read_all(k);
+    }
+    for &k in &keys {
+        assert_eq!(
+            server.s.recv_window(k),
+            Ok(1500),
+            "a third of the budget each"
+        );
+    }
+}
+
 #[test]
 fn flow_control_stall_and_resume() {
     let mut client = Peer::new(Role::Client);

@@ -40,7 +40,8 @@ pub struct Config {
     pub max_auto_window: u32,
     /// Extra window (beyond `max_window`) all the streams of a session may
     /// hold at once: bounds how much more auto-tuning lets the peer make us
-    /// buffer. Default 16 MiB.
+    /// buffer. A stream grows only up to an equal share of it among the open
+    /// streams, for fairness. Default 16 MiB.
     pub auto_window_budget: usize,
     /// Consumed bytes are credited back to the peer with one WNDINC once this
     /// many accumulate (Go sends one per read). 0 means a quarter of `max_window`.

@@ -976,10 +976,15 @@ impl Session {
         }
         let mut inc = std::mem::take(&mut s.credit);
         if s.recv_buf.is_empty() {
+            // Each open stream may hold an equal share of the budget, so that
+            // early streams do not take it all and starve later ones.
             let room = self.config.auto_window_budget - self.auto_window_used;
+            let share = self.config.auto_window_budget / self.table.len().max(1);
+            let extra = (s.recv_window - self.config.max_window) as usize;
             let grow = (s.recv_window as usize)
                 .min((self.config.max_auto_window - s.recv_window) as usize)
-                .min(room) as u32;
+                .min(room)
+                .min(share.saturating_sub(extra)) as u32;
             s.recv_window += grow;
             self.auto_window_used += grow as usize;
             inc += grow;
