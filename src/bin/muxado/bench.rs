@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use crate::serve::Mode;
+use crate::serve::{HeartbeatOpts, Mode};
 use crate::workload::{Measurement, Progress};
 use crate::{peers, report, uring};
 
@@ -165,6 +165,9 @@ pub struct Options {
     pub json: bool,
     pub out: Option<PathBuf>,
     pub connect: Option<SocketAddr>,
+    /// `--heartbeat`: the `muxado` system's sessions are wrapped in the typed
+    /// and heartbeat layers (other systems ignore it).
+    pub heartbeat: Option<HeartbeatOpts>,
 }
 
 /// One line of the result table.
@@ -322,11 +325,14 @@ pub fn run(opts: &Options) -> Result<(), String> {
             case.scenario == Scenario::Bulk,
         );
         let data = payload(case.size);
+        let hb = opts.heartbeat.filter(|_| system == System::Muxado);
         let cpu0 = cpu_seconds();
         let result = match (opts.connect, system.on_engine()) {
-            (Some(addr), true) => uring::run_remote(system, addr, case, data, duration, progress),
+            (Some(addr), true) => {
+                uring::run_remote(system, addr, case, data, duration, progress, hb)
+            }
             (Some(addr), false) => peers::run_remote(system, addr, case, data, duration, progress),
-            (None, true) => uring::run_case(system, case, placement, data, duration, progress),
+            (None, true) => uring::run_case(system, case, placement, data, duration, progress, hb),
             (None, false) => peers::run_case(system, case, placement, data, duration, progress),
         };
         let cpu_s = cpu_seconds() - cpu0;

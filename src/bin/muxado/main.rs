@@ -15,7 +15,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use bench::{Placement, Scenario, System};
-use serve::Mode;
+use muxado::heartbeat::HeartbeatConfig;
+use serve::{HeartbeatOpts, Mode};
 
 /// The muxado stream multiplexer on io_uring: a server and a benchmark.
 #[derive(Parser, Debug)]
@@ -23,6 +24,57 @@ use serve::Mode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Debug output on stderr (with --heartbeat: every heartbeat latency).
+    #[arg(short, long, global = true)]
+    verbose: bool,
+}
+
+/// `--heartbeat` and its timing (serve and bench).
+#[derive(clap::Args, Debug)]
+struct HeartbeatArgs {
+    /// Wrap every session as Heartbeat(TypedSession(session)), like Go
+    /// muxado and ngrok: streams are typed, a heartbeat runs both ways.
+    /// Latencies are printed with -v, timeouts always (as warnings).
+    /// serve: typed streams of any type are echoed/sunk (the 4 type bytes
+    /// are not data), so clients must use the typed layer. bench: only the
+    /// muxado system uses it (streams of type 1); the other systems ignore
+    /// it, except ngrok-muxado with --connect, which is refused (with
+    /// --connect the default systems become just muxado).
+    #[arg(long)]
+    heartbeat: bool,
+    /// Seconds between two heartbeats (default 10).
+    #[arg(long, value_name = "SECS", requires = "heartbeat")]
+    heartbeat_interval: Option<f64>,
+    /// Seconds past the interval before a missing answer is reported as a
+    /// timeout (default 15).
+    #[arg(long, value_name = "SECS", requires = "heartbeat")]
+    heartbeat_tolerance: Option<f64>,
+}
+
+impl HeartbeatArgs {
+    /// The settings, or `None` without `--heartbeat`; bad values exit 2.
+    fn opts(&self, verbose: bool) -> Option<HeartbeatOpts> {
+        if !self.heartbeat {
+            return None;
+        }
+        let secs = |v: Option<f64>, default: Duration, flag: &str| match v {
+            None => default,
+            Some(s) if s > 0.0 && s <= 86_400.0 => Duration::from_secs_f64(s),
+            Some(_) => usage_error(&format!("{flag} must be in (0, 86400] seconds")),
+        };
+        let d = HeartbeatConfig::default();
+        Some(HeartbeatOpts {
+            config: HeartbeatConfig {
+                interval: secs(self.heartbeat_interval, d.interval, "--heartbeat-interval"),
+                tolerance: secs(
+                    self.heartbeat_tolerance,
+                    d.tolerance,
+                    "--heartbeat-tolerance",
+                ),
+            },
+            verbose,
+        })
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -61,6 +113,11 @@ enum Command {
         /// scenarios rpc,open (an echo server); systems muxado,ngrok-muxado.
         #[arg(long, value_name = "ADDR")]
         connect: Option<SocketAddr>,
+        // Only the muxado system uses it: its client (and, without
+        // --connect, its server) wraps the session in the typed and heartbeat
+        // layers and opens typed streams of type 1.
+        #[command(flatten)]
+        heartbeat: HeartbeatArgs,
     },
     /// Serve muxado sessions: echo or sink every stream.
     Serve {
@@ -73,6 +130,8 @@ enum Command {
         /// Engine cores (each accepts on the same address with SO_REUSEPORT).
         #[arg(long, default_value_t = 1)]
         cores: usize,
+        #[command(flatten)]
+        heartbeat: HeartbeatArgs,
     },
 }
 
@@ -100,6 +159,7 @@ fn main() -> ExitCode {
             json,
             out,
             connect,
+            heartbeat,
         } => bench_options(BenchArgs {
             scenarios: scenario,
             systems,
@@ -110,13 +170,15 @@ fn main() -> ExitCode {
             json,
             out,
             connect,
+            heartbeat: heartbeat.opts(cli.verbose),
         })
         .and_then(|opts| bench::run(&opts)),
         Command::Serve {
             listen,
             mode,
             cores,
-        } => serve(listen, mode, cores),
+            heartbeat,
+        } => serve(listen, mode, cores, heartbeat.opts(cli.verbose)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -137,6 +199,7 @@ struct BenchArgs {
     json: bool,
     out: Option<PathBuf>,
     connect: Option<SocketAddr>,
+    heartbeat: Option<HeartbeatOpts>,
 }
 
 fn bench_options(a: BenchArgs) -> Result<bench::Options, String> {
@@ -167,7 +230,15 @@ fn bench_options(a: BenchArgs) -> Result<bench::Options, String> {
             Scenario::Sessions,
         ]
     };
-    let default_systems: &[System] = if remote {
+    if remote && a.heartbeat.is_some() && a.systems.contains(&System::NgrokMuxado) {
+        usage_error(
+            "--heartbeat with --connect is only supported by the muxado system \
+             (drop ngrok-muxado from --systems)",
+        );
+    }
+    let default_systems: &[System] = if remote && a.heartbeat.is_some() {
+        &[System::Muxado]
+    } else if remote {
         &[System::Muxado, System::NgrokMuxado]
     } else {
         bench::ALL_SYSTEMS
@@ -182,6 +253,7 @@ fn bench_options(a: BenchArgs) -> Result<bench::Options, String> {
         json: a.json,
         out: a.out,
         connect: a.connect,
+        heartbeat: a.heartbeat,
     })
 }
 
@@ -205,7 +277,12 @@ fn usage_error(msg: &str) -> ! {
     std::process::exit(2)
 }
 
-fn serve(listen: SocketAddr, mode: Mode, cores: usize) -> Result<(), String> {
+fn serve(
+    listen: SocketAddr,
+    mode: Mode,
+    cores: usize,
+    heartbeat: Option<HeartbeatOpts>,
+) -> Result<(), String> {
     if cores == 0 {
         usage_error("--cores must be at least 1");
     }
@@ -213,12 +290,30 @@ fn serve(listen: SocketAddr, mode: Mode, cores: usize) -> Result<(), String> {
         .cores(cores)
         .build()
         .map_err(|e| e.to_string())?;
-    eprintln!("muxado serve: {mode:?} on {listen} with {cores} core(s)");
+    match heartbeat {
+        Some(hb) => eprintln!(
+            "muxado serve: {mode:?} on {listen} with {cores} core(s), heartbeat every {:?} \
+             (tolerance {:?})",
+            hb.config.interval, hb.config.tolerance
+        ),
+        None => eprintln!("muxado serve: {mode:?} on {listen} with {cores} core(s)"),
+    }
     engine
         .run(move |_core| async move {
             match muxado::engine::net::TcpListener::bind(listen) {
                 Ok(listener) => {
-                    serve::muxado_server(listener, mode, uring::bench_config()).await;
+                    match heartbeat {
+                        Some(hb) => {
+                            serve::muxado_heartbeat_server(
+                                listener,
+                                mode,
+                                uring::bench_config(),
+                                hb,
+                            )
+                            .await
+                        }
+                        None => serve::muxado_server(listener, mode, uring::bench_config()).await,
+                    }
                     Ok(())
                 }
                 Err(e) => Err(format!("listen on {listen}: {e}")),

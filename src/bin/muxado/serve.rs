@@ -5,9 +5,13 @@
 //! byte count as a big-endian u64 and half-close.
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::Duration;
 
 use muxado::engine::{self, net::TcpListener, net::TcpStream};
+use muxado::heartbeat::{Heartbeat, HeartbeatConfig, HeartbeatEvent};
+use muxado::typed::TypedSession;
 use muxado::{Config, Session, Stream};
 
 /// What a server does with each stream.
@@ -34,6 +38,77 @@ pub async fn muxado_server(listener: TcpListener, mode: Mode, config: Config) {
         engine::spawn(async move {
             while let Ok(stream) = session.accept().await {
                 engine::spawn(serve_stream(stream, mode));
+            }
+        });
+    }
+}
+
+/// The heartbeat settings of `--heartbeat` (serve and bench).
+#[derive(Clone, Copy, Debug)]
+pub struct HeartbeatOpts {
+    pub config: HeartbeatConfig,
+    /// Print every latency on stderr (timeouts are always printed).
+    pub verbose: bool,
+}
+
+/// The heartbeat's event callback: latencies at debug level (stderr with
+/// `-v` only), timeouts as warnings (always).
+pub fn heartbeat_reporter(
+    who: &'static str,
+    peer: Option<SocketAddr>,
+    opts: HeartbeatOpts,
+) -> impl FnMut(HeartbeatEvent) + 'static {
+    let peer = peer.map_or_else(|| "?".to_string(), |a| a.to_string());
+    move |event| match event {
+        HeartbeatEvent::Latency(d) => {
+            if opts.verbose {
+                eprintln!(
+                    "{who}: debug: heartbeat latency {peer}: {}",
+                    fmt_duration(d)
+                );
+            }
+        }
+        HeartbeatEvent::Timeout => eprintln!(
+            "{who}: warning: heartbeat timeout {peer}: no answer within {}",
+            fmt_duration(opts.config.interval + opts.config.tolerance)
+        ),
+    }
+}
+
+fn fmt_duration(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Like [`muxado_server`], but every session is wrapped as
+/// Heartbeat(TypedSession(session)): its heartbeat is started, the peer's
+/// heartbeats are answered (the accept loop keeps running), and typed
+/// streams of any type are served (their 4 type bytes are not data).
+pub async fn muxado_heartbeat_server(
+    listener: TcpListener,
+    mode: Mode,
+    config: Config,
+    hb: HeartbeatOpts,
+) {
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                eprintln!("muxado serve: accept failed: {e}");
+                engine::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let heartbeat = Heartbeat::new(
+            TypedSession::new(Session::server(tcp, config.clone())),
+            hb.config,
+        );
+        engine::spawn(async move {
+            let reporter = heartbeat_reporter("muxado serve", heartbeat.peer_addr(), hb);
+            if let Err(e) = heartbeat.start(reporter).await {
+                eprintln!("muxado serve: warning: heartbeat not started: {e}");
+            }
+            while let Ok(stream) = heartbeat.accept_typed().await {
+                engine::spawn(serve_stream(stream.into_stream(), mode));
             }
         });
     }

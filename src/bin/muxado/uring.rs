@@ -2,6 +2,7 @@
 //! and `tcp-uring` (one plain TCP connection per stream, the physical
 //! reference).
 
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,11 +10,13 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use muxado::engine::net::{MultiRecv, RecvBuf, TcpListener, TcpStream};
-use muxado::engine::{self, Engine};
+use muxado::engine::{self, Engine, JoinHandle};
+use muxado::heartbeat::Heartbeat;
+use muxado::typed::TypedSession;
 use muxado::{Config, Session, Stream};
 
 use crate::bench::{Case, Placement, System};
-use crate::serve::{self, Mode};
+use crate::serve::{self, HeartbeatOpts, Mode};
 use crate::workload::{self, BenchStream, Client, Measurement, Progress};
 
 /// The session settings of the bench (both ends) and of `muxado serve`:
@@ -60,6 +63,72 @@ impl BenchStream for Stream {
 
     async fn finish(&mut self) -> io::Result<()> {
         self.close_write().map_err(io::Error::from)
+    }
+}
+
+thread_local! {
+    /// The heartbeat settings of the [`MuxadoHbClient`]s connected on this
+    /// thread ([`Client::connect`] takes no options): set by [`client`].
+    static HEARTBEAT: Cell<Option<HeartbeatOpts>> = const { Cell::new(None) };
+}
+
+/// `muxado bench --heartbeat`: a session wrapped as
+/// Heartbeat(TypedSession(session)) with its heartbeat started; the peer's
+/// heartbeats are answered by an accept loop; the workload's streams are
+/// typed streams of type 1.
+pub struct MuxadoHbClient {
+    heartbeat: Heartbeat,
+    accept_loop: JoinHandle<()>,
+}
+
+/// The stream type of the workload's streams.
+const WORKLOAD_TYPE: u32 = 1;
+
+impl Client for MuxadoHbClient {
+    type Stream = Stream;
+
+    async fn connect(addr: SocketAddr, _streams: usize) -> io::Result<Self> {
+        let opts = HEARTBEAT
+            .get()
+            .ok_or_else(|| io::Error::other("heartbeat settings not set"))?;
+        let tcp = TcpStream::connect(addr).await?;
+        let heartbeat = Heartbeat::new(
+            TypedSession::new(Session::client(tcp, bench_config())),
+            opts.config,
+        );
+        let reporter = serve::heartbeat_reporter("muxado bench", Some(addr), opts);
+        heartbeat.start(reporter).await.map_err(io::Error::from)?;
+        // Answers the server's heartbeats; a server of `muxado serve`
+        // semantics opens no other stream, so any other one is dropped.
+        let acceptor = heartbeat.clone();
+        let accept_loop =
+            engine::spawn(async move { while acceptor.accept_typed().await.is_ok() {} });
+        Ok(MuxadoHbClient {
+            heartbeat,
+            accept_loop,
+        })
+    }
+
+    async fn open(&self) -> io::Result<Stream> {
+        let stream = self
+            .heartbeat
+            .open_typed(WORKLOAD_TYPE)
+            .await
+            .map_err(io::Error::from)?;
+        Ok(stream.into_stream())
+    }
+
+    async fn sleep(d: Duration) {
+        engine::sleep(d).await
+    }
+}
+
+impl Drop for MuxadoHbClient {
+    fn drop(&mut self) {
+        // The accept loop holds a handle of the heartbeat: stop it so the
+        // session closes with the client.
+        self.accept_loop.abort();
+        let _ = self.heartbeat.close();
     }
 }
 
@@ -124,10 +193,11 @@ impl BenchStream for TcpUringStream {
     }
 }
 
-async fn server(system: System, listener: TcpListener, mode: Mode) {
-    match system {
-        System::TcpUring => serve::tcp_server(listener, mode).await,
-        _ => serve::muxado_server(listener, mode, bench_config()).await,
+async fn server(system: System, listener: TcpListener, mode: Mode, hb: Option<HeartbeatOpts>) {
+    match (system, hb) {
+        (System::TcpUring, _) => serve::tcp_server(listener, mode).await,
+        (_, Some(hb)) => serve::muxado_heartbeat_server(listener, mode, bench_config(), hb).await,
+        (_, None) => serve::muxado_server(listener, mode, bench_config()).await,
     }
 }
 
@@ -138,12 +208,19 @@ async fn client(
     payload: &'static [u8],
     duration: Duration,
     progress: Arc<Progress>,
+    hb: Option<HeartbeatOpts>,
 ) -> Result<Measurement, String> {
-    match system {
-        System::TcpUring => {
+    match (system, hb) {
+        (System::TcpUring, _) => {
             workload::drive::<TcpUringClient>(addr, &case, payload, duration, &progress).await
         }
-        _ => workload::drive::<MuxadoClient>(addr, &case, payload, duration, &progress).await,
+        (_, Some(hb)) => {
+            HEARTBEAT.set(Some(hb));
+            workload::drive::<MuxadoHbClient>(addr, &case, payload, duration, &progress).await
+        }
+        (_, None) => {
+            workload::drive::<MuxadoClient>(addr, &case, payload, duration, &progress).await
+        }
     }
 }
 
@@ -156,6 +233,7 @@ pub fn run_case(
     payload: &'static [u8],
     duration: Duration,
     progress: Arc<Progress>,
+    hb: Option<HeartbeatOpts>,
 ) -> Result<Measurement, String> {
     let mode = case.scenario.server_mode();
     match placement {
@@ -172,8 +250,8 @@ pub fn run_case(
                         let listener =
                             TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
                         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-                        let server = engine::spawn(server(system, listener, mode));
-                        let m = client(system, addr, case, payload, duration, progress).await;
+                        let server = engine::spawn(server(system, listener, mode, hb));
+                        let m = client(system, addr, case, payload, duration, progress, hb).await;
                         drop(server);
                         m
                     }
@@ -199,14 +277,15 @@ pub fn run_case(
                         if core == 1 {
                             let listener = TcpListener::bind("127.0.0.1:0").ok()?;
                             port_tx.send(listener.local_addr().ok()?).ok()?;
-                            let _server = engine::spawn(server(system, listener, mode));
+                            let _server = engine::spawn(server(system, listener, mode, hb));
                             while !stop.load(Ordering::Acquire) {
                                 engine::sleep(Duration::from_millis(20)).await;
                             }
                             None
                         } else {
                             let addr = port_rx.lock().ok()?.recv().ok()?;
-                            let m = client(system, addr, case, payload, duration, progress).await;
+                            let m =
+                                client(system, addr, case, payload, duration, progress, hb).await;
                             stop.store(true, Ordering::Release);
                             Some(m)
                         }
@@ -230,7 +309,8 @@ pub fn run_remote(
     payload: &'static [u8],
     duration: Duration,
     progress: Arc<Progress>,
+    hb: Option<HeartbeatOpts>,
 ) -> Result<Measurement, String> {
-    engine::block_on(client(system, addr, case, payload, duration, progress))
+    engine::block_on(client(system, addr, case, payload, duration, progress, hb))
         .map_err(|e| e.to_string())?
 }
