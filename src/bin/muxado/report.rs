@@ -254,8 +254,12 @@ fn machine() -> Vec<(String, String)> {
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default();
     let commit = command_output("git", &["rev-parse", "--short", "HEAD"]).map(|c| {
-        let dirty = command_output("git", &["status", "--porcelain", "--untracked-files=no"])
-            .is_some_and(|s| !s.is_empty());
+        // The results being written under perf/ do not make the code dirty.
+        let dirty = command_output(
+            "git",
+            &["status", "--porcelain", "--untracked-files=no", "--", ".", ":!perf"],
+        )
+        .is_some_and(|s| !s.is_empty());
         if dirty {
             format!("{c} (with uncommitted changes)")
         } else {
