@@ -257,7 +257,14 @@ fn machine() -> Vec<(String, String)> {
         // The results being written under perf/ do not make the code dirty.
         let dirty = command_output(
             "git",
-            &["status", "--porcelain", "--untracked-files=no", "--", ".", ":!perf"],
+            &[
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!perf",
+            ],
         )
         .is_some_and(|s| !s.is_empty());
         if dirty {
