@@ -593,6 +593,45 @@ impl Stream {
         r
     }
 
+    /// Lends the received bytes to `consume` without copying them out (the
+    /// zero-copy form of [`Stream::read`], like `fill_buf` + `consume`):
+    /// `consume` returns how many it used, the rest stay for the next read.
+    /// It is shown an empty slice once, at the end of the stream. Returns the
+    /// count `consume` returned.
+    ///
+    /// ```no_run
+    /// # async fn sink(stream: &mut muxado::Stream) -> Result<u64, muxado::Error> {
+    /// let mut total = 0u64;
+    /// while stream.read_with(|bytes| { total += bytes.len() as u64; bytes.len() }).await? > 0 {}
+    /// # Ok(total) }
+    /// ```
+    pub async fn read_with(
+        &mut self,
+        consume: impl FnOnce(&[u8]) -> usize,
+    ) -> Result<usize, Error> {
+        let mut consume = Some(consume);
+        poll_fn(|cx| {
+            let mut st = self.shared.state.borrow_mut();
+            let f = consume.take().expect("polled after completion");
+            let mut f = Some(f);
+            let r = st
+                .proto
+                .read_with(self.key, |bytes| (f.take().expect("called once"))(bytes));
+            let out = match r {
+                Ok(Some(n)) => Poll::Ready(Ok(n)),
+                Ok(None) => {
+                    consume = f;
+                    register(&mut st.slot(self.key).read, cx);
+                    expired(&mut self.read_deadline, cx, "read")
+                }
+                Err(e) => Poll::Ready(Err(e)),
+            };
+            st.dispatch();
+            out
+        })
+        .await
+    }
+
     /// Poll form of [`Stream::read`].
     pub fn poll_read_slice(
         &mut self,

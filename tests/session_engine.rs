@@ -821,3 +821,43 @@ fn close_right_after_writing_loses_nothing() {
         .expect("io_uring available");
     });
 }
+
+/// A sink that counts in place with `read_with` sees every byte, in order,
+/// and the end of the stream, over a real session.
+#[test]
+fn read_with_sink_over_loopback() {
+    bounded(Duration::from_secs(30), || {
+        engine::block_on(async {
+            let (client, server) = pair(Config::default(), Config::default()).await;
+            let payload = Rng::new(11).bytes(4 << 20);
+            let expected = checksum(&payload);
+            let sink = engine::spawn(async move {
+                let mut s = server.accept().await.expect("accept");
+                let (mut fnv, mut total) = (Fnv::new(), 0usize);
+                loop {
+                    let n = s
+                        .read_with(|bytes| {
+                            // Consume at most 10,000 at a time: the rest must stay.
+                            let n = bytes.len().min(10_000);
+                            fnv.update(&bytes[..n]);
+                            n
+                        })
+                        .await
+                        .expect("read_with");
+                    if n == 0 {
+                        break;
+                    }
+                    total += n;
+                }
+                (total, fnv.0)
+            });
+            let mut s = client.open().expect("open");
+            s.write_all(&payload).await.expect("write");
+            s.close_write().expect("FIN");
+            let (total, sum) = sink.await;
+            assert_eq!(total, payload.len());
+            assert_eq!(sum, expected);
+        })
+        .expect("io_uring available");
+    });
+}

@@ -38,10 +38,10 @@ pub struct Config {
     /// as a TCP connection when the two ends run on different cores. Set it to
     /// `max_window` to turn auto-tuning off. Default 4 MiB.
     pub max_auto_window: u32,
-    /// Extra window (beyond `max_window`) all the streams of a session may
-    /// hold at once: bounds how much more auto-tuning lets the peer make us
-    /// buffer. A stream grows only up to an equal share of it among the open
-    /// streams, for fairness. Default 16 MiB.
+    /// Bounds auto-tuning per session: a stream's window grows only while it
+    /// is below an equal share of this among the open streams (so with 64
+    /// streams of 256 KiB nothing grows), and the extra granted to all
+    /// streams together never exceeds it. Default 16 MiB.
     pub auto_window_budget: usize,
     /// Consumed bytes are credited back to the peer with one WNDINC once this
     /// many accumulate (Go sends one per read). 0 means a quarter of `max_window`.

@@ -25,6 +25,9 @@ use crate::frame::{
     self, FrameType, Header, FLAG_FIN, FLAG_SYN, GOAWAY_FIXED_LEN, HEADER_LEN, MAX_PAYLOAD,
 };
 
+/// Smallest per-stream share of the send buffer in one transmit epoch.
+const MIN_FAIR_SHARE: usize = 16 * 1024;
+
 /// Largest receive window: credit must fit a WNDINC's 31 bits with room to spare.
 pub const MAX_WINDOW: u32 = 1 << 30;
 
@@ -151,7 +154,12 @@ pub struct Session {
 
     out: BytesMut,
     epoch: u64,
+    /// Streams that wrote in the current and in the previous transmit epoch:
+    /// the quota of each is the send buffer divided among them.
+    writers_now: usize,
+    writers_before: usize,
     buffer_waiters: VecDeque<StreamKey>,
+    quota_waiters: VecDeque<StreamKey>,
     events: VecDeque<Event>,
 
     local_gone_away: bool,
@@ -185,7 +193,10 @@ impl Session {
             pending_goaway: (0, ErrorCode::NoError),
             out: BytesMut::new(),
             epoch: 1,
+            writers_now: 0,
+            writers_before: 1,
             buffer_waiters: VecDeque::new(),
+            quota_waiters: VecDeque::new(),
             events: VecDeque::new(),
             local_gone_away: false,
             remote_goaway: None,
@@ -402,16 +413,26 @@ impl Session {
     /// this stream's fair share of the current transmission used up).
     pub fn write(&mut self, key: StreamKey, data: &[u8]) -> Result<usize, Error> {
         let room = self.config.max_send_buffer.saturating_sub(self.out.len());
-        let (epoch, quota) = (self.epoch, self.config.stream_send_quota);
+        let (epoch, writers) = (self.epoch, self.writers_now.max(self.writers_before));
+        // Fairness: a stream may queue its share of the send buffer among the
+        // streams writing now (at least 16 KiB, at most the configured quota)
+        // until the next transmission, so many writers interleave finely and
+        // a lone writer still fills large sends.
+        let quota = (self.config.max_send_buffer / writers.max(1))
+            .max(MIN_FAIR_SHARE)
+            .min(self.config.stream_send_quota);
         let s = self.get_mut(key)?;
         check_writable(s)?;
         if data.is_empty() {
             return Ok(0);
         }
-        if s.epoch != epoch {
+        let fresh = s.epoch != epoch;
+        if fresh {
             s.epoch = epoch;
             s.epoch_bytes = 0;
+            self.writers_now += 1;
         }
+        let s = &mut self.streams[key.slot as usize];
         let share = quota.saturating_sub(s.epoch_bytes);
         let window = usize::try_from(s.send_window).unwrap_or(usize::MAX);
         let n = data
@@ -428,7 +449,13 @@ impl Session {
                 let queue = !std::mem::replace(&mut s.waiting_for_buffer, true);
                 self.stats.buffer_stalls += 1;
                 if queue {
-                    self.buffer_waiters.push_back(key);
+                    // Round robin: streams that found no room go first after
+                    // the next transmission, those that used their share after.
+                    if share == 0 {
+                        self.quota_waiters.push_back(key);
+                    } else {
+                        self.buffer_waiters.push_back(key);
+                    }
                 }
             }
             return Ok(0);
@@ -450,15 +477,36 @@ impl Session {
     /// before a reset or the session's death is still returned before the error.
     /// Consumed bytes are credited back to the peer with coalesced WNDINCs.
     pub fn read(&mut self, key: StreamKey, dst: &mut [u8]) -> Result<Option<usize>, Error> {
+        if dst.is_empty() {
+            return self.get(key).map(|_| Some(0));
+        }
+        self.read_with(key, |buf| {
+            let n = dst.len().min(buf.len());
+            copy::copy(&mut dst[..n], &buf[..n]);
+            n
+        })
+    }
+
+    /// Lends the received bytes to `consume` in place, without copying them
+    /// out, like `BufRead::fill_buf` + `consume` in one call: `consume` returns
+    /// how many it used (the rest stay for the next read), and that count is
+    /// returned. An empty slice means the peer finished the stream. `Ok(None)`:
+    /// nothing yet (`consume` was not called); wait for [`Event::Readable`].
+    /// Errors and crediting as for [`Session::read`].
+    pub fn read_with(
+        &mut self,
+        key: StreamKey,
+        consume: impl FnOnce(&[u8]) -> usize,
+    ) -> Result<Option<usize>, Error> {
         let s = self.get_mut(key)?;
         if !s.recv_buf.is_empty() {
-            let n = dst.len().min(s.recv_buf.len());
-            copy::copy(&mut dst[..n], &s.recv_buf[..n]);
+            let n = consume(&s.recv_buf).min(s.recv_buf.len());
             s.recv_buf.advance(n);
             self.credit(key, n);
             return Ok(Some(n));
         }
-        if dst.is_empty() || s.recv_fin {
+        if s.recv_fin {
+            consume(&[]);
             return Ok(Some(0));
         }
         if let Some(e) = &s.error {
@@ -575,6 +623,8 @@ impl Session {
         std::mem::swap(spare, &mut self.out);
         self.stats.bytes_out += spare.len() as u64;
         self.epoch += 1;
+        self.writers_before = std::mem::take(&mut self.writers_now);
+        self.buffer_waiters.append(&mut self.quota_waiters);
         while let Some(key) = self.buffer_waiters.pop_front() {
             if let Some(s) = self.get_mut_opt(key) {
                 s.waiting_for_buffer = false;
@@ -976,15 +1026,16 @@ impl Session {
         }
         let mut inc = std::mem::take(&mut s.credit);
         if s.recv_buf.is_empty() {
-            // Each open stream may hold an equal share of the budget, so that
-            // early streams do not take it all and starve later ones.
+            // A stream's window grows only up to an equal share of the budget
+            // among the open streams: with many streams their base windows
+            // already cover the path, and a few that grew early would take
+            // more than their share of the link.
             let room = self.config.auto_window_budget - self.auto_window_used;
             let share = self.config.auto_window_budget / self.table.len().max(1);
-            let extra = (s.recv_window - self.config.max_window) as usize;
             let grow = (s.recv_window as usize)
                 .min((self.config.max_auto_window - s.recv_window) as usize)
                 .min(room)
-                .min(share.saturating_sub(extra)) as u32;
+                .min(share.saturating_sub(s.recv_window as usize)) as u32;
             s.recv_window += grow;
             self.auto_window_used += grow as usize;
             inc += grow;
@@ -1031,6 +1082,7 @@ impl Session {
             self.maybe_free(key.slot as usize);
         }
         self.buffer_waiters.clear();
+        self.quota_waiters.clear();
         if std::mem::take(&mut self.want_accept) {
             self.events.push_back(Event::Accept);
         }

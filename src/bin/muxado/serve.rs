@@ -152,23 +152,34 @@ impl Drop for PooledBuf {
 }
 
 async fn serve_stream(mut stream: Stream, mode: Mode) {
+    if mode == Mode::Sink {
+        // Count in place: a sink has no use for a copy of the bytes (as the
+        // plain-TCP sink below counts the received chunks without copying).
+        let mut total: u64 = 0;
+        loop {
+            match stream.read_with(|bytes| bytes.len()).await {
+                Ok(0) => break,
+                Ok(n) => total += n as u64,
+                Err(_) => return,
+            }
+        }
+        if stream.write_all(&total.to_be_bytes()).await.is_ok() {
+            let _ = stream.close_write();
+        }
+        return;
+    }
     let mut pooled = PooledBuf::take(true);
     let buf = &mut pooled.0[..BUF_SIZE];
-    let mut total: u64 = 0;
     loop {
         match stream.read(buf).await {
             Ok(0) => break,
             Ok(n) => {
-                total += n as u64;
-                if mode == Mode::Echo && stream.write_all(&buf[..n]).await.is_err() {
+                if stream.write_all(&buf[..n]).await.is_err() {
                     return;
                 }
             }
             Err(_) => return,
         }
-    }
-    if mode == Mode::Sink && stream.write_all(&total.to_be_bytes()).await.is_err() {
-        return;
     }
     let _ = stream.close_write();
 }
