@@ -27,8 +27,10 @@ pub struct Config {
     /// Bytes of DATA queued for the transport before writers wait. Control
     /// frames (WNDINC, RST, FIN, GOAWAY) are not held back by it. Default 512 KiB.
     pub max_send_buffer: usize,
-    /// Bytes one stream may queue between two transmissions, so that a bulk
-    /// writer cannot starve the other streams of the session. Default 256 KiB.
+    /// Most bytes one stream may queue between two transmissions. Each
+    /// stream's share is the send buffer divided among the streams writing
+    /// (at least 16 KiB), capped by this, so that a bulk writer cannot starve
+    /// the other streams of the session. Default 256 KiB.
     pub stream_send_quota: usize,
     /// Receive-window auto-tuning: when the application keeps up with a
     /// stream (nothing is left unread when credit is returned), the stream's
