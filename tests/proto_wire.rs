@@ -1251,3 +1251,31 @@ fn writers_share_the_send_buffer_round_robin() {
         "Jain's fairness {jain:.3}, bytes per stream {sent:?}"
     );
 }
+
+/// A write is not cut into a sliver by a nearly full send buffer: with room
+/// for only 2 of 4 bytes it waits, then goes out whole in one frame (a typed
+/// stream's type must reach a Go peer in one frame).
+#[test]
+fn nearly_full_buffer_does_not_split_a_small_write() {
+    let config = Config {
+        max_send_buffer: 1000,
+        ..Config::default()
+    };
+    let mut client = Session::new(Role::Client, config);
+    let filler = client.open().unwrap();
+    // Fill the buffer to 2 bytes short: header 8 + payload 990.
+    assert_eq!(client.write(filler, &[0u8; 990]).unwrap(), 990);
+    assert_eq!(client.pending_transmit(), 998);
+    let typed = client.open().unwrap();
+    assert_eq!(
+        client.write(typed, &[0, 0, 0, 1]).unwrap(),
+        0,
+        "waits rather than split"
+    );
+    let mut wire = BytesMut::new();
+    assert!(client.poll_transmit(&mut wire));
+    assert_eq!(client.poll_event(), Some(Event::Writable(typed)));
+    assert_eq!(client.write(typed, &[0, 0, 0, 1]).unwrap(), 4);
+    assert!(client.poll_transmit(&mut wire));
+    assert_eq!(frames(&wire), vec![F::Data(5, FLAG_SYN, vec![0, 0, 0, 1])]);
+}

@@ -28,6 +28,10 @@ use crate::frame::{
 /// Smallest per-stream share of the send buffer in one transmit epoch.
 const MIN_FAIR_SHARE: usize = 16 * 1024;
 
+/// Fewest bytes a write is cut to when the send buffer or the fair share
+/// (not the window) is what limits it.
+const SMALLEST_CUT: usize = 64;
+
 /// Largest receive window: credit must fit a WNDINC's 31 bits with room to spare.
 pub const MAX_WINDOW: u32 = 1 << 30;
 
@@ -435,6 +439,16 @@ impl Session {
         let s = &mut self.streams[key.slot as usize];
         let share = quota.saturating_sub(s.epoch_bytes);
         let window = usize::try_from(s.send_window).unwrap_or(usize::MAX);
+        // The buffer or the share may cut a write, but not into a sliver: a
+        // few bytes cost a whole header, and a typed stream's 4-byte type must
+        // go out in one frame for Go's single-read accept.
+        let smallest_cut = data
+            .len()
+            .min(SMALLEST_CUT)
+            .min(self.config.max_send_buffer)
+            .min(self.config.stream_send_quota);
+        let room = if room < smallest_cut { 0 } else { room };
+        let share = if share < smallest_cut { 0 } else { share };
         let n = data
             .len()
             .min(window)
