@@ -242,23 +242,7 @@ async fn rpc<S: BenchStream>(
             io::Result::Ok(ops)
         }
     });
-    let results = join_all(workers).await;
-    let ops: u64 = results
-        .into_iter()
-        .collect::<io::Result<Vec<u64>>>()
-        .map_err(|e| err("rpc", e))?
-        .iter()
-        .sum();
-    let hist = Rc::try_unwrap(hist)
-        .map_err(|_| "histogram still shared".to_string())?
-        .into_inner();
-    Ok(Measurement {
-        bytes: ops * size as u64,
-        ops,
-        seconds: duration.as_secs_f64(),
-        latency: Some(hist),
-        fairness: None,
-    })
+    latency_result("rpc", join_all(workers).await, hist, size as u64, duration)
 }
 
 async fn open<C: Client>(
@@ -306,18 +290,29 @@ async fn open<C: Client>(
             io::Result::Ok(ops)
         }
     });
-    let results = join_all(workers).await;
+    latency_result("open", join_all(workers).await, hist, 1, duration)
+}
+
+/// Sums the workers' operation counts and takes the shared latency histogram
+/// back: the common end of the latency scenarios.
+fn latency_result(
+    what: &str,
+    results: Vec<io::Result<u64>>,
+    hist: Rc<RefCell<Histogram<u64>>>,
+    bytes_per_op: u64,
+    duration: Duration,
+) -> Result<Measurement, String> {
     let ops: u64 = results
         .into_iter()
         .collect::<io::Result<Vec<u64>>>()
-        .map_err(|e| err("open", e))?
+        .map_err(|e| err(what, e))?
         .iter()
         .sum();
     let hist = Rc::try_unwrap(hist)
         .map_err(|_| "histogram still shared".to_string())?
         .into_inner();
     Ok(Measurement {
-        bytes: ops,
+        bytes: ops * bytes_per_op,
         ops,
         seconds: duration.as_secs_f64(),
         latency: Some(hist),
