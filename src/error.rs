@@ -139,7 +139,11 @@ impl fmt::Display for ErrorCode {
 /// Every variant maps to an [`ErrorCode`] through [`Error::code`], and its
 /// `Display` says what happened in words. Cheap to clone: a session hands the
 /// same error to every stream it fails.
+///
+/// New variants may be added in minor releases (`#[non_exhaustive]`): match
+/// with a wildcard arm, or on [`Error::code`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The peer broke the protocol; the session is dead.
     #[error("protocol violation by the peer ({code}): {reason}")]
@@ -171,9 +175,15 @@ pub enum Error {
     /// The session is closed; the session's own error says why.
     #[error("session closed")]
     SessionClosed,
-    /// The transport ended.
+    /// The transport ended: the whole session is over (a session error; a
+    /// single stream ending early is [`Error::UnexpectedEof`]).
     #[error("{0}")]
     PeerEof(&'static str),
+    /// The stream ended (the peer's FIN) before a read that needed more bytes,
+    /// such as [`Stream::read_exact`](crate::Stream::read_exact), was
+    /// satisfied. Only this stream is concerned; the session goes on.
+    #[error("stream ended early: {0}")]
+    UnexpectedEof(&'static str),
     /// The peer does not read what we send while making us queue more.
     #[error("peer is not reading: {0}")]
     EnhanceYourCalm(&'static str),
@@ -194,7 +204,9 @@ impl Error {
         match self {
             Error::Protocol { code, .. } => *code,
             Error::RemoteReset(c) | Error::LocalReset(c) => *c,
-            Error::StreamClosed | Error::StaleHandle => ErrorCode::StreamClosed,
+            Error::StreamClosed | Error::StaleHandle | Error::UnexpectedEof(_) => {
+                ErrorCode::StreamClosed
+            }
             Error::RemoteGoneAway => ErrorCode::RemoteGoneAway,
             Error::StreamsExhausted => ErrorCode::StreamsExhausted,
             Error::TooManyStreams(_) => ErrorCode::StreamRefused,
@@ -215,7 +227,7 @@ impl From<Error> for std::io::Error {
             Error::StreamClosed | Error::SessionClosed | Error::StaleHandle => {
                 ErrorKind::NotConnected
             }
-            Error::PeerEof(_) => ErrorKind::UnexpectedEof,
+            Error::PeerEof(_) | Error::UnexpectedEof(_) => ErrorKind::UnexpectedEof,
             Error::Timeout(_) => ErrorKind::TimedOut,
             Error::RemoteGoneAway | Error::TooManyStreams(_) => ErrorKind::ConnectionRefused,
             _ => ErrorKind::Other,

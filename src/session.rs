@@ -510,13 +510,15 @@ impl Stream {
         poll_fn(|cx| self.poll_read_slice(cx, buf)).await
     }
 
-    /// Reads exactly `buf.len()` bytes; [`Error::PeerEof`] if the stream ends first.
+    /// Reads exactly `buf.len()` bytes; [`Error::UnexpectedEof`] if the stream
+    /// ends (the peer's FIN) first, which leaves the session untouched. The
+    /// bytes read before the end are in `buf`, their count is not reported.
     pub async fn read_exact(&mut self, mut buf: &mut [u8]) -> Result<(), Error> {
         while !buf.is_empty() {
             match self.read(buf).await? {
                 0 => {
-                    return Err(Error::PeerEof(
-                        "stream ended before read_exact was satisfied",
+                    return Err(Error::UnexpectedEof(
+                        "the stream ended before read_exact was satisfied",
                     ))
                 }
                 n => buf = &mut buf[n..],
