@@ -50,6 +50,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use tracing::Instrument as _;
 
 use crate::engine::{self, net::TcpStream, Sleep};
 use crate::error::{Error, ErrorCode};
@@ -115,6 +116,9 @@ struct Shared {
     users: Cell<usize>,
     local_addr: Option<SocketAddr>,
     peer_addr: Option<SocketAddr>,
+    /// The session's span (role and peer address): its tasks run in it, and
+    /// its start and end are logged in it.
+    span: tracing::Span,
 }
 
 #[derive(Default)]
@@ -134,14 +138,21 @@ struct State {
     /// The reader saw the transport end; the writer waits for it to close.
     reader_done: bool,
     closer: Option<Waker>,
+    /// Sends taken from the protocol (each takes every byte queued before it).
     sends: u64,
+    /// Sends the transport completed; they complete in order.
+    sent: u64,
+    /// Tasks waiting for a send to complete ([`Session::go_away_with_deadline`]).
+    flush_waiters: Vec<Waker>,
     recvs: u64,
+    /// The session's end was logged.
+    end_logged: bool,
 }
 
 impl State {
     /// Wakes whoever the protocol's events concern, and the writer if there
     /// is something to send. Called after every handle or mutate.
-    fn dispatch(&mut self) {
+    fn dispatch(&mut self, span: &tracing::Span) {
         while let Some(event) = self.proto.poll_event() {
             match event {
                 Event::Readable(k) => wake(self.slot(k).read.take()),
@@ -149,8 +160,10 @@ impl State {
                 Event::Accept => self.acceptors.drain(..).for_each(Waker::wake),
                 Event::GoAway => {}
                 Event::Dead => {
+                    self.log_end(span);
                     self.acceptors.drain(..).for_each(Waker::wake);
                     self.waiters.drain(..).for_each(Waker::wake);
+                    self.flush_waiters.drain(..).for_each(Waker::wake);
                     wake(self.clock.take());
                     wake(self.writer.take());
                 }
@@ -161,6 +174,29 @@ impl State {
         }
         if self.proto.poll_timeout().is_some() {
             wake(self.clock.take());
+        }
+    }
+
+    /// Logs once why the session ended: info for an error, debug for a clean close.
+    fn log_end(&mut self, span: &tracing::Span) {
+        if std::mem::replace(&mut self.end_logged, true) {
+            return;
+        }
+        let _in = span.enter();
+        let Some(error) = self.proto.error() else {
+            return;
+        };
+        let remote = self.proto.remote_goaway().map(|(code, _)| code);
+        let stats = self.proto.stats();
+        match error {
+            Error::SessionClosed | Error::PeerEof(_) => tracing::debug!(
+                %error, remote_goaway = ?remote, frames_in = stats.frames_in,
+                frames_out = stats.frames_out, "session ended"
+            ),
+            _ => tracing::info!(
+                %error, remote_goaway = ?remote, frames_in = stats.frames_in,
+                frames_out = stats.frames_out, "session ended"
+            ),
         }
     }
 
@@ -204,6 +240,10 @@ impl Session {
     }
 
     fn start(tcp: TcpStream, role: Role, config: Config) -> Session {
+        let local_addr = tcp.local_addr().ok();
+        let peer_addr = tcp.peer_addr().ok();
+        let span = tracing::info_span!("muxado_session", ?role, peer = ?peer_addr);
+        span.in_scope(|| tracing::debug!(local = ?local_addr, "session started"));
         let shared = Rc::new(Shared {
             state: RefCell::new(State {
                 proto: proto::Session::new(role, config),
@@ -215,20 +255,25 @@ impl Session {
                 reader_done: false,
                 closer: None,
                 sends: 0,
+                sent: 0,
+                flush_waiters: Vec::new(),
                 recvs: 0,
+                end_logged: false,
             }),
-            local_addr: tcp.local_addr().ok(),
-            peer_addr: tcp.peer_addr().ok(),
+            local_addr,
+            peer_addr,
+            span,
             tcp,
             users: Cell::new(1),
         });
-        let started = engine::try_spawn(reader(shared.clone()))
-            .and_then(|_| engine::try_spawn(writer(shared.clone())))
-            .and_then(|_| engine::try_spawn(clock(shared.clone())));
+        let span = || shared.span.clone();
+        let started = engine::try_spawn(reader(shared.clone()).instrument(span()))
+            .and_then(|_| engine::try_spawn(writer(shared.clone()).instrument(span())))
+            .and_then(|_| engine::try_spawn(clock(shared.clone()).instrument(span())));
         if let Err(e) = started {
             let mut st = shared.state.borrow_mut();
             st.proto.handle_transport_error(&e.to_string());
-            st.dispatch();
+            st.dispatch(&shared.span);
         }
         Session { shared }
     }
@@ -270,7 +315,7 @@ impl Session {
             return Err(Error::SessionClosed);
         }
         st.proto.close_session();
-        st.dispatch();
+        st.dispatch(&self.shared.span);
         Ok(())
     }
 
@@ -279,8 +324,49 @@ impl Session {
     pub fn go_away(&self, code: ErrorCode, debug: &[u8]) -> Result<(), Error> {
         let mut st = self.shared.state.borrow_mut();
         st.proto.go_away(code, debug)?;
-        st.dispatch();
+        st.dispatch(&self.shared.span);
         Ok(())
+    }
+
+    /// Go's `GoAway(code, debug, deadline)`: sends GOAWAY like
+    /// [`Session::go_away`] and waits until the transport has taken the frame.
+    ///
+    /// Fails with [`Error::Timeout`] if it was not sent by `deadline` (`None`:
+    /// wait as long as it takes), and with [`Error::SessionClosed`] if the
+    /// session died first. As in Go, the deadline bounds only this wait: the
+    /// GOAWAY stays queued, and the session is *not* closed when the deadline
+    /// passes. For a graceful shutdown, call [`Session::close`] once the
+    /// streams you care about are done, or at a deadline of your own.
+    pub async fn go_away_with_deadline(
+        &self,
+        code: ErrorCode,
+        debug: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(), Error> {
+        let target = {
+            let mut st = self.shared.state.borrow_mut();
+            st.proto.go_away(code, debug)?;
+            st.dispatch(&self.shared.span);
+            // The next send takes every byte queued so far, the GOAWAY included.
+            st.sends + 1
+        };
+        let sent = poll_fn(|cx| {
+            let mut st = self.shared.state.borrow_mut();
+            if st.sent >= target {
+                Poll::Ready(Ok(()))
+            } else if st.proto.is_dead() {
+                Poll::Ready(Err(Error::SessionClosed))
+            } else {
+                push_waker(&mut st.flush_waiters, cx);
+                Poll::Pending
+            }
+        });
+        match deadline {
+            None => sent.await,
+            Some(d) => engine::timeout_at(d, sent)
+                .await
+                .unwrap_or(Err(Error::Timeout("go_away"))),
+        }
     }
 
     /// Waits until the session is dead and says why.
@@ -360,7 +446,7 @@ impl Shared {
         if left == 0 {
             if let Ok(mut st) = self.state.try_borrow_mut() {
                 st.proto.close_session();
-                st.dispatch();
+                st.dispatch(&self.span);
             }
         }
     }
@@ -384,7 +470,7 @@ async fn reader(shared: Rc<Shared>) {
                 Ok(None) => st.proto.handle_eof(),
                 Err(e) => st.proto.handle_transport_error(&e.to_string()),
             }
-            st.dispatch();
+            st.dispatch(&shared.span);
         }
         if ended {
             st.reader_done = true;
@@ -425,7 +511,7 @@ async fn writer(shared: Rc<Shared>) {
                 continue;
             }
             st.sends += 1;
-            st.dispatch();
+            st.dispatch(&shared.span);
             st.proto.is_dead()
         };
         let send = shared.tcp.send_all_session(spare);
@@ -438,10 +524,15 @@ async fn writer(shared: Rc<Shared>) {
             send.await
         };
         spare = buf;
+        if result.is_ok() {
+            let mut st = shared.state.borrow_mut();
+            st.sent += 1;
+            st.flush_waiters.drain(..).for_each(Waker::wake);
+        }
         if let Err(e) = result {
             let mut st = shared.state.borrow_mut();
             st.proto.handle_transport_error(&e.to_string());
-            st.dispatch();
+            st.dispatch(&shared.span);
             break;
         }
     }
@@ -483,7 +574,7 @@ async fn clock(shared: Rc<Shared>) {
         engine::sleep_until(deadline).await;
         let mut st = shared.state.borrow_mut();
         st.proto.handle_timeout(Instant::now());
-        st.dispatch();
+        st.dispatch(&shared.span);
     }
 }
 
@@ -502,6 +593,27 @@ impl Stream {
     /// The stream id on the wire.
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// A handle to the session this stream belongs to (Go's `Session()`);
+    /// like any [`Session`] handle, it keeps the session open while it lives.
+    pub fn session(&self) -> Session {
+        self.shared.acquire();
+        Session {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The session transport's local address (Go's `LocalAddr`); `None` if
+    /// the socket could not tell.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.shared.local_addr
+    }
+
+    /// The session transport's remote address (Go's `RemoteAddr`); `None` if
+    /// the socket could not tell.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.shared.peer_addr
     }
 
     /// Reads into `buf`: the number of bytes, 0 at the end of the stream
@@ -580,6 +692,14 @@ impl Stream {
         self.write_deadline = deadline.map(|d| Box::pin(engine::sleep_until(d)));
     }
 
+    /// Sets the read and the write deadline at once (Go's `SetDeadline`);
+    /// `None` clears both. See [`Stream::set_read_deadline`] and
+    /// [`Stream::set_write_deadline`].
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.set_read_deadline(deadline);
+        self.set_write_deadline(deadline);
+    }
+
     /// The session's counters.
     pub fn session_stats(&self) -> SessionStats {
         self.shared.stats()
@@ -591,7 +711,7 @@ impl Stream {
     ) -> Result<T, Error> {
         let mut st = self.shared.state.borrow_mut();
         let r = f(&mut st, self.key);
-        st.dispatch();
+        st.dispatch(&self.shared.span);
         r
     }
 
@@ -628,7 +748,7 @@ impl Stream {
                 }
                 Err(e) => Poll::Ready(Err(e)),
             };
-            st.dispatch();
+            st.dispatch(&self.shared.span);
             out
         })
         .await
@@ -650,7 +770,7 @@ impl Stream {
             }
             Err(e) => Poll::Ready(Err(e)),
         };
-        st.dispatch();
+        st.dispatch(&self.shared.span);
         out
     }
 
@@ -668,7 +788,7 @@ impl Stream {
             }
             r => Poll::Ready(r),
         };
-        st.dispatch();
+        st.dispatch(&self.shared.span);
         out
     }
 }
@@ -694,7 +814,7 @@ impl Drop for Stream {
             w.read = None;
             w.write = None;
             st.proto.release(self.key);
-            st.dispatch();
+            st.dispatch(&self.shared.span);
         }
         self.shared.release_user();
     }
