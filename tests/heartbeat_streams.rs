@@ -26,10 +26,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Events = Rc<RefCell<Vec<(Instant, HeartbeatEvent)>>>;
 
 fn config() -> HeartbeatConfig {
-    HeartbeatConfig {
-        interval: INTERVAL,
-        tolerance: TOLERANCE,
-    }
+    HeartbeatConfig::default()
+        .interval(INTERVAL)
+        .tolerance(TOLERANCE)
 }
 
 fn recorder() -> (Events, impl FnMut(HeartbeatEvent) + 'static) {
@@ -358,10 +357,9 @@ fn beat_on_demand_and_settings_at_run_time() {
     engine::block_on(async {
         let (client, server) = pair().await;
         // An hour between beats: only on-demand beats at first.
-        let slow = HeartbeatConfig {
-            interval: Duration::from_secs(3600),
-            tolerance: Duration::from_secs(3600),
-        };
+        let slow = HeartbeatConfig::default()
+            .interval(Duration::from_secs(3600))
+            .tolerance(Duration::from_secs(3600));
         let client = Heartbeat::new(TypedSession::new(client), slow);
         assert_eq!(client.beat().await, Err(Error::StreamClosed), "not started");
         // The server is a plain typed session (it sees the heartbeat stream)

@@ -64,14 +64,17 @@ impl HeartbeatArgs {
         };
         let d = HeartbeatConfig::default();
         Some(HeartbeatOpts {
-            config: HeartbeatConfig {
-                interval: secs(self.heartbeat_interval, d.interval, "--heartbeat-interval"),
-                tolerance: secs(
+            config: d
+                .interval(secs(
+                    self.heartbeat_interval,
+                    d.interval,
+                    "--heartbeat-interval",
+                ))
+                .tolerance(secs(
                     self.heartbeat_tolerance,
                     d.tolerance,
                     "--heartbeat-tolerance",
-                ),
-            },
+                )),
             verbose,
         })
     }

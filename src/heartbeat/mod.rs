@@ -27,6 +27,7 @@
 //!   at once (the pending tick and deadline are recomputed).
 //! - The heartbeat never closes the session: the application decides what a
 //!   timeout means. Timers are the engine's; no thread is started.
+//! - The timing rules themselves live in [`timing`], sans I/O, for any driver.
 //!
 //! ```
 //! use std::{cell::RefCell, rc::Rc, time::Duration};
@@ -38,7 +39,7 @@
 //! type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 //!
 //! engine::block_on(async {
-//!     let config = HeartbeatConfig { interval: Duration::from_millis(10), ..Default::default() };
+//!     let config = HeartbeatConfig::default().interval(Duration::from_millis(10));
 //!     let listener = TcpListener::bind("127.0.0.1:0")?;
 //!     let addr = listener.local_addr()?;
 //!     // The server only answers: it keeps accepting, and gets no heartbeat stream.
@@ -86,6 +87,11 @@ use crate::error::{Error, ErrorCode};
 use crate::session::{SessionEnd, SessionStats};
 use crate::typed::{StreamType, TypedSession, TypedStream};
 
+pub mod timing;
+
+pub use timing::HeartbeatConfig;
+use timing::HeartbeatTimer;
+
 /// The stream type reserved for heartbeat streams.
 pub const HEARTBEAT_TYPE: StreamType = 0xFFFF_FFFF;
 
@@ -98,24 +104,6 @@ pub enum HeartbeatEvent {
     /// No beat came back within interval + tolerance. Reported once; a later
     /// success re-arms it.
     Timeout,
-}
-
-/// Heartbeat timing. The defaults are Go's: 10 s interval, 15 s tolerance.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HeartbeatConfig {
-    /// Time between two periodic beats.
-    pub interval: Duration,
-    /// How late past the interval an answer may be before a timeout is reported.
-    pub tolerance: Duration,
-}
-
-impl Default for HeartbeatConfig {
-    fn default() -> Self {
-        HeartbeatConfig {
-            interval: Duration::from_secs(10),
-            tolerance: Duration::from_secs(15),
-        }
-    }
 }
 
 /// A [`TypedSession`] with a heartbeat; see the [module docs](self).
@@ -139,15 +127,12 @@ struct Inner {
 /// What the heartbeat's tasks share (not the session: tasks hold only their
 /// stream, so dropping every handle lets the session close).
 struct Shared {
-    interval: Cell<Duration>,
-    tolerance: Cell<Duration>,
+    /// When to beat and when to report a timeout.
+    timer: RefCell<HeartbeatTimer>,
     started: Cell<bool>,
     stopped: Cell<bool>,
     /// The requester runs and its stream works.
     running: Cell<bool>,
-    /// When the timeout was last armed (start or periodic success); `None`
-    /// once it fired, until the next success.
-    armed_at: Cell<Option<Instant>>,
     requests: RefCell<VecDeque<Rc<BeatSlot>>>,
     requester: Signal,
     checker: Signal,
@@ -246,12 +231,10 @@ impl Heartbeat {
             inner: Rc::new(Inner {
                 typed,
                 shared: Rc::new(Shared {
-                    interval: Cell::new(config.interval),
-                    tolerance: Cell::new(config.tolerance),
+                    timer: RefCell::new(HeartbeatTimer::new(config, Instant::now())),
                     started: Cell::new(false),
                     stopped: Cell::new(false),
                     running: Cell::new(false),
-                    armed_at: Cell::new(None),
                     requests: RefCell::new(VecDeque::new()),
                     requester: Signal::default(),
                     checker: Signal::default(),
@@ -285,7 +268,7 @@ impl Heartbeat {
         }
         *shared.on_event.borrow_mut() = Some(Box::new(on_event));
         shared.running.set(true);
-        shared.armed_at.set(Some(Instant::now()));
+        shared.timer.borrow_mut().start(Instant::now());
         let requester = engine::spawn(requester(shared.clone(), stream, Rng::new()));
         let checker = engine::spawn(checker(shared.clone()));
         self.inner.beaters.borrow_mut().extend([requester, checker]);
@@ -312,7 +295,8 @@ impl Heartbeat {
                 Poll::Pending
             }
         });
-        engine::timeout(shared.tolerance.get(), answer)
+        let tolerance = shared.timer.borrow().tolerance();
+        engine::timeout(tolerance, answer)
             .await
             .unwrap_or(Err(Error::Timeout("heartbeat")))
     }
@@ -320,25 +304,29 @@ impl Heartbeat {
     /// Changes the interval; the pending tick and timeout deadline are
     /// recomputed at once.
     pub fn set_interval(&self, interval: Duration) {
-        self.inner.shared.interval.set(interval);
+        self.inner.shared.timer.borrow_mut().set_interval(interval);
         self.inner.shared.requester.notify();
         self.inner.shared.checker.notify();
     }
 
     /// Changes the tolerance; the pending timeout deadline is recomputed at once.
     pub fn set_tolerance(&self, tolerance: Duration) {
-        self.inner.shared.tolerance.set(tolerance);
+        self.inner
+            .shared
+            .timer
+            .borrow_mut()
+            .set_tolerance(tolerance);
         self.inner.shared.checker.notify();
     }
 
     /// The current interval.
     pub fn interval(&self) -> Duration {
-        self.inner.shared.interval.get()
+        self.inner.shared.timer.borrow().interval()
     }
 
     /// The current tolerance.
     pub fn tolerance(&self) -> Duration {
-        self.inner.shared.tolerance.get()
+        self.inner.shared.timer.borrow().tolerance()
     }
 
     /// Stops beating and reporting (the heartbeat stream is closed); the
@@ -426,8 +414,7 @@ impl std::fmt::Debug for Heartbeat {
         let s = &self.inner.shared;
         f.debug_struct("Heartbeat")
             .field("session", self.inner.typed.session())
-            .field("interval", &s.interval.get())
-            .field("tolerance", &s.tolerance.get())
+            .field("timer", &*s.timer.borrow())
             .field("running", &s.running.get())
             .finish()
     }
@@ -446,7 +433,6 @@ impl Drop for Inner {
 
 /// Beats on every tick and on demand, over `stream`, until it fails.
 async fn requester(shared: Rc<Shared>, mut stream: TypedStream, mut rng: Rng) {
-    let mut last_tick = Instant::now();
     loop {
         // Wait for the next tick or an on-demand request.
         let on_demand = loop {
@@ -454,14 +440,10 @@ async fn requester(shared: Rc<Shared>, mut stream: TypedStream, mut rng: Rng) {
             if shared.has_requests() {
                 break true;
             }
-            let interval = shared.interval.get();
-            let due = last_tick + interval;
-            let now = Instant::now();
-            if now >= due {
-                // Ticks missed while a beat waited are dropped, as Go's ticker does.
-                last_tick = if now - due >= interval { now } else { due };
+            if shared.timer.borrow_mut().poll_beat(Instant::now()) {
                 break false;
             }
+            let due = shared.timer.borrow().next_beat();
             shared.requester.wait(seen, Some(due)).await;
         };
         let waiting: Vec<_> = if on_demand {
@@ -472,13 +454,14 @@ async fn requester(shared: Rc<Shared>, mut stream: TypedStream, mut rng: Rng) {
         let start = Instant::now();
         match beat_once(&mut stream, rng.next_u32()).await {
             Ok(()) => {
-                let latency = start.elapsed();
+                let now = Instant::now();
                 if on_demand {
+                    let latency = now.saturating_duration_since(start);
                     for slot in waiting {
                         slot.complete(Ok(latency));
                     }
                 } else {
-                    shared.armed_at.set(Some(Instant::now()));
+                    let latency = shared.timer.borrow_mut().on_periodic_reply(start, now);
                     shared.checker.notify();
                     shared.emit(HeartbeatEvent::Latency(latency));
                 }
@@ -514,14 +497,12 @@ async fn beat_once(stream: &mut TypedStream, ping: u32) -> Result<(), Error> {
 async fn checker(shared: Rc<Shared>) {
     while !shared.stopped.get() {
         let seen = shared.checker.generation.get();
-        let deadline = shared
-            .armed_at
-            .get()
-            .map(|at| at + shared.interval.get() + shared.tolerance.get());
-        if shared.checker.wait(seen, deadline).await {
-            shared.armed_at.set(None);
+        if shared.timer.borrow_mut().poll_timeout(Instant::now()) {
             shared.emit(HeartbeatEvent::Timeout);
+            continue;
         }
+        let deadline = shared.timer.borrow().timeout_at();
+        shared.checker.wait(seen, deadline).await;
     }
 }
 
