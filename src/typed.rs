@@ -59,6 +59,20 @@ use crate::session::{Session, Stream};
 /// [`HEARTBEAT_TYPE`](crate::heartbeat::HEARTBEAT_TYPE).
 pub type StreamType = u32;
 
+/// Bytes of the type at the start of a typed stream.
+pub(crate) const TYPE_LEN: usize = 4;
+
+/// The first bytes of a stream of type `t` (big-endian). Driver-neutral: any
+/// driver of typed streams writes these.
+pub(crate) const fn encode_type(t: StreamType) -> [u8; TYPE_LEN] {
+    t.to_be_bytes()
+}
+
+/// The type carried by a stream's first [`TYPE_LEN`] bytes.
+pub(crate) const fn decode_type(bytes: [u8; TYPE_LEN]) -> StreamType {
+    StreamType::from_be_bytes(bytes)
+}
+
 /// A session whose streams carry a [`StreamType`].
 ///
 /// Cheap to clone (it clones the [`Session`] handle). Like [`Session`] it is
@@ -100,7 +114,7 @@ impl TypedSession {
     /// (then it waits for room, like any write).
     pub async fn open_typed(&self, t: StreamType) -> Result<TypedStream, Error> {
         let mut stream = self.session.open()?;
-        stream.write_all(&t.to_be_bytes()).await?;
+        stream.write_all(&encode_type(t)).await?;
         Ok(TypedStream {
             stream,
             stream_type: t,
@@ -117,12 +131,12 @@ impl TypedSession {
     pub async fn accept_typed(&self) -> Result<TypedStream, Error> {
         loop {
             let mut stream = self.session.accept().await?;
-            let mut ty = [0u8; 4];
+            let mut ty = [0u8; TYPE_LEN];
             match stream.read_exact(&mut ty).await {
                 Ok(()) => {
                     return Ok(TypedStream {
                         stream,
-                        stream_type: u32::from_be_bytes(ty),
+                        stream_type: decode_type(ty),
                     })
                 }
                 // That stream failed; if the session did, accept says so.
@@ -196,5 +210,20 @@ impl tokio::io::AsyncWrite for TypedStream {
     /// Half-closes the stream (FIN).
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_are_four_big_endian_bytes() {
+        assert_eq!(encode_type(1), [0, 0, 0, 1]);
+        assert_eq!(encode_type(0xFFFF_FFFF), [0xFF; 4]);
+        assert_eq!(encode_type(0x0102_0304), [1, 2, 3, 4]);
+        for t in [0, 1, 7, 0x8000_0000, 0xFFFF_FFFE, 0xFFFF_FFFF] {
+            assert_eq!(decode_type(encode_type(t)), t);
+        }
     }
 }

@@ -428,3 +428,37 @@ fn beat_on_demand_and_settings_at_run_time() {
     })
     .unwrap();
 }
+
+/// A heartbeat on a stream type of its own: both sides configured alike beat, answer and hide
+/// that type; the default heartbeat type is then an ordinary stream type.
+#[test]
+fn a_configured_heartbeat_stream_type_is_used_both_ways() {
+    const CUSTOM: u32 = 0x4842_0001;
+    engine::block_on(async {
+        let (client, server) = pair().await;
+        let config = config().stream_type(CUSTOM);
+        let client = Heartbeat::new(TypedSession::new(client), config);
+        let server = Heartbeat::new(TypedSession::new(server), config);
+        let got = accept_loop(&server);
+        let (events, on_event) = recorder();
+        client.start(on_event).await.unwrap();
+        until("periodic latencies", || count(&events, is_latency) >= 3).await;
+        assert_eq!(count(&events, is_timeout), 0);
+        assert!(client.beat().await.is_ok());
+
+        assert_eq!(
+            client.open_typed(CUSTOM).await.unwrap_err(),
+            Error::LocalReset(muxado::ErrorCode::StreamRefused)
+        );
+        // Not the heartbeat type here: it reaches the application like any other.
+        let mut s = client.open_typed(HEARTBEAT_TYPE).await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        until("the ordinary stream", || {
+            got.borrow().contains(&HEARTBEAT_TYPE)
+        })
+        .await;
+        assert!(!got.borrow().contains(&CUSTOM), "{:?}", got.borrow());
+        client.close().unwrap();
+    })
+    .expect("io_uring available");
+}

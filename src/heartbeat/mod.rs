@@ -1,6 +1,7 @@
 //! The heartbeat: round-trip latency and dead-peer detection over a typed
 //! stream of the reserved type [`HEARTBEAT_TYPE`] (protocol reference §9),
-//! wire-compatible with Go muxado and ngrok's crate.
+//! wire-compatible with Go muxado and ngrok's crate. The type can be changed
+//! ([`HeartbeatConfig::stream_type`]) when both peers are this crate.
 //!
 //! - [`Heartbeat::start`] opens one heartbeat stream; every interval (default
 //!   10 s, first beat one interval after the start) a random 4-byte value is
@@ -89,11 +90,8 @@ use crate::typed::{StreamType, TypedSession, TypedStream};
 
 pub mod timing;
 
-pub use timing::HeartbeatConfig;
 use timing::HeartbeatTimer;
-
-/// The stream type reserved for heartbeat streams.
-pub const HEARTBEAT_TYPE: StreamType = 0xFFFF_FFFF;
+pub use timing::{HeartbeatConfig, HEARTBEAT_TYPE};
 
 /// What the heartbeat reports to its callback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +115,8 @@ pub struct Heartbeat {
 
 struct Inner {
     typed: TypedSession,
+    /// The type of heartbeat streams, both ways.
+    stream_type: StreamType,
     shared: Rc<Shared>,
     /// The requester and the checker, once started.
     beaters: RefCell<Vec<JoinHandle<()>>>,
@@ -230,6 +230,7 @@ impl Heartbeat {
         Heartbeat {
             inner: Rc::new(Inner {
                 typed,
+                stream_type: config.stream_type,
                 shared: Rc::new(Shared {
                     timer: RefCell::new(HeartbeatTimer::new(config, Instant::now())),
                     started: Cell::new(false),
@@ -256,7 +257,7 @@ impl Heartbeat {
         if shared.started.replace(true) {
             return Ok(());
         }
-        let stream = match self.inner.typed.open_typed(HEARTBEAT_TYPE).await {
+        let stream = match self.inner.typed.open_typed(self.inner.stream_type).await {
             Ok(s) => s,
             Err(e) => {
                 shared.started.set(false);
@@ -347,7 +348,7 @@ impl Heartbeat {
     pub async fn accept_typed(&self) -> Result<TypedStream, Error> {
         loop {
             let stream = self.inner.typed.accept_typed().await?;
-            if stream.stream_type() != HEARTBEAT_TYPE {
+            if stream.stream_type() != self.inner.stream_type {
                 return Ok(stream);
             }
             let task = engine::spawn(respond(stream));
@@ -363,10 +364,10 @@ impl Heartbeat {
         self.accept_typed().await
     }
 
-    /// Opens a typed stream; the heartbeat type is refused with
+    /// Opens a typed stream; the heartbeat's stream type is refused with
     /// [`Error::LocalReset`]`(StreamRefused)`.
     pub async fn open_typed(&self, t: StreamType) -> Result<TypedStream, Error> {
-        if t == HEARTBEAT_TYPE {
+        if t == self.inner.stream_type {
             return Err(Error::LocalReset(ErrorCode::StreamRefused));
         }
         self.inner.typed.open_typed(t).await
@@ -381,6 +382,21 @@ impl Heartbeat {
     /// Sends GOAWAY without closing; see [`Session::go_away`](crate::Session::go_away).
     pub fn go_away(&self, code: ErrorCode, debug: &[u8]) -> Result<(), Error> {
         self.inner.typed.session().go_away(code, debug)
+    }
+
+    /// Sends GOAWAY and waits until it is sent, or fails at `deadline`; see
+    /// [`Session::go_away_with_deadline`](crate::Session::go_away_with_deadline).
+    pub async fn go_away_with_deadline(
+        &self,
+        code: ErrorCode,
+        debug: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(), Error> {
+        self.inner
+            .typed
+            .session()
+            .go_away_with_deadline(code, debug, deadline)
+            .await
     }
 
     /// Waits until the session is dead and says why.

@@ -37,10 +37,17 @@
 
 use std::time::{Duration, Instant};
 
+use crate::typed::StreamType;
+
+/// The stream type of heartbeat streams in Go muxado and ngrok's crate, and
+/// the default of [`HeartbeatConfig::stream_type`].
+pub const HEARTBEAT_TYPE: StreamType = 0xFFFF_FFFF;
+
 /// The shortest interval a timer uses: a zero interval would beat in a loop.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
 
-/// Heartbeat timing. The defaults are Go's: 10 s interval, 15 s tolerance.
+/// Heartbeat settings. The defaults are Go's: 10 s interval, 15 s tolerance,
+/// stream type [`HEARTBEAT_TYPE`].
 ///
 /// Built from [`Default`] and the chainable setters, so that fields can be
 /// added without breaking callers:
@@ -59,6 +66,11 @@ pub struct HeartbeatConfig {
     pub interval: Duration,
     /// How late past the interval an answer may be before a timeout is reported.
     pub tolerance: Duration,
+    /// The stream type that carries heartbeats. Both peers must use the same
+    /// one; Go muxado and ngrok's crate only know [`HEARTBEAT_TYPE`]. Streams
+    /// of this type are answered and hidden from the application, and it
+    /// cannot open one itself.
+    pub stream_type: StreamType,
 }
 
 impl Default for HeartbeatConfig {
@@ -66,6 +78,7 @@ impl Default for HeartbeatConfig {
         HeartbeatConfig {
             interval: Duration::from_secs(10),
             tolerance: Duration::from_secs(15),
+            stream_type: HEARTBEAT_TYPE,
         }
     }
 }
@@ -82,6 +95,13 @@ impl HeartbeatConfig {
     #[must_use]
     pub fn tolerance(mut self, tolerance: Duration) -> Self {
         self.tolerance = tolerance;
+        self
+    }
+
+    /// Sets [`HeartbeatConfig::stream_type`].
+    #[must_use]
+    pub fn stream_type(mut self, stream_type: StreamType) -> Self {
+        self.stream_type = stream_type;
         self
     }
 }
@@ -209,6 +229,8 @@ mod tests {
     fn defaults_are_gos() {
         let c = HeartbeatConfig::default();
         assert_eq!((c.interval, c.tolerance), (s(10), s(15)));
+        assert_eq!(c.stream_type, HEARTBEAT_TYPE);
+        assert_eq!(c.stream_type(7).stream_type, 7);
     }
 
     #[test]
