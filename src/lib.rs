@@ -8,8 +8,13 @@
 //! - [`engine`]: the io_uring, thread-per-core runtime (cores, tasks, timers, TCP);
 //! - [`Session`] and [`Stream`]: async handles that run `proto` on the engine;
 //! - [`typed`]: streams that carry a `u32` type ([`TypedSession`], [`TypedStream`]);
-//! - [`heartbeat`]: latency and dead-peer detection over a typed session ([`Heartbeat`]);
+//! - [`heartbeat`]: latency and dead-peer detection over a typed session ([`Heartbeat`]),
+//!   its timing rules sans I/O in [`heartbeat::timing`];
 //! - [`Error`] and [`ErrorCode`]: what went wrong, in words and on the wire.
+//!
+//! The library never prints and never reads the environment: it logs through
+//! [`tracing`] (a span per session; start and end of sessions, never per
+//! frame), and the application installs a subscriber if it wants the logs.
 //!
 //! [muxado]: https://github.com/inconshreveable/muxado
 

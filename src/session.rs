@@ -230,6 +230,9 @@ fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
 
 impl Session {
     /// Starts a client session (odd stream ids) over `tcp` on the current core.
+    ///
+    /// Takes a connected socket: nothing here resolves a host name, so
+    /// nothing blocks the core (resolve names before connecting, off the core).
     pub fn client(tcp: TcpStream, config: Config) -> Session {
         Session::start(tcp, Role::Client, config)
     }
