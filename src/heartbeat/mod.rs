@@ -296,8 +296,8 @@ impl Heartbeat {
                 Poll::Pending
             }
         });
-        let tolerance = shared.timer.borrow().tolerance();
-        engine::timeout(tolerance, answer)
+        let deadline = shared.timer.borrow().on_demand_deadline(Instant::now());
+        engine::timeout_at(deadline, answer)
             .await
             .unwrap_or(Err(Error::Timeout("heartbeat")))
     }

@@ -10,7 +10,8 @@
 //! - a timeout is due interval + tolerance after the start or after the last
 //!   periodic success; it is reported once per silence, and only a later
 //!   periodic success re-arms it;
-//! - on-demand beats measure a latency but neither report nor re-arm.
+//! - on-demand beats measure a latency but neither report nor re-arm; one
+//!   gives up a tolerance after it was asked for.
 //!
 //! A driver loops: wait until [`HeartbeatTimer::next_beat`] or
 //! [`HeartbeatTimer::timeout_at`] (whichever comes first), then ask
@@ -201,6 +202,12 @@ impl HeartbeatTimer {
         }
     }
 
+    /// When an on-demand beat asked for at `now` gives up: one tolerance
+    /// later (it may first wait for a beat already in flight).
+    pub fn on_demand_deadline(&self, now: Instant) -> Instant {
+        now + self.tolerance
+    }
+
     /// A periodic beat sent at `sent` came back at `now`: re-arms the timeout
     /// from `now` and returns the round-trip time.
     pub fn on_periodic_reply(&mut self, sent: Instant, now: Instant) -> Duration {
@@ -278,6 +285,17 @@ mod tests {
         t.on_periodic_reply(t0 + s(10), t0 + s(11));
         assert!(!t.poll_timeout(t0 + s(25)));
         assert_eq!(t.timeout_at(), Some(t0 + s(36)));
+    }
+
+    #[test]
+    fn on_demand_beats_give_up_after_the_tolerance_and_do_not_re_arm() {
+        let (mut t, t0) = timer(10, 15);
+        assert_eq!(t.on_demand_deadline(t0 + s(3)), t0 + s(18));
+        assert!(t.poll_timeout(t0 + s(25)));
+        // An on-demand answer is not fed to the timer: the silence stays reported.
+        assert_eq!(t.timeout_at(), None);
+        t.set_tolerance(s(1));
+        assert_eq!(t.on_demand_deadline(t0), t0 + s(1));
     }
 
     #[test]
