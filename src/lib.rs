@@ -7,6 +7,7 @@
 //! - [`proto`]: the session state machine, sans I/O;
 //! - [`engine`]: the io_uring, thread-per-core runtime (cores, tasks, timers, TCP);
 //! - [`Session`] and [`Stream`]: async handles that run `proto` on the engine;
+//! - [`transport`]: what a session runs over: TCP, or TLS (rustls, sans-IO) ([`Transport`]);
 //! - [`typed`]: streams that carry a `u32` type ([`TypedSession`], [`TypedStream`]);
 //! - [`heartbeat`]: latency and dead-peer detection over a typed session ([`Heartbeat`]),
 //!   its timing rules sans I/O in [`heartbeat::timing`];
@@ -25,6 +26,7 @@ pub mod frame;
 pub mod heartbeat;
 pub mod proto;
 mod session;
+pub mod transport;
 pub mod typed;
 
 pub use engine::Engine;
@@ -32,6 +34,7 @@ pub use error::{Error, ErrorCode};
 pub use heartbeat::{Heartbeat, HeartbeatConfig, HeartbeatEvent};
 pub use proto::Config;
 pub use session::{Session, SessionEnd, SessionStats, Stream};
+pub use transport::Transport;
 pub use typed::{StreamType, TypedSession, TypedStream};
 
 /// The README's examples run as doc tests, so the README stays true.

@@ -52,9 +52,10 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tracing::Instrument as _;
 
-use crate::engine::{self, net::TcpStream, Sleep};
+use crate::engine::{self, Sleep};
 use crate::error::{Error, ErrorCode};
 use crate::proto::{self, Config, Event, Role, StreamKey};
+use crate::transport::Transport;
 
 /// How long a dying session tries to deliver its GOAWAY (Go: 250 ms).
 const GOAWAY_GRACE: Duration = Duration::from_millis(250);
@@ -63,7 +64,8 @@ const GOAWAY_GRACE: Duration = Duration::from_millis(250);
 /// shuts the transport down in both directions.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
-/// A muxado session over one TCP connection, on the current engine core.
+/// A muxado session over one connection ([`Transport`]: TCP or TLS), on
+/// the current engine core.
 ///
 /// Cloning is cheap and gives another handle to the same session. The session
 /// is closed (GOAWAY NoError) when [`Session::close`] is called, or when every
@@ -111,7 +113,7 @@ pub struct SessionStats {
 
 struct Shared {
     state: RefCell<State>,
-    tcp: TcpStream,
+    transport: Transport,
     /// Session handles and streams alive; the session closes when it drops to 0.
     users: Cell<usize>,
     local_addr: Option<SocketAddr>,
@@ -229,23 +231,28 @@ fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
 }
 
 impl Session {
-    /// Starts a client session (odd stream ids) over `tcp` on the current core.
+    /// Starts a client session (odd stream ids) over `transport` on the
+    /// current core: a [`TcpStream`](crate::engine::net::TcpStream) or a
+    /// [`TlsStream`](crate::transport::TlsStream), or a [`Transport`].
     ///
     /// Takes a connected socket: nothing here resolves a host name, so
     /// nothing blocks the core (resolve names before connecting, off the core).
-    pub fn client(tcp: TcpStream, config: Config) -> Session {
-        Session::start(tcp, Role::Client, config)
+    pub fn client(transport: impl Into<Transport>, config: Config) -> Session {
+        Session::start(transport.into(), Role::Client, config)
     }
 
-    /// Starts a server session (even stream ids) over `tcp` on the current core.
-    pub fn server(tcp: TcpStream, config: Config) -> Session {
-        Session::start(tcp, Role::Server, config)
+    /// Starts a server session (even stream ids) over `transport` on the
+    /// current core; see [`Session::client`].
+    pub fn server(transport: impl Into<Transport>, config: Config) -> Session {
+        Session::start(transport.into(), Role::Server, config)
     }
 
-    fn start(tcp: TcpStream, role: Role, config: Config) -> Session {
-        let local_addr = tcp.local_addr().ok();
-        let peer_addr = tcp.peer_addr().ok();
-        let span = tracing::info_span!("muxado_session", ?role, peer = ?peer_addr);
+    fn start(transport: Transport, role: Role, config: Config) -> Session {
+        let local_addr = transport.local_addr();
+        let peer_addr = transport.peer_addr();
+        let kind = transport.kind();
+        let span =
+            tracing::info_span!("muxado_session", ?role, peer = ?peer_addr, transport = kind);
         span.in_scope(|| tracing::debug!(local = ?local_addr, "session started"));
         let shared = Rc::new(Shared {
             state: RefCell::new(State {
@@ -266,7 +273,7 @@ impl Session {
             local_addr,
             peer_addr,
             span,
-            tcp,
+            transport,
             users: Cell::new(1),
         });
         let span = || shared.span.clone();
@@ -458,7 +465,7 @@ impl Shared {
 /// Moves received bytes into the protocol until the transport ends or the
 /// session dies. Never waits on the writer.
 async fn reader(shared: Rc<Shared>) {
-    let mut rx = shared.tcp.recv_multishot();
+    let mut rx = shared.transport.receiver();
     loop {
         let r = rx.next().await;
         let mut st = shared.state.borrow_mut();
@@ -495,6 +502,8 @@ async fn writer(shared: Rc<Shared>) {
                 Poll::Ready(true)
             } else if st.proto.is_dead() {
                 Poll::Ready(false)
+            } else if shared.transport.poll_wants_send(cx) {
+                Poll::Ready(true)
             } else {
                 register(&mut st.writer, cx);
                 Poll::Pending
@@ -509,15 +518,26 @@ async fn writer(shared: Rc<Shared>) {
         engine::yield_now().await;
         let dying = {
             let mut st = shared.state.borrow_mut();
-            if !st.proto.poll_transmit(&mut spare) {
-                // Nothing to send after all: `spare` still holds the last send's bytes.
-                continue;
+            if st.proto.poll_transmit(&mut spare) {
+                st.sends += 1;
+                st.dispatch(&shared.span);
+                Some(st.proto.is_dead())
+            } else {
+                None
             }
-            st.sends += 1;
-            st.dispatch(&shared.span);
-            st.proto.is_dead()
         };
-        let send = shared.tcp.send_all_session(spare);
+        let Some(dying) = dying else {
+            // No frames after all (`spare` still holds the last send's
+            // bytes); the transport may have bytes of its own (TLS).
+            if let Err(e) = shared.transport.flush().await {
+                let mut st = shared.state.borrow_mut();
+                st.proto.handle_transport_error(&e.to_string());
+                st.dispatch(&shared.span);
+                break;
+            }
+            continue;
+        };
+        let send = shared.transport.send_all(spare);
         let (result, buf) = if dying {
             match engine::timeout(GOAWAY_GRACE, send).await {
                 Ok(done) => done,
@@ -542,7 +562,7 @@ async fn writer(shared: Rc<Shared>) {
     // A graceful end: FIN after the last byte, then give the peer a moment to
     // close its side while the reader drains, so the socket never closes with
     // unread input.
-    let _ = shared.tcp.shutdown(std::net::Shutdown::Write);
+    let _ = shared.transport.close_write().await;
     let reader_done = poll_fn(|cx| {
         let mut st = shared.state.borrow_mut();
         if st.reader_done {
@@ -553,7 +573,7 @@ async fn writer(shared: Rc<Shared>) {
         }
     });
     let _ = engine::timeout(CLOSE_LINGER, reader_done).await;
-    let _ = shared.tcp.shutdown(std::net::Shutdown::Both);
+    let _ = shared.transport.shutdown_both();
 }
 
 /// Runs the protocol's timers (reset linger) on the engine's clock.

@@ -1,0 +1,230 @@
+//! The seam between a session and its socket: receive chunks, send a buffer,
+//! shut down.
+//!
+//! A [`Session`](crate::Session) on the engine reaches its byte stream only
+//! through [`Transport`], so the same driver runs over:
+//! - TCP ([`TcpStream`]): chunks straight from the core's multishot receive,
+//!   frames straight to the ring's send, no copy and no allocation per frame;
+//! - TLS ([`TlsStream`], rustls driven sans-IO): ciphertext from the ring goes
+//!   through `read_tls` / `process_new_packets` and comes out as plaintext for
+//!   the protocol; frames go in through `writer()` and leave, encrypted, through
+//!   `write_tls` and the ring's send.
+//!
+//! Dispatch is a `match` on a small enum, not a trait object: the TCP path
+//! costs one branch per chunk and per send.
+
+mod tls;
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::task::Context;
+
+use bytes::BytesMut;
+
+use crate::engine::net::{MultiRecv, RecvBuf, TcpStream};
+
+pub use tls::{TlsClientConfig, TlsError, TlsServerConfig, TlsStream};
+
+/// The rustls crate this module is built on, for callers who build their own
+/// `ClientConfig` / `ServerConfig` (see [`TlsClientConfig::from_rustls`]).
+pub use rustls;
+
+/// A connected byte stream a session can run over.
+///
+/// Build it with `From`: `Session::client(tcp, config)` takes a
+/// [`TcpStream`] as before, and a [`TlsStream`] the same way.
+#[derive(Debug)]
+pub enum Transport {
+    /// Plain TCP.
+    Tcp(TcpStream),
+    /// TLS (rustls) over TCP, handshake done.
+    Tls(TlsStream),
+}
+
+impl From<TcpStream> for Transport {
+    fn from(s: TcpStream) -> Transport {
+        Transport::Tcp(s)
+    }
+}
+
+impl From<TlsStream> for Transport {
+    fn from(s: TlsStream) -> Transport {
+        Transport::Tls(s)
+    }
+}
+
+impl Transport {
+    /// The local socket address, if the transport has one (TCP does).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Transport::Tcp(s) => s.local_addr().ok(),
+            Transport::Tls(s) => s.local_addr(),
+        }
+    }
+
+    /// The peer's socket address, if the transport has one.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Transport::Tcp(s) => s.peer_addr().ok(),
+            Transport::Tls(s) => s.peer_addr(),
+        }
+    }
+
+    /// What kind of transport this is, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Transport::Tcp(_) => "tcp",
+            Transport::Tls(_) => "tls",
+        }
+    }
+
+    /// Starts receiving: the receiver yields the plaintext byte stream in chunks.
+    pub(crate) fn receiver(&self) -> Receiver {
+        match self {
+            Transport::Tcp(s) => Receiver::Plain(s.recv_multishot()),
+            Transport::Tls(s) => Receiver::Tls(s.receiver()),
+        }
+    }
+
+    /// Sends all of `buf` and gives it back (its capacity is reused).
+    pub(crate) async fn send_all(&self, buf: BytesMut) -> (io::Result<()>, BytesMut) {
+        match self {
+            Transport::Tcp(s) => s.send_all_session(buf).await,
+            Transport::Tls(s) => s.send_all(buf).await,
+        }
+    }
+
+    /// True if the transport has bytes of its own to send (TLS alerts, key
+    /// updates); if not, `cx` is woken when it has. Always false for TCP.
+    pub(crate) fn poll_wants_send(&self, cx: &Context<'_>) -> bool {
+        match self {
+            Transport::Tcp(_) => false,
+            Transport::Tls(s) => s.poll_wants_send(cx),
+        }
+    }
+
+    /// Sends what the transport itself has queued (see [`Self::poll_wants_send`]).
+    pub(crate) async fn flush(&self) -> io::Result<()> {
+        match self {
+            Transport::Tcp(_) => Ok(()),
+            Transport::Tls(s) => s.flush().await,
+        }
+    }
+
+    /// Ends the sending direction gracefully after everything sent so far:
+    /// TCP sends FIN; TLS first sends its close_notify alert.
+    pub(crate) async fn close_write(&self) -> io::Result<()> {
+        match self {
+            Transport::Tcp(s) => s.shutdown(Shutdown::Write),
+            Transport::Tls(s) => s.close_write().await,
+        }
+    }
+
+    /// Shuts the socket down in both directions at once, which also ends a
+    /// pending receive (it completes with EOF).
+    pub(crate) fn shutdown_both(&self) -> io::Result<()> {
+        match self {
+            Transport::Tcp(s) => s.shutdown(Shutdown::Both),
+            Transport::Tls(s) => s.shutdown_both(),
+        }
+    }
+}
+
+/// The plain socket under a [`TlsStream`].
+#[derive(Debug, Clone)]
+pub enum Socket {
+    /// A TCP connection.
+    Tcp(TcpStream),
+}
+
+impl From<TcpStream> for Socket {
+    fn from(s: TcpStream) -> Socket {
+        Socket::Tcp(s)
+    }
+}
+
+/// The multishot receive of a [`Socket`].
+pub(crate) type SocketRecv = MultiRecv;
+
+impl Socket {
+    /// The local socket address, if there is one.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Socket::Tcp(s) => s.local_addr().ok(),
+        }
+    }
+
+    /// The peer's socket address, if there is one.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Socket::Tcp(s) => s.peer_addr().ok(),
+        }
+    }
+
+    pub(crate) async fn recv(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        match self {
+            Socket::Tcp(s) => s.recv(buf).await,
+        }
+    }
+
+    pub(crate) async fn send_all(&self, buf: Vec<u8>) -> io::Result<()> {
+        match self {
+            Socket::Tcp(s) => s.send_all(buf).await.0,
+        }
+    }
+
+    pub(crate) async fn send_all_session(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        match self {
+            Socket::Tcp(s) => s.send_all_session(buf).await,
+        }
+    }
+
+    pub(crate) fn recv_multishot(&self) -> SocketRecv {
+        match self {
+            Socket::Tcp(s) => s.recv_multishot(),
+        }
+    }
+
+    pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        match self {
+            Socket::Tcp(s) => s.shutdown(how),
+        }
+    }
+}
+
+/// The receiving half of a [`Transport`].
+pub(crate) enum Receiver {
+    /// Chunks as the ring received them.
+    Plain(MultiRecv),
+    /// Ciphertext in, plaintext out.
+    Tls(tls::TlsReceiver),
+}
+
+/// A chunk of the received byte stream.
+pub(crate) enum Chunk<'a> {
+    /// A provided buffer of the ring (or an owned one): no copy.
+    Ring(RecvBuf),
+    /// Plaintext that TLS decrypted, lent by the receiver.
+    Plain(&'a [u8]),
+}
+
+impl std::ops::Deref for Chunk<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Chunk::Ring(b) => b,
+            Chunk::Plain(s) => s,
+        }
+    }
+}
+
+impl Receiver {
+    /// The next chunk; `Ok(None)` at the end of the stream.
+    pub(crate) async fn next(&mut self) -> io::Result<Option<Chunk<'_>>> {
+        match self {
+            Receiver::Plain(rx) => Ok(rx.next().await?.map(Chunk::Ring)),
+            Receiver::Tls(rx) => Ok(rx.next().await?.map(Chunk::Plain)),
+        }
+    }
+}
