@@ -39,6 +39,20 @@ where
     }
 }
 
+/// Runs `f` in a thread of its own; panics (fails the test) if it panics or
+/// has not finished within [`TEST_TIMEOUT`].
+pub fn thread_bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    match rx.recv_timeout(TEST_TIMEOUT) {
+        Ok(Ok(v)) => v,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => panic!("timed out after {TEST_TIMEOUT:?} (a hang)"),
+    }
+}
+
 /// A directory under the system's temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
 
