@@ -202,6 +202,51 @@ fn plaintext_peer_fails_the_server_handshake() {
     });
 }
 
+/// A peer that connects and says nothing: both handshakes give up in time.
+#[test]
+fn silent_peer_times_the_handshake_out() {
+    use std::time::{Duration, Instant};
+    let pki = Pki::new();
+    let t = Duration::from_millis(200);
+    let server_cfg = TlsServerConfig::from_pem(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes())
+        .unwrap()
+        .with_handshake_timeout(Some(t));
+    let client_cfg = TlsClientConfig::from_ca_pem(pki.ca_pem.as_bytes())
+        .unwrap()
+        .with_handshake_timeout(Some(t));
+    run_bounded(move || async move {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let start = Instant::now();
+        let server = engine::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            TlsStream::accept(tcp, &server_cfg).await
+        });
+        let silent = TcpStream::connect(addr).await.unwrap();
+        let err = server.await.unwrap_err();
+        assert!(
+            matches!(err, TlsError::HandshakeTimeout(d) if d == t),
+            "{err:?}"
+        );
+        assert!(start.elapsed() >= t);
+        eprintln!("server: {err}");
+        drop(silent);
+
+        // A "server" that accepts and never answers the ClientHello.
+        let mute = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = mute.local_addr().unwrap();
+        let held = engine::spawn(async move { mute.accept().await.unwrap() });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let err = TlsStream::connect(tcp, &client_cfg, "localhost")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TlsError::HandshakeTimeout(_)), "{err:?}");
+        let e: std::io::Error = err.into();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        drop(held.await);
+    });
+}
+
 #[test]
 fn bad_pem_files_name_the_file_and_the_cause() {
     let dir = TempDir::new("pem");

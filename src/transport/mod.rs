@@ -12,6 +12,44 @@
 //!
 //! Dispatch is a `match` on a small enum, not a trait object: the TCP path
 //! costs one branch per chunk and per send.
+//!
+//! A session over TLS, server and client (certificates from PEM files):
+//!
+//! ```no_run
+//! use muxado::engine::{self, net::{TcpListener, TcpStream}};
+//! use muxado::transport::{TlsClientConfig, TlsServerConfig, TlsStream};
+//! use muxado::{Config, Session};
+//!
+//! type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+//!
+//! engine::block_on(async {
+//!     let server_tls = TlsServerConfig::from_pem_files("cert.pem", "key.pem")?;
+//!     let client_tls = TlsClientConfig::from_ca_pem_file("ca.pem")?;
+//!     let listener = TcpListener::bind("127.0.0.1:0")?;
+//!     let addr = listener.local_addr()?;
+//!     let server = engine::spawn(async move {
+//!         let (tcp, _) = listener.accept().await?;
+//!         let tls = TlsStream::accept(tcp, &server_tls).await?;
+//!         let session = Session::server(tls, Config::default());
+//!         let mut stream = session.accept().await?;
+//!         stream.write_all(b"hello over TLS").await?;
+//!         stream.close_write()?;
+//!         session.wait().await;
+//!         Result::Ok(())
+//!     });
+//!     let tcp = TcpStream::connect(addr).await?;
+//!     let tls = TlsStream::connect(tcp, &client_tls, "localhost").await?;
+//!     let session = Session::client(tls, Config::default());
+//!     let mut stream = session.open()?;
+//!     stream.write_all(b"hi").await?;
+//!     let mut answer = Vec::new();
+//!     stream.read_to_end(&mut answer).await?;
+//!     session.close()?;
+//!     server.await
+//! })
+//! .expect("io_uring available")
+//! .expect("TLS session");
+//! ```
 
 mod tls;
 
@@ -23,7 +61,7 @@ use bytes::BytesMut;
 
 use crate::engine::net::{MultiRecv, RecvBuf, TcpStream};
 
-pub use tls::{TlsClientConfig, TlsError, TlsServerConfig, TlsStream};
+pub use tls::{TlsClientConfig, TlsError, TlsServerConfig, TlsStream, DEFAULT_HANDSHAKE_TIMEOUT};
 
 /// The rustls crate this module is built on, for callers who build their own
 /// `ClientConfig` / `ServerConfig` (see [`TlsClientConfig::from_rustls`]).

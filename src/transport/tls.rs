@@ -25,6 +25,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use super::Socket;
 use crate::engine;
 
+/// How long a handshake may take unless the configuration says otherwise:
+/// a peer that connects and says nothing must not hold a task forever.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long closing the write side waits for the close_notify alert to leave.
 const CLOSE_NOTIFY_GRACE: Duration = Duration::from_millis(250);
 
@@ -71,6 +75,10 @@ pub enum TlsError {
     /// an alert the peer sent, a protocol error.
     #[error("TLS handshake failed: {0}")]
     Handshake(rustls::Error),
+    /// The handshake did not finish in time (see
+    /// [`TlsServerConfig::with_handshake_timeout`]).
+    #[error("TLS handshake failed: no answer within {0:?}")]
+    HandshakeTimeout(Duration),
     /// The peer closed the connection before the handshake finished.
     #[error("TLS handshake failed: the peer closed the connection")]
     HandshakeEof,
@@ -84,6 +92,7 @@ impl From<TlsError> for io::Error {
         match e {
             TlsError::Io(e) => e,
             TlsError::HandshakeEof => io::Error::new(io::ErrorKind::UnexpectedEof, e),
+            TlsError::HandshakeTimeout(_) => io::Error::new(io::ErrorKind::TimedOut, e),
             TlsError::Pem { .. } | TlsError::Empty { .. } | TlsError::ServerName(_) => {
                 io::Error::new(io::ErrorKind::InvalidInput, e)
             }
@@ -151,6 +160,7 @@ fn key(
 #[derive(Clone)]
 pub struct TlsServerConfig {
     inner: Arc<rustls::ServerConfig>,
+    handshake_timeout: Option<Duration>,
 }
 
 impl TlsServerConfig {
@@ -191,15 +201,23 @@ impl TlsServerConfig {
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .map_err(TlsError::Config)?;
-        Ok(TlsServerConfig {
-            inner: Arc::new(config),
-        })
+        Ok(TlsServerConfig::from_rustls(Arc::new(config)))
     }
 
     /// Uses a rustls configuration built by the caller (client
     /// authentication, ALPN, another crypto provider, ...).
     pub fn from_rustls(config: Arc<rustls::ServerConfig>) -> TlsServerConfig {
-        TlsServerConfig { inner: config }
+        TlsServerConfig {
+            inner: config,
+            handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
+        }
+    }
+
+    /// How long [`TlsStream::accept`] waits for the handshake to finish
+    /// ([`DEFAULT_HANDSHAKE_TIMEOUT`] unless set; `None`: no limit).
+    pub fn with_handshake_timeout(mut self, timeout: Option<Duration>) -> TlsServerConfig {
+        self.handshake_timeout = timeout;
+        self
     }
 
     /// The rustls configuration.
@@ -213,6 +231,7 @@ impl TlsServerConfig {
 #[derive(Clone)]
 pub struct TlsClientConfig {
     inner: Arc<rustls::ClientConfig>,
+    handshake_timeout: Option<Duration>,
 }
 
 impl TlsClientConfig {
@@ -243,14 +262,22 @@ impl TlsClientConfig {
             .map_err(TlsError::Config)?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Ok(TlsClientConfig {
-            inner: Arc::new(config),
-        })
+        Ok(TlsClientConfig::from_rustls(Arc::new(config)))
     }
 
     /// Uses a rustls configuration built by the caller.
     pub fn from_rustls(config: Arc<rustls::ClientConfig>) -> TlsClientConfig {
-        TlsClientConfig { inner: config }
+        TlsClientConfig {
+            inner: config,
+            handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
+        }
+    }
+
+    /// How long [`TlsStream::connect`] waits for the handshake to finish
+    /// ([`DEFAULT_HANDSHAKE_TIMEOUT`] unless set; `None`: no limit).
+    pub fn with_handshake_timeout(mut self, timeout: Option<Duration>) -> TlsClientConfig {
+        self.handshake_timeout = timeout;
+        self
     }
 
     /// The rustls configuration.
@@ -317,7 +344,8 @@ impl fmt::Debug for TlsStream {
 impl TlsStream {
     /// The client side: handshakes over `socket`, verifying the server's
     /// certificate against `config`'s CAs and `server_name` (a DNS name or an
-    /// IP address). Bound it with [`engine::timeout`] against a peer that never answers.
+    /// IP address). Fails with [`TlsError::HandshakeTimeout`] if the server
+    /// does not finish in the configuration's time.
     pub async fn connect(
         socket: impl Into<Socket>,
         config: &TlsClientConfig,
@@ -327,17 +355,31 @@ impl TlsStream {
             .map_err(|_| TlsError::ServerName(server_name.to_owned()))?;
         let conn =
             rustls::ClientConnection::new(config.inner.clone(), name).map_err(TlsError::Config)?;
-        Self::handshake(socket.into(), conn.into()).await
+        Self::handshake_within(socket.into(), conn.into(), config.handshake_timeout).await
     }
 
     /// The server side: handshakes over `socket` with `config`'s certificate.
-    /// Bound it with [`engine::timeout`] against a peer that never finishes.
+    /// Fails with [`TlsError::HandshakeTimeout`] if the client does not
+    /// finish in the configuration's time.
     pub async fn accept(
         socket: impl Into<Socket>,
         config: &TlsServerConfig,
     ) -> Result<TlsStream, TlsError> {
         let conn = rustls::ServerConnection::new(config.inner.clone()).map_err(TlsError::Config)?;
-        Self::handshake(socket.into(), conn.into()).await
+        Self::handshake_within(socket.into(), conn.into(), config.handshake_timeout).await
+    }
+
+    async fn handshake_within(
+        socket: Socket,
+        conn: rustls::Connection,
+        timeout: Option<Duration>,
+    ) -> Result<TlsStream, TlsError> {
+        match timeout {
+            None => Self::handshake(socket, conn).await,
+            Some(t) => engine::timeout(t, Self::handshake(socket, conn))
+                .await
+                .unwrap_or(Err(TlsError::HandshakeTimeout(t))),
+        }
     }
 
     async fn handshake(
