@@ -12,7 +12,7 @@ use muxado::engine::{
     net::{TcpListener, TcpStream},
 };
 use muxado::transport::{rustls, TlsClientConfig, TlsError, TlsServerConfig, TlsStream};
-use muxado::{Config, ErrorCode, Session};
+use muxado::{Config, Session};
 use transport_util::*;
 
 /// A connected pair of TLS streams over loopback TCP, handshaken on this core.
@@ -37,27 +37,6 @@ fn config() -> Config {
         accept_backlog: 1024,
         ..Config::default()
     }
-}
-
-/// Both sides open streams at once and echo the other's: every byte checked.
-async fn echo_both_ways(client: &Session, server: &Session, seed: u64) {
-    let e1 = spawn_echo(client.clone());
-    let e2 = spawn_echo(server.clone());
-    let c = client.clone();
-    let s = server.clone();
-    let from_client = engine::spawn(async move { echo_many(&c, 40, seed, 256 * 1024).await });
-    let from_server = engine::spawn(async move { echo_many(&s, 40, seed ^ 1, 256 * 1024).await });
-    from_client.await;
-    from_server.await;
-    client.close().unwrap();
-    let end = server.wait().await;
-    assert_eq!(
-        end.remote.as_ref().map(|r| r.0),
-        Some(ErrorCode::NoError),
-        "the client's GOAWAY crossed TLS: {end:?}"
-    );
-    e1.await;
-    e2.await;
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use muxado::engine;
-use muxado::{Session, Stream};
+use muxado::{ErrorCode, Session, Stream};
 
 /// Every test fails instead of hanging once this much time has passed.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -195,6 +195,27 @@ pub async fn echo_many(session: &Session, n: u64, seed: u64, max_len: usize) {
     for t in tasks {
         t.await;
     }
+}
+
+/// Both sides open streams at once and echo the other's: every byte checked.
+pub async fn echo_both_ways(client: &Session, server: &Session, seed: u64) {
+    let e1 = spawn_echo(client.clone());
+    let e2 = spawn_echo(server.clone());
+    let c = client.clone();
+    let s = server.clone();
+    let from_client = engine::spawn(async move { echo_many(&c, 40, seed, 256 * 1024).await });
+    let from_server = engine::spawn(async move { echo_many(&s, 40, seed ^ 1, 256 * 1024).await });
+    from_client.await;
+    from_server.await;
+    client.close().unwrap();
+    let end = server.wait().await;
+    assert_eq!(
+        end.remote.as_ref().map(|r| r.0),
+        Some(ErrorCode::NoError),
+        "the client's GOAWAY crossed the transport: {end:?}"
+    );
+    e1.await;
+    e2.await;
 }
 
 /// Open descriptors of this process.
