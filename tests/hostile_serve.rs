@@ -408,3 +408,56 @@ fn pipelined_syn_flood_every_stream_answered() {
     s.assert_alive();
     s.assert_fds_back(base, "after the flood");
 }
+
+/// Slowloris until the server runs out of descriptors (its limit lowered to
+/// 64): it cannot accept meanwhile, but it must not die or spin, and once the
+/// hostile connections go it accepts again and returns to its baseline.
+#[test]
+fn descriptor_exhaustion_then_recovery() {
+    let mut s = Serve::start_limited("echo", &[], Some(64));
+    let base = s.fds();
+    assert!(
+        base < 40,
+        "baseline {base} descriptors leaves no room for the test"
+    );
+    let mut conns: Vec<Raw> = (0..100)
+        .map(|_| {
+            let mut c = Raw::connect(s.addr);
+            c.send(&raw_header(100, 1, 0, 3)[..5]);
+            c
+        })
+        .collect();
+    let full = s.wait_fds_at_least(63, Duration::from_secs(5));
+    thread::sleep(Duration::from_millis(500));
+    s.assert_alive();
+    assert!(full >= 63, "server at {full} of 64 descriptors");
+    // A new client is queued by the kernel, not served, while the server is full.
+    let mut waiting = Raw::connect(s.addr);
+    waiting.send(&syn(3, b"queued"));
+    waiting.send(&fin(3));
+    match waiting.next_frame(Duration::from_millis(500)) {
+        Err(End::Timeout) => {}
+        other => panic!("served while out of descriptors? {other:?}"),
+    }
+    // CPU time while full: the accept loop backs off instead of spinning.
+    let cpu0 = cpu_ticks(s.pid());
+    thread::sleep(Duration::from_secs(1));
+    let busy = cpu_ticks(s.pid()) - cpu0;
+    eprintln!("out of descriptors: server used {busy} clock ticks in 1 s");
+    conns.clear();
+    // The queued client is served once descriptors are free.
+    let t = tally_until(&mut waiting, T, |t| t.fins >= 1);
+    assert_eq!(t.data.get(&3), Some(&6), "queued client's echo: {t:?}");
+    drop(waiting);
+    well_behaved_echo(s.addr, 50);
+    s.assert_alive();
+    s.assert_fds_back(base, "after descriptor exhaustion");
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    let after_name = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = after_name.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}

@@ -47,8 +47,33 @@ impl Serve {
     /// Starts `muxado serve --listen ADDR --mode MODE EXTRA...` and waits
     /// until it listens. Panics if it exits or does not listen within 10 s.
     pub fn start(mode: &str, extra: &[&str]) -> Serve {
+        Serve::start_limited(mode, extra, None)
+    }
+
+    /// Like [`Serve::start`], with the server's descriptor limit
+    /// (RLIMIT_NOFILE) set to `nofile` if given.
+    pub fn start_limited(mode: &str, extra: &[&str], nofile: Option<u64>) -> Serve {
         let addr = free_addr();
-        let child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: the closure runs in the child between fork and exec and
+            // only calls setrlimit, which is async-signal-safe; it touches no
+            // memory shared with the parent.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args(["serve", "--listen", &addr.to_string(), "--mode", mode])
             .args(extra)
             .stdin(Stdio::null())
@@ -109,6 +134,19 @@ impl Serve {
             let n = self.fds();
             if n <= baseline || Instant::now() > deadline {
                 return n;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (up to `limit`) for the descriptor count to reach at least `n`;
+    /// returns the last count seen.
+    pub fn wait_fds_at_least(&self, n: usize, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        loop {
+            let c = self.fds();
+            if c >= n || Instant::now() > deadline {
+                return c;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
