@@ -311,3 +311,43 @@ fn bad_frames_end_the_session_with_the_same_code_on_both_ends() {
     srv.join();
     assert_eq!(open_fds(), fds0, "descriptors after the server stopped");
 }
+
+/// In process, the cases that must *not* end the session: WNDINC credit past
+/// 2^31−1 (no overflow check in the reference: the stream goes on), and a
+/// DATA header of 0xFFFFFF bytes (RST FlowControlError, the payload drained,
+/// then silence: the session waits, there is no idle timeout).
+#[test]
+fn wndinc_overflow_and_max_length_header_keep_the_session() {
+    let _g = lock();
+    let fds0 = open_fds();
+    let srv = EngineServer::start(Config::default(), 3);
+    let mut c = Raw::connect(srv.addr);
+    c.send(&syn(3, b"abc"));
+    for _ in 0..4 {
+        c.send(&wndinc(3, 0x7FFF_FFFF));
+    }
+    c.send(&data(3, 0, &[9u8; 100_000]));
+    c.send(&fin(3));
+    let t = tally_until(&mut c, T, |t| t.fins >= 1);
+    assert_eq!(t.data.get(&3), Some(&100_003), "{t:?}");
+    assert!(t.rsts.is_empty() && t.goaway.is_none(), "{t:?}");
+
+    let mut m = Raw::connect(srv.addr);
+    m.send(&raw_header(0xFF_FFFF, 1, 2, 3));
+    m.send(&[1u8; 4096]);
+    assert_eq!(m.expect_rst(3, T), ErrorCode::FlowControlError.to_u32());
+    match m.next_frame(Duration::from_millis(700)) {
+        Err(End::Timeout) => {}
+        other => panic!("after the reset, silence expected: {other:?}"),
+    }
+    // Both sessions are alive: a third client is served, the first echoes again.
+    well_behaved_echo(srv.addr, 9);
+    assert_eq!(c.echo(5, b"still alive", T), b"still alive");
+    drop((c, m));
+    for _ in 0..3 {
+        let end = srv.next_end();
+        assert_eq!(end.local.code(), ErrorCode::PeerEof, "{end:?}");
+    }
+    srv.join();
+    assert_eq!(open_fds(), fds0, "descriptors after the server stopped");
+}

@@ -70,6 +70,7 @@ fn malformed_frames_get_goaway_with_the_reference_code() {
     well_behaved_echo(s.addr, 1);
     s.assert_alive();
     s.assert_fds_back(base, "after malformed frames");
+    assert!(s.hwm_kib() < SMALL_RSS_KIB, "peak RSS {} KiB", s.hwm_kib());
 }
 
 /// WNDINC credit past 2^31−1 (and past 2^32) on one stream: the reference
@@ -121,6 +122,7 @@ fn wndinc_overflow_past_i31_is_harmless() {
     well_behaved_echo(s.addr, 2);
     s.assert_alive();
     s.assert_fds_back(base, "after WNDINC overflow");
+    assert!(s.hwm_kib() < SMALL_RSS_KIB, "peak RSS {} KiB", s.hwm_kib());
 }
 
 /// A DATA header announcing 0xFFFFFF bytes (64 times the window), a few bytes
@@ -407,6 +409,9 @@ fn pipelined_syn_flood_every_stream_answered() {
     drop(c);
     s.assert_alive();
     s.assert_fds_back(base, "after the flood");
+    // 10,000 short streams: a few MB in the engine, plus serve's 64 KiB
+    // echo buffer for each stream alive at once.
+    assert!(s.hwm_kib() < 256 * 1024, "peak RSS {} KiB", s.hwm_kib());
 }
 
 /// Slowloris until the server runs out of descriptors (its limit lowered to
