@@ -411,8 +411,20 @@ fn soak() {
     let fds_start = s.wait_fds(fds_idle, Duration::from_secs(10));
     let rss_start = s.rss_kib();
     let started = Instant::now();
+    // RSS every tenth of the run (under load), to tell a plateau from a leak.
+    let pid = s.pid();
+    let sampler = thread::spawn(move || {
+        let mut samples = Vec::new();
+        for i in 1..=10 {
+            let at = started + Duration::from_secs_f64(secs * f64::from(i) / 10.0);
+            thread::sleep(at.saturating_duration_since(Instant::now()));
+            samples.push(status_kib(pid, "VmRSS:") / 1024);
+        }
+        samples
+    });
     stats.merge(run_load(s.addr, secs, seed, per_thread));
     let elapsed = started.elapsed();
+    let samples = sampler.join().expect("RSS sampler");
     s.assert_alive();
     let fds_end = s.wait_fds(fds_idle, Duration::from_secs(10));
     thread::sleep(Duration::from_millis(500));
@@ -443,6 +455,7 @@ fn soak() {
     for f in &stats.first_failures {
         println!("soak:   {f}");
     }
+    println!("soak: server RSS under load, every tenth of the run (MiB): {samples:?}");
     println!("soak: server fds idle {fds_idle}, start {fds_start}, end {fds_end}");
     println!("soak: server RSS start {rss_start} KiB, end {rss_end} KiB ({drift:+.1}%), peak {hwm} KiB{flag}");
     assert!(
