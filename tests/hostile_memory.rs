@@ -244,3 +244,46 @@ fn ten_never_reading_sessions_under_max_memory() {
         "RSS {after} KiB after the sessions ended"
     );
 }
+
+/// The same flood three times on one server, each session ended before the
+/// next: if the memory a flood takes were leaked rather than kept for reuse
+/// by the allocator, RSS would grow with each round. Heavy today (about
+/// 1 GB per round), hence ignored with the others.
+#[test]
+#[ignore = "pending: memory budgets of issue 8 (each round takes ~1 GB today)"]
+fn repeated_syn_floods_do_not_accumulate() {
+    let _g = lock();
+    let mut s = Serve::start("echo", &[]);
+    let base = s.fds();
+    const N: u32 = 100_000;
+    let mut after = Vec::new();
+    for round in 0..3 {
+        let mut c = Raw::connect(s.addr);
+        let mut frames = Vec::new();
+        for k in 0..N {
+            frames.extend_from_slice(&syn(client_id(k), &[k as u8]));
+        }
+        let t = flood(&mut c, frames, |t| {
+            t.data.len() as u64 + t.rsts.values().sum::<u64>() >= u64::from(N)
+        });
+        assert!(
+            t.end.is_none() && t.goaway.is_none(),
+            "round {round}: {t:?}"
+        );
+        drop(c);
+        s.assert_fds_back(base, "after a flood");
+        thread::sleep(Duration::from_secs(1));
+        after.push(s.rss_kib());
+        eprintln!(
+            "flood round {round}: {} accepted, RSS after {} KiB, peak so far {} KiB",
+            t.data.len(),
+            s.rss_kib(),
+            s.hwm_kib()
+        );
+    }
+    s.assert_alive();
+    assert!(
+        after[2] <= after[0] + 32 * MIB,
+        "RSS grows with each flood (KiB after each round: {after:?})"
+    );
+}
