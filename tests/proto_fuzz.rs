@@ -70,7 +70,15 @@ fn run_case<T>(name: &str, seed: u64, case: impl FnOnce(u64) -> T) -> T {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(seed))) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("{name}: case with seed {seed} failed; replay with MUXADO_FUZZ_SEED={seed} MUXADO_FUZZ_FRAMES=1");
+            let count = if name == "healthy_pair" {
+                "MUXADO_FUZZ_PAIRS"
+            } else {
+                "MUXADO_FUZZ_FRAMES"
+            };
+            eprintln!(
+                "{name}: case with seed {seed} failed; replay it alone with \
+                 MUXADO_FUZZ_SEED={seed} {count}=1 cargo test --test proto_fuzz {name}"
+            );
             std::panic::resume_unwind(e)
         }
     }

@@ -323,6 +323,7 @@ impl Session {
                 self.unregister(key.slot as usize, id);
             }
         }
+        self.memory.settle(self.streams.len());
     }
 
     // ---- mutators ---------------------------------------------------------
