@@ -40,6 +40,14 @@ use super::memory::MemoryBudget;
 /// it to that. The outgoing buffer is bounded by `max_send_buffer +
 /// max_control_backlog`. Frame headers and fixed bodies cost at most 8
 /// bytes of stash; payloads are never held beyond the stream buffers.
+///
+/// Timeouts outside this struct: the engine driver gives a dying session's
+/// GOAWAY 250 ms to leave and the peer 1 s to close its side before it shuts
+/// the transport; per-stream read and write deadlines are set on the stream
+/// handles; heartbeats (liveness) are configured by
+/// [`HeartbeatConfig`](crate::heartbeat::HeartbeatConfig). A session paused by
+/// the shared budget asks it again every 10 ms (through
+/// [`Session::poll_timeout`](super::Session::poll_timeout)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Config {
