@@ -376,6 +376,10 @@ fn random_config(rng: &mut Rng) -> Config {
         .with_window_update_threshold(rng.range(0, window as usize) as u32)
         .with_reset_linger(Duration::from_millis(rng.range(0, 20) as u64))
         .with_max_session_memory(rng.range(1024, 1 << 20))
+        .with_memory_budget(
+            rng.chance(30)
+                .then(|| MemoryBudget::new(rng.range(0, 1 << 20))),
+        )
 }
 
 impl Hostile {
@@ -443,6 +447,9 @@ impl Hostile {
     }
 
     fn check_memory(&mut self, chunk: usize) {
+        if let Some(budget) = &self.config.memory_budget {
+            assert!(budget.used() <= budget.limit(), "shared budget overdrawn");
+        }
         let held = self.s.memory_held();
         let limit = self.config.max_session_memory + self.local_opens * STREAM_COST;
         assert!(
@@ -674,8 +681,10 @@ fn hostile_case(seed: u64, corpus: &[[Vec<u8>; 2]]) -> (u64, u64) {
         }
     }
     let stats = h.s.stats();
-    if std::env::var("FUZZ_DEBUG").is_ok() {
-        eprintln!("end: {:?} wild {wild}", h.s.error());
+    let budget = h.config.memory_budget.clone();
+    drop(h);
+    if let Some(budget) = budget {
+        assert_eq!(budget.used(), 0, "a dropped session gives its memory back");
     }
     (stats.frames_in, stats.bytes_in)
 }
