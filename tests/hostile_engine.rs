@@ -134,12 +134,10 @@ impl Drop for EngineServer {
 }
 
 fn small() -> Config {
-    Config {
-        accept_backlog: 16,
-        max_streams: 64,
-        reset_linger: Duration::from_millis(200),
-        ..Config::default()
-    }
+    Config::default()
+        .with_accept_backlog(16)
+        .with_max_streams(64)
+        .with_reset_linger(Duration::from_millis(200))
 }
 
 /// SYNs past the accept backlog get RST AcceptQueueFull (9); past the stream
@@ -220,11 +218,9 @@ fn syn_flood_past_backlog_and_stream_cap() {
 fn non_reader_provoking_resets_gets_enhance_your_calm() {
     let _g = lock();
     let fds0 = open_fds();
-    let cfg = Config {
-        max_send_buffer: 16 * 1024,
-        max_control_backlog: 16 * 1024,
-        ..Config::default()
-    };
+    let cfg = Config::default()
+        .with_max_send_buffer(16 * 1024)
+        .with_max_control_backlog(16 * 1024);
     let srv = EngineServer::start(cfg, 2);
     let mut c = Raw::connect(srv.addr);
     // Every frame provokes a 12-byte RST; 2 M of them are 24 MB of replies,
