@@ -303,7 +303,8 @@ impl<T> Drop for Driver<T> {
     fn drop(&mut self) {
         self.shared.with(|st| {
             if !st.proto.is_dead() {
-                st.proto.handle_transport_error("the session's driver task stopped");
+                st.proto
+                    .handle_transport_error("the session's driver task stopped");
             }
         });
     }

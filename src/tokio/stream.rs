@@ -94,9 +94,9 @@ impl Stream {
             let key = self.key;
             let r = self.shared.with(|st| {
                 let mut f = consume.take();
-                let r = st.proto.read_with(key, |bytes| {
-                    (f.take().expect("called at most once"))(bytes)
-                });
+                let r = st
+                    .proto
+                    .read_with(key, |bytes| (f.take().expect("called at most once"))(bytes));
                 if let Ok(None) = r {
                     consume = f;
                     register(&mut st.slot(key).read, cx);
@@ -234,12 +234,7 @@ impl AsyncRead for Stream {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        let buffered = this
-            .shared
-            .lock()
-            .proto
-            .readable_len(this.key)
-            .unwrap_or(0);
+        let buffered = this.shared.lock().proto.readable_len(this.key).unwrap_or(0);
         // Only the bytes that will be written need initialising; at least one,
         // since an empty slice reads as end-of-stream.
         let dst = buf.initialize_unfilled_to(buffered.clamp(1, buf.remaining()));
