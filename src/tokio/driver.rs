@@ -49,6 +49,10 @@ enum Phase {
 /// [`Session::with_driver`](super::Session::with_driver). It ends after the
 /// session has died and the transport has been shut down. Dropping it before
 /// that kills the session (every handle then sees a transport error).
+///
+/// It must be polled inside a tokio runtime with the time driver enabled
+/// (`enable_time`, or `enable_all`): the protocol's timers and the close
+/// grace periods are tokio sleeps.
 #[must_use = "a session makes no progress unless its driver is polled"]
 pub struct Driver<T> {
     shared: Arc<Shared>,
@@ -64,8 +68,9 @@ pub struct Driver<T> {
     out: BytesMut,
     written: usize,
     needs_flush: bool,
-    /// The protocol's timer while running, the grace or linger deadline after.
-    sleep: Pin<Box<Sleep>>,
+    /// The protocol's timer while running, the grace or linger deadline
+    /// after. Made on first use, inside the runtime (one allocation).
+    sleep: Option<Pin<Box<Sleep>>>,
     /// The deadline `sleep` is set to, if it is in use.
     sleep_at: Option<Instant>,
 }
@@ -82,7 +87,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             out: BytesMut::with_capacity(READ_CHUNK),
             written: 0,
             needs_flush: false,
-            sleep: Box::pin(::tokio::time::sleep(Duration::ZERO)),
+            sleep: None,
             sleep_at: None,
         }
     }
@@ -90,7 +95,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     fn set_sleep(&mut self, at: Option<Instant>) {
         if at != self.sleep_at {
             if let Some(t) = at {
-                self.sleep.as_mut().reset(t.into());
+                match &mut self.sleep {
+                    Some(sleep) => sleep.as_mut().reset(t.into()),
+                    None => self.sleep = Some(Box::pin(::tokio::time::sleep_until(t.into()))),
+                }
             }
             self.sleep_at = at;
         }
@@ -98,7 +106,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
 
     /// True if the timer is set and has fired.
     fn sleep_fired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.sleep_at.is_some() && self.sleep.as_mut().poll(cx).is_ready()
+        match (&mut self.sleep, self.sleep_at) {
+            (Some(sleep), Some(_)) => sleep.as_mut().poll(cx).is_ready(),
+            _ => false,
+        }
     }
 
     /// The transport failed: the session dies with a transport error.
@@ -198,31 +209,29 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     }
 
     /// Runs the protocol's timer: re-arms it, and fires it when due.
-    fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
-        let next = self.shared.with(|st| {
+    /// Returns (progress, the session is dead).
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> (bool, bool) {
+        let (next, dead) = {
+            let mut st = self.shared.lock();
             let next = st.proto.poll_timeout();
             st.armed = next;
-            next
-        });
+            (next, st.proto.is_dead())
+        };
         self.set_sleep(next);
-        if self.sleep_fired(cx) {
+        if !dead && self.sleep_fired(cx) {
             self.shared
                 .with(|st| st.proto.handle_timeout(Instant::now()));
-            return true;
+            return (true, false);
         }
-        false
-    }
-
-    fn is_dead(&self) -> bool {
-        self.shared.lock().proto.is_dead()
+        (false, dead)
     }
 
     fn poll_running(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         for _ in 0..BUDGET {
             let read = self.poll_read_once(cx);
             let wrote = self.poll_write_once(cx);
-            let timed = self.poll_timer(cx);
-            if self.is_dead() {
+            let (timed, dead) = self.poll_timer(cx);
+            if dead {
                 self.phase = Phase::Flushing;
                 self.set_sleep(Some(Instant::now() + GOAWAY_GRACE));
                 return self.poll_flushing(cx);

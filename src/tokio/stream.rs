@@ -84,7 +84,8 @@ impl Stream {
     /// `fill_buf` + `consume`): `consume` returns how many it used, the rest
     /// stay for the next read. It is shown an empty slice once, at the end of
     /// the stream. Returns the count `consume` returned. `consume` runs under
-    /// the session's lock: keep it short.
+    /// the session's lock: keep it short, and use no handle of the same
+    /// session inside it (dropping one there would wait on that lock).
     pub async fn read_with(
         &mut self,
         consume: impl FnOnce(&[u8]) -> usize,
@@ -234,17 +235,25 @@ impl AsyncRead for Stream {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        let buffered = this.shared.lock().proto.readable_len(this.key).unwrap_or(0);
-        // Only the bytes that will be written need initialising; at least one,
-        // since an empty slice reads as end-of-stream.
-        let dst = buf.initialize_unfilled_to(buffered.clamp(1, buf.remaining()));
-        match this.poll_read_slice(cx, dst) {
-            Poll::Ready(Ok(n)) => {
-                buf.advance(n);
-                Poll::Ready(Ok(()))
+        let key = this.key;
+        // One lock for the size check and the read.
+        let r = this.shared.with(|st| {
+            let buffered = st.proto.readable_len(key).unwrap_or(0);
+            // Only the bytes that will be written need initialising; at least
+            // one, since an empty slice reads as end-of-stream.
+            let dst = buf.initialize_unfilled_to(buffered.clamp(1, buf.remaining()));
+            let r = st.proto.read(key, dst);
+            match r {
+                Ok(Some(n)) => buf.advance(n),
+                Ok(None) => register(&mut st.slot(key).read, cx),
+                Err(_) => {}
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
-            Poll::Pending => Poll::Pending,
+            r
+        });
+        match r {
+            Ok(Some(_)) => Poll::Ready(Ok(())),
+            Ok(None) => expired(&mut this.read_deadline, cx, "read").map_err(io::Error::from),
+            Err(e) => Poll::Ready(Err(e.into())),
         }
     }
 }
