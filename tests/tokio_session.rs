@@ -258,3 +258,41 @@ fn a_peer_breaking_the_protocol_gets_goaway_and_eof() {
         }
     });
 }
+
+#[test]
+fn any_async_read_write_carries_a_session_here_an_in_memory_duplex() {
+    run(async {
+        // A small pipe: the driver must go round many partial reads and writes.
+        let (a, b) = tokio::io::duplex(4096);
+        let client = Session::client(a, Config::default());
+        let server = Session::server(b, Config::default());
+        let echo = tokio::spawn(async move {
+            let mut s = server.accept().await.unwrap();
+            let mut buf = vec![0u8; 8192];
+            loop {
+                match s.read(&mut buf).await.unwrap() {
+                    0 => break,
+                    n => s.write_all(&buf[..n]).await.unwrap(),
+                }
+            }
+            s.close_write().unwrap();
+            server.wait().await
+        });
+        let mut data = vec![0u8; 1 << 20];
+        fill(99, &mut data);
+        let s = client.open().unwrap();
+        let (mut r, mut w) = tokio::io::split(s);
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            w.write_all(&sent).await.unwrap();
+            w.shutdown().await.unwrap();
+        });
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).await.unwrap();
+        writer.await.unwrap();
+        assert!(back == data, "echo over the duplex differs");
+        client.close().unwrap();
+        let end = echo.await.unwrap();
+        assert_eq!(end.remote, Some((ErrorCode::NoError, b"no error".to_vec())));
+    });
+}
