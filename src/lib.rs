@@ -7,6 +7,8 @@
 //! - [`proto`]: the session state machine, sans I/O;
 //! - [`engine`]: the io_uring, thread-per-core runtime (cores, tasks, timers, TCP);
 //! - [`Session`] and [`Stream`]: async handles that run `proto` on the engine;
+//! - [`tokio`](mod@crate::tokio): the same handles over any `AsyncRead + AsyncWrite`
+//!   on a tokio runtime, `Send` and portable (feature `tokio`, on by default);
 //! - [`typed`]: streams that carry a `u32` type ([`TypedSession`], [`TypedStream`]);
 //! - [`heartbeat`]: latency and dead-peer detection over a typed session ([`Heartbeat`]),
 //!   its timing rules sans I/O in [`heartbeat::timing`];
@@ -25,6 +27,8 @@ pub mod frame;
 pub mod heartbeat;
 pub mod proto;
 mod session;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 pub mod typed;
 
 pub use engine::Engine;
