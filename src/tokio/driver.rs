@@ -125,6 +125,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         if self.read_closed {
             return false;
         }
+        // Past its memory budget the session takes no more input until its
+        // streams drain: leaving the transport unread is the backpressure.
+        let paused = self.shared.with(|st| {
+            st.input_paused = !st.proto.wants_input() && !st.proto.is_dead();
+            if st.input_paused {
+                st.wait_driver(cx);
+            }
+            st.input_paused
+        });
+        if paused {
+            return false;
+        }
         let mut buf = ReadBuf::new(&mut self.rbuf);
         match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
             Poll::Pending => false,

@@ -41,6 +41,10 @@ pub(super) struct State {
     pub(super) armed: Option<Instant>,
     pub(super) sends: u64,
     pub(super) recvs: u64,
+    /// The driver stopped reading because the session's memory budget is
+    /// spent (`proto::Session::wants_input`); it is woken once input is
+    /// wanted again, so the transport's own backpressure holds the peer.
+    pub(super) input_paused: bool,
 }
 
 impl Shared {
@@ -55,6 +59,7 @@ impl Shared {
                 armed: None,
                 sends: 0,
                 recvs: 0,
+                input_paused: false,
             }),
             users: AtomicUsize::new(1),
         }
@@ -110,7 +115,8 @@ impl State {
                 }
             }
         }
-        if self.proto.pending_transmit() > 0 || self.proto.poll_timeout() != self.armed {
+        let resume = self.input_paused && self.proto.wants_input();
+        if resume || self.proto.pending_transmit() > 0 || self.proto.poll_timeout() != self.armed {
             wake.push(self.driver.take());
         }
     }

@@ -129,7 +129,8 @@ impl Stream {
     /// Resets the stream with `code`: an RST to the peer, errors on both sides.
     pub fn reset(&mut self, code: ErrorCode) -> Result<(), Error> {
         let key = self.key;
-        self.shared.with(|st| st.proto.reset(key, code))
+        self.shared
+            .with(|st| st.proto.reset(std::time::Instant::now(), key, code))
     }
 
     /// Reads waiting longer than `deadline` fail with [`Error::Timeout`]; `None` clears it.

@@ -50,12 +50,10 @@ pub enum Transport {
 /// Config of our sessions (both drivers): 1,000 streams may be opened faster
 /// than they are accepted.
 pub fn our_config() -> muxado::Config {
-    muxado::Config {
-        max_window: WINDOW as u32,
-        accept_backlog: 2048,
-        max_streams: 4096,
-        ..muxado::Config::default()
-    }
+    muxado::Config::default()
+        .with_max_window(WINDOW as u32)
+        .with_accept_backlog(2048)
+        .with_max_streams(4096)
 }
 
 /// A side of a session as the test bodies see it: the common [`Peer`] plus
