@@ -11,6 +11,7 @@ use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use io_uring::{cqueue, opcode, types};
@@ -281,7 +282,8 @@ fn resolve(addr: impl ToSocketAddrs) -> io::Result<Vec<SocketAddr>> {
 /// same address and the kernel spreads incoming connections across them.
 #[derive(Debug)]
 pub struct TcpListener {
-    fd: OwnedFd,
+    /// Shared with every accept in flight, so the number stays ours until their CQEs.
+    sock: Arc<Socket>,
 }
 
 impl TcpListener {
@@ -307,30 +309,36 @@ impl TcpListener {
         cvt(unsafe { libc::bind(raw, &storage as *const _ as *const libc::sockaddr, len) })?;
         // SAFETY: plain syscall on a socket we own.
         cvt(unsafe { libc::listen(raw, 1024) })?;
-        Ok(TcpListener { fd })
+        Ok(TcpListener {
+            sock: Arc::new(Socket { fd }),
+        })
     }
 
     /// The bound address (useful after binding port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        sock_name(self.fd.as_raw_fd(), false)
+        sock_name(self.sock.fd.as_raw_fd(), false)
     }
 
     /// Accepts one connection (`IORING_OP_ACCEPT`). The stream has `TCP_NODELAY` set.
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         struct AcceptData {
             addr: Box<(libc::sockaddr_storage, libc::socklen_t)>,
+            /// Keeps the listening socket open until the CQE (see [`Socket`]).
+            listener: Arc<Socket>,
         }
         let data = AcceptData {
+            listener: self.sock.clone(),
             // SAFETY: all-zero is a valid sockaddr_storage.
             addr: Box::new((
                 unsafe { mem::zeroed() },
                 mem::size_of::<libc::sockaddr_storage>() as _,
             )),
         };
-        let fd = self.fd.as_raw_fd();
-        // SAFETY: the SQE points into the boxed address, owned by the op until its CQE.
+        // SAFETY: the SQE points into the boxed address and names the listener's descriptor, both
+        // owned by the op until its CQE.
         let op = unsafe {
             Op::submit(data, |d| {
+                let fd = d.listener.fd.as_raw_fd();
                 let (storage, len) = &mut *d.addr;
                 opcode::Accept::new(
                     types::Fd(fd),
@@ -341,7 +349,8 @@ impl TcpListener {
                 .build()
             })
         }
-        .map_err(|(e, _)| e)?;
+        .map_err(|(e, _)| e)?
+        .on_orphan(close_accepted);
         let (c, data) = op.await;
         let new_fd = c.io_result()? as RawFd;
         // SAFETY: the kernel returned a fresh descriptor that we now own.
@@ -353,9 +362,21 @@ impl TcpListener {
     }
 }
 
+/// Closes the descriptor an accept returned after its future was dropped: nobody else will,
+/// and the peer would wait on a connection nobody serves.
+fn close_accepted(c: &ring::Completion) {
+    if c.result >= 0 {
+        // SAFETY: the kernel returned this fresh descriptor to us and no one else has seen it.
+        drop(unsafe { OwnedFd::from_raw_fd(c.result) });
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Stream.
 
+/// An open socket. Every operation in flight on it holds a reference, so the descriptor is
+/// closed only after the last handle is dropped AND the last completion naming it was reaped:
+/// its number cannot be reused by a new socket while a queued or in-flight SQE still names it.
 #[derive(Debug)]
 struct Socket {
     fd: OwnedFd,
@@ -392,22 +413,23 @@ impl TcpStream {
 
     async fn connect_one(addr: &SocketAddr) -> io::Result<TcpStream> {
         let fd = new_socket(addr)?;
-        let raw = fd.as_raw_fd();
         let (storage, len) = to_sockaddr(addr);
-        let data = Box::new(storage);
-        // SAFETY: the SQE points into the boxed address, owned by the op until its CQE.
+        // The op owns the socket too: dropped mid-connect, it is closed only after the CQE.
+        let data = (Box::new(storage), fd);
+        // SAFETY: the SQE points into the boxed address and names the socket, both owned by the
+        // op until its CQE.
         let op = unsafe {
-            Op::submit(data, |d| {
+            Op::submit(data, |(addr, fd)| {
                 opcode::Connect::new(
-                    types::Fd(raw),
-                    &**d as *const _ as *const libc::sockaddr,
+                    types::Fd(fd.as_raw_fd()),
+                    &**addr as *const _ as *const libc::sockaddr,
                     len,
                 )
                 .build()
             })
         }
         .map_err(|(e, _)| e)?;
-        let (c, _) = op.await;
+        let (c, (_, fd)) = op.await;
         c.io_result()?;
         TcpStream::from_owned(fd)
     }
@@ -498,16 +520,16 @@ impl TcpStream {
         offset: usize,
         kind: SendKind,
     ) -> (io::Result<usize>, B) {
-        let fd = self.as_raw_fd();
         let len = buf
             .bytes_init()
             .saturating_sub(offset)
             .min(u32::MAX as usize) as u32;
-        // SAFETY: the SQE points into `buf`'s stable storage, within its initialized bytes; the
-        // op owns `buf` until its final CQE, which for SEND_ZC is the notification, after which
-        // the kernel no longer reads the pages.
+        // SAFETY: the SQE points into `buf`'s stable storage, within its initialized bytes, and
+        // names the socket; the op owns both until its final CQE, which for SEND_ZC is the
+        // notification, after which the kernel no longer reads the pages.
         let op = unsafe {
-            Op::submit(buf, |b| {
+            Op::submit((buf, self.sock.clone()), |(b, sock)| {
+                let fd = sock.fd.as_raw_fd();
                 let ptr = b.stable_ptr().add(offset);
                 match kind {
                     SendKind::Copy => opcode::Send::new(types::Fd(fd), ptr, len)
@@ -521,10 +543,10 @@ impl TcpStream {
         };
         match op {
             Ok(op) => {
-                let (c, buf) = op.await;
+                let (c, (buf, _)) = op.await;
                 (c.io_result().map(|n| n as usize), buf)
             }
-            Err((e, buf)) => (Err(e), buf),
+            Err((e, (buf, _))) => (Err(e), buf),
         }
     }
 
@@ -567,7 +589,6 @@ impl TcpStream {
     /// Receives once into the spare capacity of `buf` (`IORING_OP_RECV`), appending to its
     /// contents; returns the byte count (0 = EOF) and the buffer. `buf` needs spare capacity.
     pub async fn recv<B: IoBufMut>(&self, buf: B) -> (io::Result<usize>, B) {
-        let fd = self.as_raw_fd();
         let init = buf.bytes_init();
         let spare = buf.bytes_total() - init;
         if spare == 0 {
@@ -580,16 +601,17 @@ impl TcpStream {
             );
         }
         let len = spare.min(u32::MAX as usize) as u32;
-        // SAFETY: the SQE points into `buf`'s spare capacity, inside its stable allocation; the
-        // op owns `buf` until the CQE.
+        // SAFETY: the SQE points into `buf`'s spare capacity, inside its stable allocation, and
+        // names the socket; the op owns both until the CQE.
         let op = unsafe {
-            Op::submit(buf, |b| {
+            Op::submit((buf, self.sock.clone()), |(b, sock)| {
+                let fd = sock.fd.as_raw_fd();
                 opcode::Recv::new(types::Fd(fd), b.stable_mut_ptr().add(init), len).build()
             })
         };
         match op {
             Ok(op) => {
-                let (c, mut buf) = op.await;
+                let (c, (mut buf, _)) = op.await;
                 let r = c.io_result().map(|n| n as usize);
                 if let Ok(n) = r {
                     // SAFETY: the kernel wrote `n` bytes after the initialized ones.
@@ -597,7 +619,7 @@ impl TcpStream {
                 }
                 (r, buf)
             }
-            Err((e, buf)) => (Err(e), buf),
+            Err((e, (buf, _))) => (Err(e), buf),
         }
     }
 
@@ -716,9 +738,10 @@ impl MultiRecv {
                 }
                 let sqe = opcode::RecvMulti::new(types::Fd(self.sock.fd.as_raw_fd()), pool.bgid())
                     .build();
+                let keep: Rc<dyn std::any::Any> = self.sock.clone();
                 // SAFETY: the SQE points at no memory of ours; buffers come from the pool, which
-                // lives as long as the core's ring.
-                self.op = Some(unsafe { MultiOp::submit(sqe, max_queued(&pool)) }?);
+                // lives as long as the core's ring; the op keeps the socket it names open.
+                self.op = Some(unsafe { MultiOp::submit(sqe, max_queued(&pool), keep) }?);
             }
             let op = self.op.as_mut().expect("armed above");
             match ready!(op.poll_next(cx)) {

@@ -35,6 +35,9 @@ const CANCEL_TOKEN: u64 = u64::MAX - 1;
 /// `user_data` of the `IORING_OP_TIMEOUT` used to bound a wait when `EXT_ARG` is unavailable.
 const TIMEOUT_TOKEN: u64 = u64::MAX - 2;
 
+/// What to do with a completion whose future is gone (e.g. close an accepted descriptor).
+pub(crate) type OrphanHook = fn(&Completion);
+
 /// The result of one CQE: `res` and `flags`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Completion {
@@ -62,8 +65,12 @@ enum Lifecycle {
     /// A zero-copy send reported its result (with `IORING_CQE_F_MORE`); the kernel still reads
     /// the buffer until the notification CQE (`IORING_CQE_F_NOTIF`), which completes the op.
     AwaitingNotif(Completion, Option<Waker>),
-    /// The future was dropped: keep its data alive until the final CQE.
-    Ignored(#[allow(dead_code)] Box<dyn Any>),
+    /// The future was dropped: keep its data alive until the final CQE, and hand every
+    /// completion nobody will read to `on_orphan` (an accept closes the descriptor it got).
+    Ignored {
+        _data: Box<dyn Any>,
+        on_orphan: Option<OrphanHook>,
+    },
     /// A multishot operation: completions queue up until the consumer takes them.
     Multi(MultiState),
 }
@@ -465,7 +472,11 @@ impl Driver {
                 }
             }
             Lifecycle::Completed(_) => {}
-            Lifecycle::Ignored(_) => {
+            Lifecycle::Ignored { on_orphan, .. } => {
+                let on_orphan = *on_orphan;
+                if let Some(hook) = on_orphan {
+                    hook(&c);
+                }
                 if cqueue::buffer_select(c.flags).is_some() {
                     self.release_buffer(&c);
                 }
@@ -508,7 +519,7 @@ impl Driver {
             .ops
             .iter()
             .filter(|(_, s)| match s {
-                Lifecycle::Submitted(_) | Lifecycle::Ignored(_) => true,
+                Lifecycle::Submitted(_) | Lifecycle::Ignored { .. } => true,
                 // The send is done; only its notification is outstanding. Nothing to cancel.
                 Lifecycle::AwaitingNotif(..) => false,
                 Lifecycle::Multi(m) => !m.finished,
@@ -692,6 +703,8 @@ pub(crate) struct Op<T: 'static> {
     core: Rc<Core>,
     key: u64,
     data: Option<T>,
+    /// Called with the completion if the future is dropped before taking it.
+    on_orphan: Option<OrphanHook>,
 }
 
 fn not_on_core() -> io::Error {
@@ -727,7 +740,16 @@ impl<T: 'static> Op<T> {
             core,
             key,
             data: Some(data),
+            on_orphan: None,
         })
+    }
+
+    /// Sets what to do with the completion if this future is dropped before taking it: an
+    /// accept closes the descriptor it got, so the peer does not wait on a connection nobody
+    /// serves.
+    pub(crate) fn on_orphan(mut self, hook: OrphanHook) -> Self {
+        self.on_orphan = Some(hook);
+        self
     }
 }
 
@@ -773,18 +795,28 @@ impl<T: 'static> Drop for Op<T> {
             Some(Lifecycle::Completed(c)) => {
                 let c = *c;
                 d.ops.remove(self.key);
+                if let Some(hook) = self.on_orphan {
+                    hook(&c);
+                }
                 if cqueue::buffer_select(c.flags).is_some() {
                     d.release_buffer(&c);
                 }
             }
             Some(state @ Lifecycle::Submitted(_)) => {
-                // The kernel still owns pointers into `data`: park it until the CQE.
-                *state = Lifecycle::Ignored(Box::new(data));
+                // The kernel still owns pointers into `data` (and `data` holds the socket the SQE
+                // names): park it until the CQE.
+                *state = Lifecycle::Ignored {
+                    _data: Box::new(data),
+                    on_orphan: self.on_orphan,
+                };
                 d.cancel(self.key);
             }
             Some(state @ Lifecycle::AwaitingNotif(..)) => {
                 // The send finished but the kernel may still read `data` until the notification.
-                *state = Lifecycle::Ignored(Box::new(data));
+                *state = Lifecycle::Ignored {
+                    _data: Box::new(data),
+                    on_orphan: None,
+                };
             }
             _ => {}
         }
@@ -796,6 +828,8 @@ pub(crate) struct MultiOp {
     core: Rc<Core>,
     key: u64,
     done: bool,
+    /// What the SQE names (the socket): kept open until the final CQE, even if this is dropped.
+    keep: Option<Rc<dyn Any>>,
 }
 
 impl MultiOp {
@@ -805,7 +839,11 @@ impl MultiOp {
     ///
     /// The SQE must not point into memory the caller may free (it normally points at nothing but
     /// a file descriptor and a provided-buffer group).
-    pub(crate) unsafe fn submit(sqe: squeue::Entry, max_queued: usize) -> io::Result<MultiOp> {
+    pub(crate) unsafe fn submit(
+        sqe: squeue::Entry,
+        max_queued: usize,
+        keep: Rc<dyn Any>,
+    ) -> io::Result<MultiOp> {
         let core = current().ok_or_else(not_on_core)?;
         let key = {
             let mut d = core.driver.borrow_mut();
@@ -824,6 +862,7 @@ impl MultiOp {
             core,
             key,
             done: false,
+            keep: Some(keep),
         })
     }
 
@@ -871,7 +910,10 @@ impl Drop for MultiOp {
             d.ops.remove(self.key);
         } else {
             if let Some(state) = d.ops.get_mut(self.key) {
-                *state = Lifecycle::Ignored(Box::new(()));
+                *state = Lifecycle::Ignored {
+                    _data: Box::new(self.keep.take()),
+                    on_orphan: None,
+                };
             }
             if !cancel_sent {
                 d.cancel(self.key);
