@@ -57,7 +57,7 @@ use std::future::Future;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 
-pub use executor::{spawn, try_spawn, yield_now, JoinError, JoinHandle, RemoteJoinHandle};
+pub use executor::{spawn, try_spawn, yield_now, Join, JoinError, JoinHandle, RemoteJoinHandle};
 pub use time::{sleep, sleep_until, timeout, timeout_at, Elapsed, Sleep};
 
 /// Why the engine could not start or do what was asked.
@@ -275,10 +275,9 @@ impl Builder {
 
     /// Runs `future` on one core on the calling thread (see [`block_on`]).
     pub fn block_on<F: Future>(&self, future: F) -> Result<F::Output, EngineError> {
-        let core = ring::Core::install(0, &self.cfg)?;
-        let result = drive_root(&core, future);
-        core.teardown();
-        result
+        // The guard tears the core down even if `future` panics, so the thread can run another.
+        let core = ring::Installed::new(ring::Core::install(0, &self.cfg)?);
+        drive_root(core.core(), future)
     }
 
     /// Starts the cores.
@@ -406,18 +405,17 @@ fn core_thread(
         }
     }
     let core = match ring::Core::install(index, &cfg) {
-        Ok(c) => c,
+        Ok(c) => ring::Installed::new(c),
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
-    let _ = ready.send(Ok(core.remote.clone()));
+    let _ = ready.send(Ok(core.core().remote.clone()));
     drop(ready);
-    if let Err(e) = core.run_until(|| false, || false) {
+    if let Err(e) = core.core().run_until(|| false, || false) {
         log_once("loop-failed", &format!("core {index} loop failed: {e}"));
     }
-    core.teardown();
 }
 
 /// A cheap, cloneable, `Send` handle to an engine's cores, for `spawn_on` from anywhere

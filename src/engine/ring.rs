@@ -146,6 +146,10 @@ pub(crate) struct Features {
 }
 
 /// The io_uring of one core plus the table of operations in flight.
+///
+/// Drop order matters and is spelled out in `Drop`: the provided-buffer ring is unregistered
+/// first; then the fields drop in declaration order, `ring` (which closes the ring) before
+/// `bufs` (whose memory the kernel wrote into).
 pub(crate) struct Driver {
     ring: IoUring,
     ops: OpTable,
@@ -554,9 +558,16 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // Every operation has completed (teardown drained them, or the core was leaked whole),
+        // so the kernel holds no buffer of the pool; unregistering makes sure it takes no more.
         if let Some(pool) = &self.bufs {
-            let _ = self.ring.submitter().unregister_buf_ring(pool.bgid());
+            if let Err(e) = self.ring.submitter().unregister_buf_ring(pool.bgid()) {
+                // The kernel may still know the ring: never free its memory.
+                tracing::warn!(error = %e, "could not unregister the provided-buffer ring; leaking it");
+                std::mem::forget(pool.clone());
+            }
         }
+        // `ring` drops next (closing the io_uring), then `bufs`: see the struct's docs.
     }
 }
 
@@ -583,6 +594,28 @@ pub(crate) struct Core {
 thread_local! {
     static CURRENT: RefCell<Option<Rc<Core>>> = const { RefCell::new(None) };
     static CURRENT_INSTANCE: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Owns an installed core: dropping it (also while unwinding from a panic) tears the core down
+/// and uninstalls it from the thread.
+pub(crate) struct Installed(Option<Rc<Core>>);
+
+impl Installed {
+    pub(crate) fn new(core: Rc<Core>) -> Installed {
+        Installed(Some(core))
+    }
+
+    pub(crate) fn core(&self) -> &Rc<Core> {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        if let Some(core) = self.0.take() {
+            core.teardown();
+        }
+    }
 }
 
 /// The core running on this thread, if any.
