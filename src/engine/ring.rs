@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
+use io_uring::{cqueue, opcode, squeue, types, EnterFlags, IoUring, Probe};
 use slab::Slab;
 
 use super::buffers::BufPool;
@@ -167,6 +167,23 @@ pub(crate) struct Driver {
     wake_fd: i32,
     /// Completions copied out of the CQ by `drain`; kept so no turn allocates.
     cq_batch: Vec<cqueue::Entry>,
+    /// Test hook: submissions fail with `EBUSY` while the CQ holds completions, as kernels
+    /// before 5.19 (?) did when they could not post more.
+    /// SQEs that found the SQ full while the kernel could not take more (see `push`).
+    backlog: VecDeque<squeue::Entry>,
+    /// The timespec of the `IORING_OP_TIMEOUT` that bounds a wait without `EXT_ARG`; boxed so
+    /// that its address outlives any SQE naming it.
+    wait_ts: Box<types::Timespec>,
+    #[cfg(test)]
+    busy_while_cq_nonempty: bool,
+}
+
+/// Errors of `io_uring_enter` after which the next turn simply tries again.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
+    )
 }
 
 /// Completions `drain` takes from the CQ at a time.
@@ -308,31 +325,69 @@ impl Driver {
             wake_armed: false,
             wake_fd,
             cq_batch: Vec::with_capacity(CQ_BATCH),
+            backlog: VecDeque::new(),
+            wait_ts: Box::new(types::Timespec::new()),
+            #[cfg(test)]
+            busy_while_cq_nonempty: false,
         };
         driver.arm_wake();
         Ok(driver)
     }
 
-    /// Queues one SQE; flushes the submission queue first if it is full.
+    /// Queues one SQE. If the SQ is full, submits to make room; if the kernel cannot take SQEs
+    /// now (`EBUSY`/`EAGAIN`: its CQ is full), parks the SQE in the backlog, which the next turn
+    /// moves into the SQ after draining the CQ. Never spins: only a turn can free the kernel.
     fn push(&mut self, sqe: &squeue::Entry) {
-        loop {
-            // SAFETY: every SQE pushed here points only into memory that outlives the operation:
-            // data owned by an `Op`/`Lifecycle::Ignored` entry, the driver's own boxed wake buffer,
-            // or nothing at all (cancel, timeout with a timespec the kernel copies at submission).
-            if unsafe { self.ring.submission().push(sqe) }.is_ok() {
-                self.stats.sqes += 1;
+        if self.backlog.is_empty() {
+            if self.try_push(sqe) {
                 return;
             }
             self.stats.enters += 1;
-            if let Err(e) = self.ring.submit() {
-                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EAGAIN) {
-                    panic!("io_uring_enter failed while flushing a full SQ: {e}");
+            match self.enter(|r| r.submit()) {
+                Ok(_) => {
+                    if self.try_push(sqe) {
+                        return;
+                    }
                 }
-                // The CQ is full: completions will be drained by the next turn; the kernel keeps
-                // them (NODROP). Flushing again after the kernel has room is all we can do here.
-                std::thread::yield_now();
+                Err(e) if is_transient(&e) => {}
+                // The next turn's enter reports it (and stops the core).
+                Err(e) => tracing::warn!(error = %e, "io_uring_enter failed flushing a full SQ"),
             }
         }
+        self.backlog.push_back(sqe.clone());
+    }
+
+    /// Puts one SQE into the SQ; false if it is full.
+    fn try_push(&mut self, sqe: &squeue::Entry) -> bool {
+        // SAFETY: every SQE pushed here points only into memory that outlives the operation:
+        // data owned by an `Op`/`Lifecycle::Ignored` entry, the driver's own boxed wake buffer
+        // and timespec, or nothing at all (cancel).
+        if unsafe { self.ring.submission().push(sqe) }.is_ok() {
+            self.stats.sqes += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Moves backlogged SQEs into the SQ, in order; true if none is left.
+    fn flush_backlog(&mut self) -> bool {
+        while let Some(sqe) = self.backlog.pop_front() {
+            if !self.try_push(&sqe) {
+                self.backlog.push_front(sqe);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Runs one `io_uring_enter` made by `f` (the test hook may refuse it).
+    fn enter(&mut self, f: impl FnOnce(&IoUring) -> io::Result<usize>) -> io::Result<usize> {
+        #[cfg(test)]
+        if self.busy_while_cq_nonempty && !self.ring.completion().is_empty() {
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        }
+        f(&self.ring)
     }
 
     /// Arms the read of the cross-core eventfd.
@@ -360,56 +415,90 @@ impl Driver {
         busy: bool,
         deadline: Option<Instant>,
     ) -> io::Result<()> {
-        let sq = self.ring.submission();
-        let pending = !sq.is_empty();
-        let kernel_wants_us = sq.taskrun() || sq.cq_overflow();
-        drop(sq);
+        // SQEs the kernel could not take last time: if some still do not fit, do not block (the
+        // drain after this enter makes room for them).
+        let busy = !self.flush_backlog() || busy;
         let res = if busy {
-            if !pending && !kernel_wants_us {
-                return Ok(());
-            }
-            self.ring.submit()
+            self.submit_getevents()
         } else {
             match deadline {
-                None => self.ring.submit_and_wait(1),
+                None => {
+                    self.stats.enters += 1;
+                    self.enter(|r| r.submit_and_wait(1))
+                }
                 Some(d) => {
                     let now = Instant::now();
                     if d <= now {
-                        if !pending && !kernel_wants_us {
-                            return Ok(());
-                        }
-                        self.ring.submit()
+                        self.submit_getevents()
                     } else {
                         // Round up so that we do not wake just before the deadline and spin.
                         let wait = d - now + Duration::from_micros(50);
-                        let ts = types::Timespec::from(wait);
-                        if self.features.ext_arg {
-                            let args = types::SubmitArgs::new().timespec(&ts);
-                            self.ring.submitter().submit_with_args(1, &args)
-                        } else {
-                            let sqe = opcode::Timeout::new(&ts).build().user_data(TIMEOUT_TOKEN);
-                            // The kernel copies the timespec when it prepares the SQE, which
-                            // happens inside the enter below, while `ts` is alive.
-                            self.push(&sqe);
-                            self.ring.submit_and_wait(1)
-                        }
+                        self.submit_and_wait_for(wait)
                     }
                 }
             }
         };
-        self.stats.enters += 1;
         match res {
             Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
-                ) =>
-            {
-                Ok(())
-            }
+            Err(e) if is_transient(&e) || e.raw_os_error() == Some(libc::ETIME) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Submits without waiting, but lets the kernel post completions that are ready.
+    ///
+    /// With `DEFER_TASKRUN`, completions (of receives whose data arrived, say) are task work that
+    /// the kernel runs only in an enter carrying `GETEVENTS`, so a turn with runnable tasks asks
+    /// for it too: otherwise a task that keeps waking itself would starve every I/O of its core.
+    /// Without `DEFER_TASKRUN`, `GETEVENTS` is passed when the kernel flags pending task work
+    /// (`IORING_SQ_TASKRUN`, with `COOP_TASKRUN`) or a CQ overflow, as liburing does.
+    fn submit_getevents(&mut self) -> io::Result<usize> {
+        let sq = self.ring.submission();
+        let to_submit = sq.len() as u32;
+        let kernel_wants_us = sq.taskrun() || sq.cq_overflow();
+        drop(sq);
+        let getevents = self.features.defer_taskrun || kernel_wants_us;
+        if to_submit == 0 && !kernel_wants_us {
+            // Nothing to submit, and with DEFER_TASKRUN + TASKRUN_FLAG the kernel would have set
+            // the flag if task work were pending.
+            return Ok(0);
+        }
+        let flags = if getevents {
+            EnterFlags::GETEVENTS.bits()
+        } else {
+            0
+        };
+        self.stats.enters += 1;
+        // SAFETY: `to_submit` counts SQEs we queued (each valid, see `try_push`); no wait and no
+        // argument pointer.
+        self.enter(|r| unsafe {
+            r.submitter()
+                .enter::<libc::sigset_t>(to_submit, 0, flags, None)
+        })
+    }
+
+    /// Submits and waits for one completion, at most `wait`.
+    fn submit_and_wait_for(&mut self, wait: Duration) -> io::Result<usize> {
+        self.stats.enters += 1;
+        if self.features.ext_arg {
+            let ts = types::Timespec::from(wait);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            // The kernel reads `ts` during this call only.
+            return self.enter(|r| r.submitter().submit_with_args(1, &args));
+        }
+        // No EXT_ARG: bound the wait with an IORING_OP_TIMEOUT. Its SQE points at `wait_ts`,
+        // which lives as long as the driver: a partial submit may leave the SQE queued past this
+        // call, and the kernel reads the timespec only when it finally takes the SQE.
+        *self.wait_ts = types::Timespec::from(wait);
+        let sqe = opcode::Timeout::new(&*self.wait_ts)
+            .build()
+            .user_data(TIMEOUT_TOKEN);
+        self.push(&sqe);
+        if !self.backlog.is_empty() {
+            // The timeout did not reach the SQ: waiting now could block forever.
+            return self.submit_getevents();
+        }
+        self.enter(|r| r.submit_and_wait(1))
     }
 
     /// Drains the completion queue. Wakers to call go into `wakers` (called by the caller after the
@@ -958,4 +1047,49 @@ impl Drop for MultiOp {
 /// Whether this thread's core has provided-buffer rings; and the pool.
 pub(crate) fn buf_pool() -> Option<Rc<BufPool>> {
     current().and_then(|c| c.driver.borrow().bufs.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// With the kernel refusing submissions until the CQ is drained (old kernels' EBUSY), a push
+    /// onto a full SQ must not spin: the turn that drains the CQ has to run.
+    #[test]
+    fn push_onto_a_full_sq_does_not_spin_when_the_kernel_is_busy() {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let cfg = CoreConfig {
+                ring_entries: 8,
+                recv_buf_count: 2,
+                recv_buf_size: 4096,
+                ..CoreConfig::default()
+            };
+            let mut d = Driver::new(&cfg, -1).expect("io_uring available");
+            let nop = opcode::Nop::new().build().user_data(CANCEL_TOKEN);
+            for _ in 0..8 {
+                d.push(&nop);
+            }
+            d.submit_and_wait(false, None).unwrap();
+            // Eight completions sit in the CQ; from now on the kernel says EBUSY until they go.
+            d.busy_while_cq_nonempty = true;
+            for _ in 0..9 {
+                d.push(&nop);
+            }
+            let mut wakers = Vec::new();
+            let mut reaped = 0;
+            for _ in 0..4 {
+                d.submit_and_wait(true, None).unwrap();
+                let before = d.stats.cqes;
+                d.drain(&mut wakers);
+                reaped += d.stats.cqes - before;
+            }
+            let _ = tx.send(reaped);
+        });
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(reaped) => assert_eq!(reaped, 17, "every NOP completes"),
+            Err(_) => panic!("push spun on EBUSY with a full SQ for 10 s"),
+        }
+    }
 }
