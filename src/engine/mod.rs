@@ -62,6 +62,7 @@ pub use time::{sleep, sleep_until, timeout, timeout_at, Elapsed, Sleep};
 
 /// Why the engine could not start or do what was asked.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EngineError {
     /// io_uring cannot be used here; `reason` names the likely cause.
     #[error("io_uring unavailable: {reason}: {source}")]
@@ -154,13 +155,12 @@ pub fn features() -> Option<Features> {
     })
 }
 
-/// Prints a message to stderr once per process (fallback notices).
-pub(crate) fn log_once(key: &'static str, msg: &str) {
+/// True the first time it is called with `key` in this process: feature fallbacks are logged
+/// once, not once per core or per socket. (The library never prints; it emits `tracing` events.)
+pub(crate) fn first_time(key: &'static str) -> bool {
     static SEEN: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
     let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
-    if seen.get_or_insert_with(HashSet::new).insert(key) {
-        eprintln!("muxado engine: {msg}");
-    }
+    seen.get_or_insert_with(HashSet::new).insert(key)
 }
 
 /// Settings of each core.
@@ -190,17 +190,6 @@ pub(crate) struct SendConfig {
     pub zc_min: Option<usize>,
 }
 
-impl SendConfig {
-    /// The defaults, with `MUXADO_SEND_ZC=<min bytes>` turning zero-copy sends on (so that
-    /// `muxado bench` can compare both without a rebuild).
-    fn from_env() -> SendConfig {
-        let zc_min = std::env::var("MUXADO_SEND_ZC")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok());
-        SendConfig { zc_min }
-    }
-}
-
 /// Runs `future` on a single engine core on the calling thread, with default settings, and
 /// returns its output. Tasks it spawns are dropped when it returns; every operation they had in
 /// flight is cancelled and reclaimed before the ring closes.
@@ -224,10 +213,7 @@ impl Default for Builder {
         Builder {
             cores: None,
             pin: true,
-            cfg: CoreConfig {
-                send: SendConfig::from_env(),
-                ..CoreConfig::default()
-            },
+            cfg: CoreConfig::default(),
         }
     }
 }
@@ -266,8 +252,7 @@ impl Builder {
     ///
     /// Off by default: on loopback (where the kernel copies zero-copy pages anyway) it measured
     /// slower than SEND, since the writer also waits for the notification before its next send.
-    /// `MUXADO_SEND_ZC=<min bytes>` in the environment turns it on for engines built with the
-    /// default builder (e.g. `muxado bench`).
+    /// (The library never reads the environment; the `muxado` tool maps `MUXADO_SEND_ZC` here.)
     pub fn send_zero_copy(mut self, min_bytes: Option<usize>) -> Self {
         self.cfg.send.zc_min = min_bytes;
         self
@@ -398,10 +383,7 @@ fn core_thread(
 ) {
     if let Some(cpu) = cpu {
         if let Err(e) = pin_to(cpu) {
-            log_once(
-                "pin-failed",
-                &format!("could not pin core {index} to CPU {cpu}: {e}"),
-            );
+            tracing::warn!(core = index, cpu, error = %e, "could not pin an engine core to its CPU");
         }
     }
     let core = match ring::Core::install(index, &cfg) {
@@ -414,7 +396,7 @@ fn core_thread(
     let _ = ready.send(Ok(core.core().remote.clone()));
     drop(ready);
     if let Err(e) = core.core().run_until(|| false, || false) {
-        log_once("loop-failed", &format!("core {index} loop failed: {e}"));
+        tracing::error!(core = index, error = %e, "engine core loop failed");
     }
 }
 

@@ -574,10 +574,9 @@ impl TcpStream {
                     if kind == SendKind::ZeroCopy
                         && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) =>
                 {
-                    super::log_once(
-                        "send-zc-refused",
-                        &format!("SEND_ZC refused on a socket ({e}); sending with SEND"),
-                    );
+                    if super::first_time("send-zc-refused") {
+                        tracing::info!(error = %e, fallback = "SEND", "SEND_ZC refused on a socket");
+                    }
                     zc_min = None;
                 }
                 Err(e) => return (Err(e), buf),

@@ -232,10 +232,13 @@ fn create_ring(entries: u32) -> Result<(IoUring, Features), EngineError> {
             r
         }
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            super::log_once(
-                "no-defer-taskrun",
-                "SINGLE_ISSUER+DEFER_TASKRUN unavailable; falling back to COOP_TASKRUN",
-            );
+            if super::first_time("no-defer-taskrun") {
+                tracing::info!(
+                    feature = "SINGLE_ISSUER+DEFER_TASKRUN",
+                    fallback = "COOP_TASKRUN",
+                    "io_uring feature unavailable"
+                );
+            }
             match IoUring::builder()
                 .setup_coop_taskrun()
                 .setup_taskrun_flag()
@@ -247,10 +250,13 @@ fn create_ring(entries: u32) -> Result<(IoUring, Features), EngineError> {
                     r
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    super::log_once(
-                        "no-coop-taskrun",
-                        "COOP_TASKRUN unavailable; using a plain io_uring",
-                    );
+                    if super::first_time("no-coop-taskrun") {
+                        tracing::info!(
+                            feature = "COOP_TASKRUN",
+                            fallback = "plain io_uring",
+                            "io_uring feature unavailable"
+                        );
+                    }
                     IoUring::builder()
                         .setup_cqsize(cq)
                         .build(entries)
@@ -262,10 +268,11 @@ fn create_ring(entries: u32) -> Result<(IoUring, Features), EngineError> {
         Err(e) => return Err(setup_error(e)),
     };
     features.ext_arg = ring.params().is_feature_ext_arg();
-    if !features.ext_arg {
-        super::log_once(
-            "no-ext-arg",
-            "io_uring EXT_ARG unavailable; timed waits use IORING_OP_TIMEOUT",
+    if !features.ext_arg && super::first_time("no-ext-arg") {
+        tracing::info!(
+            feature = "EXT_ARG",
+            fallback = "IORING_OP_TIMEOUT",
+            "io_uring feature unavailable"
         );
     }
     let mut probe = Probe::new();
@@ -298,19 +305,26 @@ impl Driver {
                 Some(Rc::new(pool))
             }
             Err(e) => {
-                super::log_once(
-                    "no-pbuf-ring",
-                    &format!("provided-buffer ring unavailable ({e}); receives use owned buffers"),
-                );
+                if super::first_time("no-pbuf-ring") {
+                    tracing::info!(
+                        feature = "provided-buffer ring",
+                        fallback = "one-shot receives into owned buffers",
+                        error = %e,
+                        "io_uring feature unavailable"
+                    );
+                }
                 None
             }
         };
         let mut send = cfg.send.clone();
         if send.zc_min.is_some() && !features.send_zc {
-            super::log_once(
-                "no-send-zc",
-                "IORING_OP_SEND_ZC unsupported by this kernel; zero-copy sends fall back to SEND",
-            );
+            if super::first_time("no-send-zc") {
+                tracing::info!(
+                    feature = "IORING_OP_SEND_ZC",
+                    fallback = "SEND",
+                    "io_uring feature unavailable"
+                );
+            }
             send.zc_min = None;
         }
         let mut driver = Driver {
@@ -800,9 +814,9 @@ impl Core {
             .borrow_mut()
             .cancel_all_and_drain(Duration::from_secs(5));
         if !ok {
-            super::log_once(
-                "leak-at-shutdown",
-                "in-flight io_uring operations did not finish at shutdown; leaking their memory",
+            tracing::error!(
+                core = self.index,
+                "in-flight io_uring operations did not finish at shutdown; leaking their memory"
             );
             self.leaked.set(true);
         }
