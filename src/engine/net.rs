@@ -75,7 +75,9 @@ unsafe impl IoBufMut for Vec<u8> {
     }
     unsafe fn set_init(&mut self, n: usize) {
         if n > self.len() {
-            self.set_len(n);
+            // SAFETY: the caller wrote the first `n` bytes, and `n` is within the capacity the
+            // kernel was given.
+            unsafe { self.set_len(n) };
         }
     }
 }
@@ -101,7 +103,9 @@ unsafe impl IoBufMut for bytes::BytesMut {
     }
     unsafe fn set_init(&mut self, n: usize) {
         if n > self.len() {
-            self.set_len(n);
+            // SAFETY: the caller wrote the first `n` bytes, and `n` is within the capacity the
+            // kernel was given.
+            unsafe { self.set_len(n) };
         }
     }
 }
@@ -364,7 +368,11 @@ impl TcpListener {
 
 /// Closes the descriptor an accept returned after its future was dropped: nobody else will,
 /// and the peer would wait on a connection nobody serves.
-fn close_accepted(c: &ring::Completion) {
+///
+/// # Safety
+///
+/// `c` must be the completion of an accept: a non-negative result is a descriptor nobody owns.
+unsafe fn close_accepted(c: &ring::Completion) {
     if c.result >= 0 {
         // SAFETY: the kernel returned this fresh descriptor to us and no one else has seen it.
         drop(unsafe { OwnedFd::from_raw_fd(c.result) });
@@ -680,7 +688,8 @@ impl std::ops::Deref for RecvBuf {
 impl Drop for RecvBuf {
     fn drop(&mut self) {
         if let Chunk::Ring { pool, bid, .. } = &self.inner {
-            pool.recycle(*bid);
+            // SAFETY: this guard owns buffer `bid` (its CQE handed it out) and is going away.
+            unsafe { pool.recycle(*bid) };
         }
     }
 }

@@ -36,7 +36,12 @@ const CANCEL_TOKEN: u64 = u64::MAX - 1;
 const TIMEOUT_TOKEN: u64 = u64::MAX - 2;
 
 /// What to do with a completion whose future is gone (e.g. close an accepted descriptor).
-pub(crate) type OrphanHook = fn(&Completion);
+///
+/// # Safety
+///
+/// A hook must only be called with the completion of the operation it was set on (an accept's
+/// hook closes the descriptor in `result`).
+pub(crate) type OrphanHook = unsafe fn(&Completion);
 
 /// The result of one CQE: `res` and `flags`.
 #[derive(Debug, Clone, Copy)]
@@ -582,7 +587,8 @@ impl Driver {
             Lifecycle::Ignored { on_orphan, .. } => {
                 let on_orphan = *on_orphan;
                 if let Some(hook) = on_orphan {
-                    hook(&c);
+                    // SAFETY: `c` is a completion of the op that set this hook.
+                    unsafe { hook(&c) };
                 }
                 if cqueue::buffer_select(c.flags).is_some() {
                     self.release_buffer(&c);
@@ -610,7 +616,9 @@ impl Driver {
     /// Gives back to the provided-buffer ring the buffer a completion carries, if any.
     fn release_buffer(&self, c: &Completion) {
         if let (Some(bid), Some(pool)) = (cqueue::buffer_select(c.flags), &self.bufs) {
-            pool.recycle(bid);
+            // SAFETY: the completion handed this buffer out and nobody has seen it: its consumer
+            // is gone (or never existed), so it goes straight back.
+            unsafe { pool.recycle(bid) };
         }
     }
 
@@ -932,7 +940,8 @@ impl<T: 'static> Drop for Op<T> {
                 let c = *c;
                 d.ops.remove(self.key);
                 if let Some(hook) = self.on_orphan {
-                    hook(&c);
+                    // SAFETY: `c` is this op's completion.
+                    unsafe { hook(&c) };
                 }
                 if cqueue::buffer_select(c.flags).is_some() {
                     d.release_buffer(&c);
