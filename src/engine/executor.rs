@@ -20,7 +20,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use slab::Slab;
 
-use super::ring::{self, Core};
+use super::core_loop::{self, Core};
 use super::EngineError;
 
 /// What a waker points at: which core, which slot.
@@ -40,8 +40,8 @@ impl Wake for Header {
         if self.queued.swap(true, Ordering::AcqRel) {
             return; // Already in a run queue.
         }
-        if ring::current_instance() == self.owner {
-            if let Some(core) = ring::current() {
+        if core_loop::current_instance() == self.owner {
+            if let Some(core) = core_loop::current() {
                 core.exec.queue.borrow_mut().push_back(self.clone());
                 return;
             }
@@ -182,7 +182,7 @@ pub fn try_spawn<F>(future: F) -> Result<JoinHandle<F::Output>, EngineError>
 where
     F: Future + 'static,
 {
-    let core = ring::current().ok_or(EngineError::NotOnCore)?;
+    let core = core_loop::current().ok_or(EngineError::NotOnCore)?;
     let state = Rc::new(RefCell::new(JoinState {
         result: None,
         waker: None,
@@ -294,7 +294,7 @@ impl<T> JoinHandle<T> {
     /// [`join`](Self::join) gives `Err(JoinError::Cancelled)` and `.await` panics with it.
     /// Does nothing when called from another core or thread.
     pub fn abort(&self) {
-        if let Some(core) = ring::current() {
+        if let Some(core) = core_loop::current() {
             if core.instance == self.header.owner {
                 core.exec.cancel(&self.header);
             }

@@ -42,13 +42,28 @@
 //! assert_eq!(echoed, b"hello, ring");
 //! ```
 //!
-//! Unsafe code is confined to `ring.rs` (the SQ/CQ and operation table), `buffers.rs` (the
-//! provided-buffer ring), `net.rs` (socket syscalls, owned-buffer pointers) and one pin projection
-//! in `executor.rs`; each block says why it holds.
+//! Parts, in the order they depend on each other:
+//! - `ring`: one core's io_uring — `ring::setup` (flags and features), `ring::table` (the
+//!   operations in flight and their lifecycle: submitted, awaiting a zero-copy notification,
+//!   ignored, completed, multishot), `ring::driver` (push, enter, reap);
+//! - `buffers`: the provided-buffer ring multishot receives fill;
+//! - `core_loop`: the loop turn, and the thread-local that says which core runs here;
+//! - `op`: the futures of one-shot and multishot operations;
+//! - `executor` (tasks, the cross-core mailbox), `time` (timers);
+//! - [`net`]: owned-buffer traits, addresses, listener, stream, multishot receive.
+//!
+//! Unsafe code lives where io_uring needs it: `ring::driver` (pushing SQEs, entering the
+//! kernel), `op` (the `unsafe fn`s that submit an SQE, whose callers vouch for its pointers),
+//! `buffers` (the provided-buffer memory), `net` (socket syscalls, owned-buffer pointers,
+//! `IoBuf`/`IoBufMut` are `unsafe trait`s), `executor` (the eventfd, one pin projection) and
+//! the CPU-affinity calls below. Each `unsafe fn` has a `# Safety` section and each block a
+//! `SAFETY` comment saying why it holds.
 
 mod buffers;
+mod core_loop;
 mod executor;
 pub mod net;
+mod op;
 mod ring;
 mod time;
 
@@ -114,7 +129,7 @@ pub struct Stats {
 
 /// The counters of the current core; all zero when called outside a core.
 pub fn stats() -> Stats {
-    match ring::current() {
+    match core_loop::current() {
         Some(core) => {
             let mut s = core.driver.borrow().stats;
             s.polls = core.exec.polls();
@@ -126,7 +141,7 @@ pub fn stats() -> Stats {
 
 /// The index of the core running on this thread (`Some(0)` inside `block_on`).
 pub fn current_core() -> Option<usize> {
-    ring::current().map(|c| c.index)
+    core_loop::current().map(|c| c.index)
 }
 
 /// Which optional io_uring features the current core uses.
@@ -144,7 +159,7 @@ pub struct Features {
 
 /// The features of the current core, `None` outside a core.
 pub fn features() -> Option<Features> {
-    ring::current().map(|c| {
+    core_loop::current().map(|c| {
         let f = c.driver.borrow().features;
         Features {
             ext_arg: f.ext_arg,
@@ -261,7 +276,7 @@ impl Builder {
     /// Runs `future` on one core on the calling thread (see [`block_on`]).
     pub fn block_on<F: Future>(&self, future: F) -> Result<F::Output, EngineError> {
         // The guard tears the core down even if `future` panics, so the thread can run another.
-        let core = ring::Installed::new(ring::Core::install(0, &self.cfg)?);
+        let core = core_loop::Installed::new(core_loop::Core::install(0, &self.cfg)?);
         drive_root(core.core(), future)
     }
 
@@ -329,7 +344,7 @@ impl Builder {
 /// The root may borrow the caller's stack (it need not be `'static`), so it is not a task: the
 /// loop polls it whenever its waker has fired.
 fn drive_root<F: Future>(
-    core: &std::rc::Rc<ring::Core>,
+    core: &std::rc::Rc<core_loop::Core>,
     future: F,
 ) -> Result<F::Output, EngineError> {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -345,7 +360,7 @@ fn drive_root<F: Future>(
         }
         fn wake_by_ref(self: &Arc<Self>) {
             self.woken.store(true, Ordering::Release);
-            if ring::current_instance() != self.owner {
+            if core_loop::current_instance() != self.owner {
                 // Woken from another thread: interrupt the core's wait.
                 self.remote.kick();
             }
@@ -386,8 +401,8 @@ fn core_thread(
             tracing::warn!(core = index, cpu, error = %e, "could not pin an engine core to its CPU");
         }
     }
-    let core = match ring::Core::install(index, &cfg) {
-        Ok(c) => ring::Installed::new(c),
+    let core = match core_loop::Core::install(index, &cfg) {
+        Ok(c) => core_loop::Installed::new(c),
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
