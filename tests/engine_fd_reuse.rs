@@ -90,6 +90,49 @@ async fn dropped_accept_closes_its_connection() -> io::Result<()> {
     Ok(())
 }
 
+/// Tasks with an accept, a recv, a send and a multishot recv in flight are aborted and every
+/// handle dropped: once their completions are reaped, the process holds the descriptors it held
+/// before (the sockets stayed open only as long as the kernel needed them).
+async fn aborted_ops_leave_no_descriptor_behind() -> io::Result<()> {
+    let before = open_fds();
+    {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        // Connection 1 carries no data: a recv and a multishot recv wait on its server end.
+        let client1 = TcpStream::connect(addr).await?;
+        let (server1, _) = listener.accept().await?;
+        // Connection 2: its client never reads, so a large send from the server stays in flight.
+        let client2 = TcpStream::connect(addr).await?;
+        let (server2, _) = listener.accept().await?;
+        let pending_accept = engine::spawn(async move { listener.accept().await.map(drop) });
+        let s = server1.clone();
+        let recv = engine::spawn(async move { s.recv(Vec::with_capacity(64)).await.0.map(drop) });
+        let s = server1.clone();
+        let multi = engine::spawn(async move { s.recv_multishot().next().await.map(drop) });
+        let s = server2.clone();
+        let send = engine::spawn(async move { s.send_all(vec![7u8; 32 << 20]).await.0 });
+        engine::sleep(Duration::from_millis(20)).await;
+        for task in [&pending_accept, &recv, &send, &multi] {
+            assert!(
+                !task.is_finished(),
+                "an op finished early; the test proves nothing"
+            );
+        }
+        pending_accept.abort();
+        recv.abort();
+        send.abort();
+        multi.abort();
+        drop((client1, server1, client2, server2));
+    }
+    // The cancels and the last completions are reaped by the next turns.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while open_fds() != before && std::time::Instant::now() < deadline {
+        engine::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(open_fds(), before, "descriptors leaked by aborted ops");
+    Ok(())
+}
+
 trait RawFdForTest {
     fn as_raw_fd_for_test(&self) -> i32;
 }
@@ -104,7 +147,8 @@ impl RawFdForTest for std::net::TcpStream {
 fn in_flight_ops_own_their_descriptors() {
     engine::block_on(async {
         stale_recv_does_not_read_a_reused_fd().await?;
-        dropped_accept_closes_its_connection().await
+        dropped_accept_closes_its_connection().await?;
+        aborted_ops_leave_no_descriptor_behind().await
     })
     .expect("io_uring available")
     .expect("no I/O error");
