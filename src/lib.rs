@@ -20,6 +20,9 @@
 //!
 //! [muxado]: https://github.com/inconshreveable/muxado
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 mod copy;
 pub mod engine;
 pub mod error;
