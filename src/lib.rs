@@ -7,7 +7,10 @@
 //! - [`proto`]: the session state machine, sans I/O;
 //! - [`engine`]: the io_uring, thread-per-core runtime (cores, tasks, timers, TCP);
 //! - [`Session`] and [`Stream`]: async handles that run `proto` on the engine;
-//! - [`transport`]: what a session runs over: TCP, or TLS (rustls, sans-IO) ([`Transport`]);
+//! - [`transport`]: what an engine session runs over: TCP or TLS
+//!   (rustls, sans-IO) ([`Transport`]);
+//! - [`tokio`](mod@crate::tokio): the same handles over any `AsyncRead + AsyncWrite`
+//!   on a tokio runtime, `Send` and portable (feature `tokio`, on by default);
 //! - [`typed`]: streams that carry a `u32` type ([`TypedSession`], [`TypedStream`]);
 //! - [`heartbeat`]: latency and dead-peer detection over a typed session ([`Heartbeat`]),
 //!   its timing rules sans I/O in [`heartbeat::timing`];
@@ -19,6 +22,9 @@
 //!
 //! [muxado]: https://github.com/inconshreveable/muxado
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 mod copy;
 pub mod engine;
 pub mod error;
@@ -26,6 +32,8 @@ pub mod frame;
 pub mod heartbeat;
 pub mod proto;
 mod session;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 pub mod transport;
 pub mod typed;
 

@@ -137,6 +137,8 @@ struct State {
     waiters: Vec<Waker>,
     writer: Option<Waker>,
     clock: Option<Waker>,
+    /// The reader, waiting for the protocol to want input again.
+    input: Option<Waker>,
     /// The reader saw the transport end; the writer waits for it to close.
     reader_done: bool,
     closer: Option<Waker>,
@@ -176,6 +178,9 @@ impl State {
         }
         if self.proto.poll_timeout().is_some() {
             wake(self.clock.take());
+        }
+        if self.proto.wants_input() {
+            wake(self.input.take());
         }
     }
 
@@ -262,6 +267,7 @@ impl Session {
                 waiters: Vec::new(),
                 writer: None,
                 clock: None,
+                input: None,
                 reader_done: false,
                 closer: None,
                 sends: 0,
@@ -467,6 +473,19 @@ impl Shared {
 async fn reader(shared: Rc<Shared>) {
     let mut rx = shared.transport.receiver();
     loop {
+        // Over its memory budget the session takes no more input until the
+        // application drains its streams: the multishot receive pauses once
+        // its queue is full, and TCP's flow control holds the peer back.
+        poll_fn(|cx| {
+            let mut st = shared.state.borrow_mut();
+            if st.proto.wants_input() {
+                Poll::Ready(())
+            } else {
+                register(&mut st.input, cx);
+                Poll::Pending
+            }
+        })
+        .await;
         let r = rx.next().await;
         let mut st = shared.state.borrow_mut();
         let ended = !matches!(r, Ok(Some(_)));
@@ -701,7 +720,7 @@ impl Stream {
 
     /// Resets the stream with `code`: an RST to the peer, errors on both sides.
     pub fn reset(&mut self, code: ErrorCode) -> Result<(), Error> {
-        self.with_state(|st, key| st.proto.reset(key, code))
+        self.with_state(|st, key| st.proto.reset(Instant::now(), key, code))
     }
 
     /// Reads waiting longer than `deadline` fail with [`Error::Timeout`]; `None` clears it.

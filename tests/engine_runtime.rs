@@ -521,33 +521,38 @@ fn shutdown_with_ops_in_flight() {
 #[test]
 fn busy_task_does_not_starve_io() {
     // One task yields forever (so every turn has runnable work and never blocks in the kernel);
-    // completions must still be reaped each turn.
+    // completions must still be reaped each turn. The whole exchange is bounded by a timer, which
+    // fires every turn even if completions are starved.
     engine::block_on(async {
         let spinner = engine::spawn(async {
             loop {
                 engine::yield_now().await;
             }
         });
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
-        let accept = engine::spawn(async move { listener.accept().await });
-        let client = TcpStream::connect(addr).await?;
-        let (server, _) = accept.await?;
-        for _ in 0..100 {
-            // The recv is in the kernel before the data is sent: its completion is deferred
-            // task work that only an enter with GETEVENTS runs.
-            let s = server.clone();
-            let recv = engine::spawn(async move { s.recv(Vec::with_capacity(4)).await });
-            engine::yield_now().await;
-            engine::yield_now().await;
-            let (r, _) = client.send_all(&b"ping"[..]).await;
-            r?;
-            let (r, buf) = recv.await;
-            assert_eq!(r?, 4);
-            assert_eq!(buf, b"ping");
-        }
+        let exchange = async {
+            let listener = TcpListener::bind("127.0.0.1:0")?;
+            let addr = listener.local_addr()?;
+            let accept = engine::spawn(async move { listener.accept().await });
+            let client = TcpStream::connect(addr).await?;
+            let (server, _) = accept.await?;
+            for _ in 0..100 {
+                // The recv is in the kernel before the data is sent: its completion is deferred
+                // task work that only an enter with GETEVENTS runs.
+                let s = server.clone();
+                let recv = engine::spawn(async move { s.recv(Vec::with_capacity(4)).await });
+                engine::yield_now().await;
+                engine::yield_now().await;
+                let (r, _) = client.send_all(&b"ping"[..]).await;
+                r?;
+                let (r, buf) = recv.await;
+                assert_eq!(r?, 4);
+                assert_eq!(buf, b"ping");
+            }
+            io::Result::Ok(())
+        };
+        let r = engine::timeout(Duration::from_secs(20), exchange).await;
         spinner.abort();
-        io::Result::Ok(())
+        r.expect("socket I/O was starved by a task that keeps waking itself")
     })
     .unwrap()
     .unwrap();

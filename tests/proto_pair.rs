@@ -197,10 +197,7 @@ fn checksum(sum: u64, b: &[u8]) -> u64 {
 
 impl World {
     fn new(p: Params) -> Self {
-        let config = Config {
-            max_window: p.window,
-            ..Config::default()
-        };
+        let config = Config::default().with_max_window(p.window);
         World {
             rng: Rng(p.seed),
             now: Instant::now(),
@@ -262,7 +259,7 @@ impl World {
         if st.i_reset() && st.error.is_none() && st.sent >= st.plan.reset_after.min(st.out_len()) {
             self.sides[side]
                 .s
-                .reset(st.key, ErrorCode::StreamCancelled)
+                .reset(self.now, st.key, ErrorCode::StreamCancelled)
                 .unwrap();
             st.error = Some(Error::LocalReset(ErrorCode::StreamCancelled));
             progress = true;
@@ -444,6 +441,7 @@ impl World {
                 }
                 Event::GoAway => assert_eq!(side, 0, "only the server goes away"),
                 Event::Dead => panic!("seed {}: side {side} died: {:?}", self.p.seed, sd.s.error()),
+                other => panic!("unexpected event {other:?}"),
             }
         }
     }
@@ -681,11 +679,9 @@ fn replay(input: &[u8], cuts: &[usize]) -> Replay {
     let now = Instant::now();
     let mut s = Session::new(
         Role::Server,
-        Config {
-            max_window: 4096,
-            accept_backlog: 4,
-            ..Config::default()
-        },
+        Config::default()
+            .with_max_window(4096)
+            .with_accept_backlog(4),
     );
     assert_eq!(s.accept(), Ok(None));
     let mut start = 0;
@@ -724,10 +720,7 @@ fn replay(input: &[u8], cuts: &[usize]) -> Replay {
 /// A byte stream recorded from a real client session talking to a server.
 fn recorded() -> Vec<u8> {
     let now = Instant::now();
-    let cfg = Config {
-        max_window: 4096,
-        ..Config::default()
-    };
+    let cfg = Config::default().with_max_window(4096);
     let mut c = Session::new(Role::Client, cfg.clone());
     let mut s = Session::new(Role::Server, cfg);
     let mut rec = Vec::new();
@@ -739,7 +732,7 @@ fn recorded() -> Vec<u8> {
         keys.push(k);
     }
     c.close_write(keys[1]).unwrap();
-    c.reset(keys[2], ErrorCode::StreamCancelled).unwrap();
+    c.reset(now, keys[2], ErrorCode::StreamCancelled).unwrap();
     let sk = s.open().unwrap();
     s.write(sk, &[9u8; 5000]).unwrap();
     for round in 0..4 {

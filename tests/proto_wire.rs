@@ -358,10 +358,7 @@ fn wndinc_coalesced_and_every_read_byte_credited() {
 }
 
 fn no_auto_tuning() -> Config {
-    Config {
-        max_auto_window: Config::default().max_window,
-        ..Config::default()
-    }
+    Config::default().with_max_auto_window(Config::default().max_window)
 }
 
 /// A reader that keeps up gets its window doubled with each credit, up to
@@ -369,12 +366,10 @@ fn no_auto_tuning() -> Config {
 /// the new flow-control limit. A reader that lags gets no growth.
 #[test]
 fn auto_tuning_grows_the_window_of_a_reader_that_keeps_up() {
-    let config = Config {
-        max_window: 1000,
-        window_update_threshold: 250,
-        max_auto_window: 4000,
-        ..Config::default()
-    };
+    let config = Config::default()
+        .with_max_window(1000)
+        .with_window_update_threshold(250)
+        .with_max_auto_window(4000);
     let mut server = Peer::with(Role::Server, config.clone());
     server.input(&data(3, FLAG_SYN, &[7u8; 1000]));
     let k = server.accept();
@@ -415,12 +410,12 @@ fn auto_tuning_grows_the_window_of_a_reader_that_keeps_up() {
 /// streams open together grow only to an equal share of it.
 #[test]
 fn auto_tuning_shares_the_budget_among_open_streams() {
-    let config = |budget| Config {
-        max_window: 1000,
-        window_update_threshold: 250,
-        max_auto_window: 8000,
-        auto_window_budget: budget,
-        ..Config::default()
+    let config = |budget| {
+        Config::default()
+            .with_max_window(1000)
+            .with_window_update_threshold(250)
+            .with_max_auto_window(8000)
+            .with_auto_window_budget(budget)
     };
     // Alone with a budget of 1500: grows to 1500, not to 2000.
     let mut alone = Peer::with(Role::Server, config(1500));
@@ -494,10 +489,7 @@ fn flow_control_stall_and_resume() {
 
 #[test]
 fn rst_flow_control_error_on_overrun() {
-    let cfg = Config {
-        max_window: 100,
-        ..Config::default()
-    };
+    let cfg = Config::default().with_max_window(100);
     let mut server = Peer::with(Role::Server, cfg);
     server.input(&data(3, FLAG_SYN, &[1u8; 60]));
     server.input(&data(3, 0, &[2u8; 40])); // exactly the window: fine
@@ -550,10 +542,7 @@ fn rst_stream_refused_after_go_away_drains_payload() {
 
 #[test]
 fn rst_accept_queue_full_forgets_stream_and_drains() {
-    let cfg = Config {
-        accept_backlog: 2,
-        ..Config::default()
-    };
+    let cfg = Config::default().with_accept_backlog(2);
     let mut server = Peer::with(Role::Server, cfg);
     server.input(&cat(&[
         data(3, FLAG_SYN, b"one"),
@@ -671,10 +660,7 @@ fn goaway_followed_by_frames_does_not_desync() {
 
 #[test]
 fn goaway_debug_is_capped_but_fully_drained() {
-    let cfg = Config {
-        max_goaway_debug: 4,
-        ..Config::default()
-    };
+    let cfg = Config::default().with_max_goaway_debug(4);
     let mut server = Peer::with(Role::Server, cfg);
     server.input(&cat(&[
         goaway(0, ErrorCode::NoError, b"0123456789"),
@@ -847,7 +833,7 @@ fn death_goaway_carries_highest_accepted_peer_id_and_is_last() {
         "buffered data still readable"
     );
     assert_eq!(s.s.read(k7, &mut buf), Err(Error::SessionClosed));
-    let _ = s.s.reset(k3, ErrorCode::StreamCancelled);
+    let _ = s.s.reset(s.now, k3, ErrorCode::StreamCancelled);
     assert!(s.s.close_write(k3).is_err());
     let _ = s.s.close(k7);
     assert_eq!(
@@ -1017,7 +1003,7 @@ fn stale_stream_key_after_release() {
     assert_eq!(client.s.stream_id(old), Err(Error::StaleHandle));
     assert_eq!(client.s.close(old), Err(Error::StaleHandle));
     assert_eq!(
-        client.s.reset(old, ErrorCode::StreamCancelled),
+        client.s.reset(client.now, old, ErrorCode::StreamCancelled),
         Err(Error::StaleHandle)
     );
     client.s.release(old); // harmless
@@ -1027,10 +1013,7 @@ fn stale_stream_key_after_release() {
 
 #[test]
 fn max_streams_refuses_and_open_fails() {
-    let cfg = Config {
-        max_streams: 2,
-        ..Config::default()
-    };
+    let cfg = Config::default().with_max_streams(2);
     let mut server = Peer::with(Role::Server, cfg);
     let mine = server.s.open().unwrap();
     server.input(&data(3, FLAG_SYN, b"a"));
@@ -1047,11 +1030,9 @@ fn max_streams_refuses_and_open_fails() {
 
 #[test]
 fn control_backlog_limit_is_enhance_your_calm() {
-    let cfg = Config {
-        max_send_buffer: 64,
-        max_control_backlog: 64,
-        ..Config::default()
-    };
+    let cfg = Config::default()
+        .with_max_send_buffer(64)
+        .with_max_control_backlog(64);
     let mut server = Peer::with(Role::Server, cfg);
     // Each DATA on an unknown stream demands a 12-byte RST; we never transmit.
     let mut input = Vec::new();
@@ -1075,7 +1056,10 @@ fn reset_linger_absorbs_late_data_then_forgets() {
     let mut server = Peer::new(Role::Server);
     server.input(&data(3, FLAG_SYN, b"a"));
     let k = server.accept();
-    server.s.reset(k, ErrorCode::StreamCancelled).unwrap();
+    server
+        .s
+        .reset(server.now, k, ErrorCode::StreamCancelled)
+        .unwrap();
     assert_eq!(server.tx(), rst(3, ErrorCode::StreamCancelled));
     assert_eq!(
         server.s.read(k, &mut [0u8; 4]),
@@ -1101,10 +1085,47 @@ fn reset_linger_absorbs_late_data_then_forgets() {
     assert_eq!(server.tx(), rst(3, ErrorCode::StreamClosed));
     // A reset of a stream the peer never saw sends nothing.
     let mine = server.s.open().unwrap();
-    server.s.reset(mine, ErrorCode::StreamCancelled).unwrap();
+    server
+        .s
+        .reset(server.now, mine, ErrorCode::StreamCancelled)
+        .unwrap();
     assert_eq!(server.tx(), b"");
     server.s.release(k);
     server.s.release(mine);
+}
+
+/// Issue 11: the linger is dated by the reset's own time. It used to be
+/// dated by the time of the last input, so on a session idle for longer than
+/// the linger a reset stream was forgotten at once and the peer's late
+/// frames (sent before it saw our RST) were answered with RST StreamClosed.
+#[test]
+fn reset_on_an_idle_session_lingers_from_the_reset() {
+    let mut server = Peer::new(Role::Server);
+    server.input(&data(3, FLAG_SYN, b"a"));
+    let k = server.accept();
+    let linger = server.s.config().reset_linger;
+    // Idle for twice the linger, then the application resets.
+    let later = server.now + 2 * linger;
+    server
+        .s
+        .reset(later, k, ErrorCode::StreamCancelled)
+        .unwrap();
+    assert_eq!(server.tx(), rst(3, ErrorCode::StreamCancelled));
+    assert_eq!(server.s.poll_timeout(), Some(later + linger));
+    // The clock moves on a little; the peer's late data still arrives.
+    server.s.handle_timeout(later + Duration::from_millis(100));
+    server
+        .s
+        .handle_input(later + Duration::from_millis(100), &data(3, 0, b"late"));
+    assert_eq!(server.tx(), b"", "absorbed: the stream still lingers");
+    server.s.handle_timeout(later + linger);
+    server.s.handle_input(later + linger, &data(3, 0, b"late"));
+    assert_eq!(
+        server.tx(),
+        rst(3, ErrorCode::StreamClosed),
+        "forgotten after the linger"
+    );
+    server.s.release(k);
 }
 
 #[test]
@@ -1213,11 +1234,10 @@ fn read_with_consumes_in_place() {
 /// that used their share go after them, so every stream gets the same bytes.
 #[test]
 fn writers_share_the_send_buffer_round_robin() {
-    let config = Config {
-        max_window: 1 << 30, // never window-bound: only the buffer decides
-        max_send_buffer: 64 * 1024,
-        ..Config::default()
-    };
+    let config = Config::default()
+        // never window-bound: only the buffer decides
+        .with_max_window(1 << 30)
+        .with_max_send_buffer(64 * 1024);
     let mut client = Session::new(Role::Client, config);
     let keys: Vec<StreamKey> = (0..8).map(|_| client.open().unwrap()).collect();
     let chunk = vec![7u8; 64 * 1024];
@@ -1257,10 +1277,7 @@ fn writers_share_the_send_buffer_round_robin() {
 /// stream's type must reach a Go peer in one frame).
 #[test]
 fn nearly_full_buffer_does_not_split_a_small_write() {
-    let config = Config {
-        max_send_buffer: 1000,
-        ..Config::default()
-    };
+    let config = Config::default().with_max_send_buffer(1000);
     let mut client = Session::new(Role::Client, config);
     let filler = client.open().unwrap();
     // Fill the buffer to 2 bytes short: header 8 + payload 990.

@@ -76,11 +76,7 @@ impl Fnv {
 
 /// A config that allows `n` streams at once, all of which may wait for accept.
 fn wide_config(n: usize) -> Config {
-    Config {
-        max_streams: n,
-        accept_backlog: n,
-        ..Config::default()
-    }
+    Config::default().with_max_streams(n).with_accept_backlog(n)
 }
 
 /// A client and a server session over one loopback connection, on the current core.
@@ -800,10 +796,7 @@ fn close_right_after_writing_loses_nothing() {
                 }
                 (end, data, fin, goaway)
             });
-            let config = Config {
-                max_window: 4 << 20,
-                ..Config::default()
-            };
+            let config = Config::default().with_max_window(4 << 20);
             let client = Session::client(TcpStream::connect(addr).await.unwrap(), config);
             let payload = Rng::new(7).bytes(1 << 20);
             let mut s = client.open().expect("open");

@@ -237,10 +237,7 @@ fn run(wire: Wire, role: OurRole) {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             engine::block_on(async move {
                 let t = our_transport(&w, role, our_listen, &a).await;
-                let config = muxado::Config {
-                    max_window: WINDOW as u32,
-                    ..muxado::Config::default()
-                };
+                let config = muxado::Config::default().with_max_window(WINDOW as u32);
                 let session = match role {
                     OurRole::Client => muxado::Session::client(t, config),
                     OurRole::Server => muxado::Session::server(t, config),

@@ -33,10 +33,7 @@ async fn tls_pair(
 }
 
 fn config() -> Config {
-    Config {
-        accept_backlog: 1024,
-        ..Config::default()
-    }
+    Config::default().with_accept_backlog(1024)
 }
 
 #[test]

@@ -77,7 +77,8 @@ impl BufPool {
         // ring, before dropping its reference, and guards only touch the memory, never the ring).
         unsafe { submitter.register_buf_ring_with_flags(entries as u64, count, bgid, 0)? };
         for bid in 0..count {
-            pool.recycle(bid);
+            // SAFETY: the kernel has no buffer yet; each `bid < count` is added once.
+            unsafe { pool.recycle(bid) };
         }
         Ok(pool)
     }
@@ -107,7 +108,12 @@ impl BufPool {
     }
 
     /// Returns buffer `bid` to the kernel.
-    pub(crate) fn recycle(&self, bid: u16) {
+    ///
+    /// # Safety
+    ///
+    /// The caller must own buffer `bid` (a CQE handed it out and it was not given back since),
+    /// and must not read it afterwards: the kernel may write into it at once.
+    pub(crate) unsafe fn recycle(&self, bid: u16) {
         debug_assert!(bid < self.count);
         let tail = self.tail.get();
         let idx = (tail & (self.count - 1)) as usize;
@@ -143,7 +149,9 @@ impl BufPool {
     /// not been recycled yet, so nobody writes to it while the slice lives.
     pub(crate) unsafe fn slice(&self, bid: u16, len: usize) -> &[u8] {
         debug_assert!(bid < self.count && len <= self.size);
-        std::slice::from_raw_parts(self.mem.add(bid as usize * self.size), len)
+        // SAFETY: `bid < count` and `len <= size`, so the range lies inside `mem`, which lives as
+        // long as `self`; the caller promises nobody writes to it meanwhile.
+        unsafe { std::slice::from_raw_parts(self.mem.add(bid as usize * self.size), len) }
     }
 }
 

@@ -20,7 +20,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use slab::Slab;
 
-use super::ring::{self, Core};
+use super::core_loop::{self, Core};
 use super::EngineError;
 
 /// What a waker points at: which core, which slot.
@@ -40,8 +40,8 @@ impl Wake for Header {
         if self.queued.swap(true, Ordering::AcqRel) {
             return; // Already in a run queue.
         }
-        if ring::current_instance() == self.owner {
-            if let Some(core) = ring::current() {
+        if core_loop::current_instance() == self.owner {
+            if let Some(core) = core_loop::current() {
                 core.exec.queue.borrow_mut().push_back(self.clone());
                 return;
             }
@@ -182,22 +182,15 @@ pub fn try_spawn<F>(future: F) -> Result<JoinHandle<F::Output>, EngineError>
 where
     F: Future + 'static,
 {
-    let core = ring::current().ok_or(EngineError::NotOnCore)?;
+    let core = core_loop::current().ok_or(EngineError::NotOnCore)?;
     let state = Rc::new(RefCell::new(JoinState {
         result: None,
         waker: None,
     }));
-    let st = state.clone();
+    let completer = Completer(Some(state.clone()));
     let task = async move {
         let result = CatchUnwind(future).await;
-        let waker = {
-            let mut st = st.borrow_mut();
-            st.result = Some(result);
-            st.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        completer.finish(result.map_err(Failure::Panicked));
     };
     let header = core.exec.spawn(&core, Box::pin(task));
     Ok(JoinHandle { state, header })
@@ -219,8 +212,48 @@ pub async fn yield_now() {
 }
 
 struct JoinState<T> {
-    result: Option<std::thread::Result<T>>,
+    result: Option<Result<T, Failure>>,
     waker: Option<Waker>,
+}
+
+/// Why a local task has no output.
+enum Failure {
+    /// It panicked; the payload is resumed by `.await`.
+    Panicked(Box<dyn std::any::Any + Send>),
+    /// It was dropped before finishing: aborted, or its core shut down.
+    Cancelled,
+}
+
+/// Travels with a task's future and hands its outcome to the [`JoinHandle`]. If the future is
+/// dropped before finishing (abort, shutdown), its drop reports `Cancelled`, so a joiner never
+/// waits forever.
+struct Completer<T>(Option<Rc<RefCell<JoinState<T>>>>);
+
+impl<T> Completer<T> {
+    fn finish(mut self, result: Result<T, Failure>) {
+        if let Some(state) = self.0.take() {
+            Self::deliver(&state, result);
+        }
+    }
+
+    fn deliver(state: &RefCell<JoinState<T>>, result: Result<T, Failure>) {
+        let waker = {
+            let mut st = state.borrow_mut();
+            st.result = Some(result);
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl<T> Drop for Completer<T> {
+    fn drop(&mut self) {
+        if let Some(state) = self.0.take() {
+            Self::deliver(&state, Err(Failure::Cancelled));
+        }
+    }
 }
 
 /// A future that turns a panic of the inner future into `Err(payload)`, so that it reaches the
@@ -243,7 +276,9 @@ impl<F: Future> Future for CatchUnwind<F> {
 
 /// The handle of a task spawned on this core: a future giving the task's output.
 ///
-/// Dropping it detaches the task. If the task panicked, awaiting the handle resumes the panic.
+/// Dropping it detaches the task. If the task panicked, awaiting the handle resumes the panic; if
+/// it was aborted (or its core shut down), awaiting it panics with [`JoinError::Cancelled`]'s
+/// message. [`join`](JoinHandle::join) gives both as a [`JoinError`] instead.
 pub struct JoinHandle<T> {
     state: Rc<RefCell<JoinState<T>>>,
     header: Arc<Header>,
@@ -255,11 +290,35 @@ impl<T> JoinHandle<T> {
         self.state.borrow().result.is_some()
     }
 
-    /// Stops the task: its future is dropped. Awaiting the handle afterwards never completes.
+    /// Stops the task: its future is dropped (if it has not finished yet). Afterwards
+    /// [`join`](Self::join) gives `Err(JoinError::Cancelled)` and `.await` panics with it.
+    /// Does nothing when called from another core or thread.
     pub fn abort(&self) {
-        if let Some(core) = ring::current() {
+        if let Some(core) = core_loop::current() {
             if core.instance == self.header.owner {
                 core.exec.cancel(&self.header);
+            }
+        }
+    }
+}
+
+impl<T> JoinHandle<T> {
+    /// Waits for the task and gives its output, or why there is none: `Panicked` (with the
+    /// panic's message) or `Cancelled` (aborted, or its core shut down).
+    pub fn join(self) -> Join<T> {
+        Join(self)
+    }
+
+    fn poll_result(&self, cx: &mut Context<'_>) -> Poll<Result<T, Failure>> {
+        let mut st = self.state.borrow_mut();
+        match st.result.take() {
+            Some(r) => Poll::Ready(r),
+            None => {
+                match &st.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => st.waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
             }
         }
     }
@@ -269,18 +328,28 @@ impl<T> Future for JoinHandle<T> {
     type Output = T;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        let mut st = self.state.borrow_mut();
-        match st.result.take() {
-            Some(Ok(v)) => Poll::Ready(v),
-            Some(Err(payload)) => {
-                drop(st);
-                panic::resume_unwind(payload)
-            }
-            None => {
-                st.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
+        match std::task::ready!(self.poll_result(cx)) {
+            Ok(v) => Poll::Ready(v),
+            Err(Failure::Panicked(payload)) => panic::resume_unwind(payload),
+            Err(Failure::Cancelled) => panic!("{}", JoinError::Cancelled),
         }
+    }
+}
+
+/// The future of [`JoinHandle::join`].
+#[must_use = "futures do nothing unless awaited"]
+#[derive(Debug)]
+pub struct Join<T>(JoinHandle<T>);
+
+impl<T> Future for Join<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(match std::task::ready!(self.0.poll_result(cx)) {
+            Ok(v) => Ok(v),
+            Err(Failure::Panicked(p)) => Err(JoinError::Panicked(panic_message(&*p))),
+            Err(Failure::Cancelled) => Err(JoinError::Cancelled),
+        })
     }
 }
 
@@ -426,8 +495,8 @@ pub enum JoinError {
     /// The task panicked; the message is the panic's, when it was a string.
     #[error("task panicked: {0}")]
     Panicked(String),
-    /// The task was dropped before finishing (its core shut down).
-    #[error("task was cancelled (its core shut down)")]
+    /// The task was dropped before finishing: aborted, or its core shut down.
+    #[error("task was cancelled (aborted, or its core shut down)")]
     Cancelled,
 }
 

@@ -42,13 +42,28 @@
 //! assert_eq!(echoed, b"hello, ring");
 //! ```
 //!
-//! Unsafe code is confined to `ring.rs` (the SQ/CQ and operation table), `buffers.rs` (the
-//! provided-buffer ring), `net.rs` (socket syscalls, owned-buffer pointers) and one pin projection
-//! in `executor.rs`; each block says why it holds.
+//! Parts, in the order they depend on each other:
+//! - `ring`: one core's io_uring — `ring::setup` (flags and features), `ring::table` (the
+//!   operations in flight and their lifecycle: submitted, awaiting a zero-copy notification,
+//!   ignored, completed, multishot), `ring::driver` (push, enter, reap);
+//! - `buffers`: the provided-buffer ring multishot receives fill;
+//! - `core_loop`: the loop turn, and the thread-local that says which core runs here;
+//! - `op`: the futures of one-shot and multishot operations;
+//! - `executor` (tasks, the cross-core mailbox), `time` (timers);
+//! - [`net`]: owned-buffer traits, addresses, listener, stream, multishot receive.
+//!
+//! Unsafe code lives where io_uring needs it: `ring::driver` (pushing SQEs, entering the
+//! kernel), `op` (the `unsafe fn`s that submit an SQE, whose callers vouch for its pointers),
+//! `buffers` (the provided-buffer memory), `net` (socket syscalls, owned-buffer pointers,
+//! `IoBuf`/`IoBufMut` are `unsafe trait`s), `executor` (the eventfd, one pin projection) and
+//! the CPU-affinity calls below. Each `unsafe fn` has a `# Safety` section and each block a
+//! `SAFETY` comment saying why it holds.
 
 mod buffers;
+mod core_loop;
 mod executor;
 pub mod net;
+mod op;
 mod ring;
 mod time;
 
@@ -57,11 +72,12 @@ use std::future::Future;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 
-pub use executor::{spawn, try_spawn, yield_now, JoinError, JoinHandle, RemoteJoinHandle};
+pub use executor::{spawn, try_spawn, yield_now, Join, JoinError, JoinHandle, RemoteJoinHandle};
 pub use time::{sleep, sleep_until, timeout, timeout_at, Elapsed, Sleep};
 
 /// Why the engine could not start or do what was asked.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EngineError {
     /// io_uring cannot be used here; `reason` names the likely cause.
     #[error("io_uring unavailable: {reason}: {source}")]
@@ -113,7 +129,7 @@ pub struct Stats {
 
 /// The counters of the current core; all zero when called outside a core.
 pub fn stats() -> Stats {
-    match ring::current() {
+    match core_loop::current() {
         Some(core) => {
             let mut s = core.driver.borrow().stats;
             s.polls = core.exec.polls();
@@ -125,7 +141,7 @@ pub fn stats() -> Stats {
 
 /// The index of the core running on this thread (`Some(0)` inside `block_on`).
 pub fn current_core() -> Option<usize> {
-    ring::current().map(|c| c.index)
+    core_loop::current().map(|c| c.index)
 }
 
 /// Which optional io_uring features the current core uses.
@@ -143,7 +159,7 @@ pub struct Features {
 
 /// The features of the current core, `None` outside a core.
 pub fn features() -> Option<Features> {
-    ring::current().map(|c| {
+    core_loop::current().map(|c| {
         let f = c.driver.borrow().features;
         Features {
             ext_arg: f.ext_arg,
@@ -154,13 +170,12 @@ pub fn features() -> Option<Features> {
     })
 }
 
-/// Prints a message to stderr once per process (fallback notices).
-pub(crate) fn log_once(key: &'static str, msg: &str) {
+/// True the first time it is called with `key` in this process: feature fallbacks are logged
+/// once, not once per core or per socket. (The library never prints; it emits `tracing` events.)
+pub(crate) fn first_time(key: &'static str) -> bool {
     static SEEN: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
     let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
-    if seen.get_or_insert_with(HashSet::new).insert(key) {
-        eprintln!("muxado engine: {msg}");
-    }
+    seen.get_or_insert_with(HashSet::new).insert(key)
 }
 
 /// Settings of each core.
@@ -190,17 +205,6 @@ pub(crate) struct SendConfig {
     pub zc_min: Option<usize>,
 }
 
-impl SendConfig {
-    /// The defaults, with `MUXADO_SEND_ZC=<min bytes>` turning zero-copy sends on (so that
-    /// `muxado bench` can compare both without a rebuild).
-    fn from_env() -> SendConfig {
-        let zc_min = std::env::var("MUXADO_SEND_ZC")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok());
-        SendConfig { zc_min }
-    }
-}
-
 /// Runs `future` on a single engine core on the calling thread, with default settings, and
 /// returns its output. Tasks it spawns are dropped when it returns; every operation they had in
 /// flight is cancelled and reclaimed before the ring closes.
@@ -224,10 +228,7 @@ impl Default for Builder {
         Builder {
             cores: None,
             pin: true,
-            cfg: CoreConfig {
-                send: SendConfig::from_env(),
-                ..CoreConfig::default()
-            },
+            cfg: CoreConfig::default(),
         }
     }
 }
@@ -266,8 +267,7 @@ impl Builder {
     ///
     /// Off by default: on loopback (where the kernel copies zero-copy pages anyway) it measured
     /// slower than SEND, since the writer also waits for the notification before its next send.
-    /// `MUXADO_SEND_ZC=<min bytes>` in the environment turns it on for engines built with the
-    /// default builder (e.g. `muxado bench`).
+    /// (The library never reads the environment; the `muxado` tool maps `MUXADO_SEND_ZC` here.)
     pub fn send_zero_copy(mut self, min_bytes: Option<usize>) -> Self {
         self.cfg.send.zc_min = min_bytes;
         self
@@ -275,10 +275,9 @@ impl Builder {
 
     /// Runs `future` on one core on the calling thread (see [`block_on`]).
     pub fn block_on<F: Future>(&self, future: F) -> Result<F::Output, EngineError> {
-        let core = ring::Core::install(0, &self.cfg)?;
-        let result = drive_root(&core, future);
-        core.teardown();
-        result
+        // The guard tears the core down even if `future` panics, so the thread can run another.
+        let core = core_loop::Installed::new(core_loop::Core::install(0, &self.cfg)?);
+        drive_root(core.core(), future)
     }
 
     /// Starts the cores.
@@ -345,7 +344,7 @@ impl Builder {
 /// The root may borrow the caller's stack (it need not be `'static`), so it is not a task: the
 /// loop polls it whenever its waker has fired.
 fn drive_root<F: Future>(
-    core: &std::rc::Rc<ring::Core>,
+    core: &std::rc::Rc<core_loop::Core>,
     future: F,
 ) -> Result<F::Output, EngineError> {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -361,7 +360,7 @@ fn drive_root<F: Future>(
         }
         fn wake_by_ref(self: &Arc<Self>) {
             self.woken.store(true, Ordering::Release);
-            if ring::current_instance() != self.owner {
+            if core_loop::current_instance() != self.owner {
                 // Woken from another thread: interrupt the core's wait.
                 self.remote.kick();
             }
@@ -399,25 +398,21 @@ fn core_thread(
 ) {
     if let Some(cpu) = cpu {
         if let Err(e) = pin_to(cpu) {
-            log_once(
-                "pin-failed",
-                &format!("could not pin core {index} to CPU {cpu}: {e}"),
-            );
+            tracing::warn!(core = index, cpu, error = %e, "could not pin an engine core to its CPU");
         }
     }
-    let core = match ring::Core::install(index, &cfg) {
-        Ok(c) => c,
+    let core = match core_loop::Core::install(index, &cfg) {
+        Ok(c) => core_loop::Installed::new(c),
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
-    let _ = ready.send(Ok(core.remote.clone()));
+    let _ = ready.send(Ok(core.core().remote.clone()));
     drop(ready);
-    if let Err(e) = core.run_until(|| false, || false) {
-        log_once("loop-failed", &format!("core {index} loop failed: {e}"));
+    if let Err(e) = core.core().run_until(|| false, || false) {
+        tracing::error!(core = index, error = %e, "engine core loop failed");
     }
-    core.teardown();
 }
 
 /// A cheap, cloneable, `Send` handle to an engine's cores, for `spawn_on` from anywhere

@@ -8,7 +8,7 @@ use std::pin::{pin, Pin};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use super::ring;
+use super::core_loop;
 
 /// The timers of one core.
 #[derive(Default)]
@@ -91,7 +91,8 @@ impl Future for Sleep {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let core = ring::current().expect("muxado engine timers must be polled on an engine core");
+        let core =
+            core_loop::current().expect("muxado engine timers must be polled on an engine core");
         let mut timers = core.timers.borrow_mut();
         if Instant::now() >= self.deadline {
             if let Some(id) = self.id.take() {
@@ -111,7 +112,7 @@ impl Future for Sleep {
 impl Drop for Sleep {
     fn drop(&mut self) {
         if let Some(id) = self.id {
-            if let Some(core) = ring::current() {
+            if let Some(core) = core_loop::current() {
                 if let Ok(mut t) = core.timers.try_borrow_mut() {
                     t.remove(self.deadline, id);
                 }

@@ -2,16 +2,54 @@
 
 use std::time::Duration;
 
+use super::memory::MemoryBudget;
+
 /// Settings of one session. The defaults match Go's where Go has one.
 ///
+/// Built from [`Config::default`] with `with_*` setters (the struct is
+/// `#[non_exhaustive]`, so new settings are not breaking changes); every
+/// field can be read.
+///
 /// ```
-/// let config = muxado::Config {
-///     max_window: 1 << 20,
-///     ..muxado::Config::default()
-/// };
+/// let config = muxado::Config::default().with_max_window(1 << 20);
+/// assert_eq!(config.max_window, 1 << 20);
 /// assert_eq!(config.accept_backlog, 128);
 /// ```
+///
+/// # Limits, and what a peer sees when it reaches one
+///
+/// | limit | default | past it |
+/// |---|---|---|
+/// | [`max_window`](Config::max_window) per stream | 256 KiB | more DATA than the window: RST FlowControlError on that stream |
+/// | [`max_streams`](Config::max_streams) | 4096 | a new stream: RST StreamRefused (a local `open` fails with `TooManyStreams`) |
+/// | [`accept_backlog`](Config::accept_backlog) | 128 | a new stream while that many wait for `accept`: RST AcceptQueueFull |
+/// | [`max_session_memory`](Config::max_session_memory) | 64 MiB | new streams: RST StreamRefused; the session stops reading its transport (TCP backpressure) until the application drains its streams |
+/// | [`memory_budget`](Config::memory_budget) (all sessions sharing it) | none | as `max_session_memory`, for every session charging it |
+/// | [`max_send_buffer`](Config::max_send_buffer) | 512 KiB | local writers wait; nothing on the wire |
+/// | [`max_control_backlog`](Config::max_control_backlog) | 1 MiB | a peer that makes us queue replies (WNDINC, RST) but does not read them: GOAWAY EnhanceYourCalm, the session ends |
+/// | [`max_goaway_debug`](Config::max_goaway_debug) | 1 MiB | the rest of a GOAWAY's debug data is read and discarded |
+/// | [`reset_linger`](Config::reset_linger) | 5 s | frames for a stream reset longer ago than this: RST StreamClosed |
+/// | `max_auto_window`, `auto_window_budget` | 4 MiB, 16 MiB | a stream's window stops growing; nothing on the wire |
+///
+/// What one session can be made to hold is bounded by `max_session_memory`:
+/// received bytes not yet read, a few spare buffers, and
+/// [`STREAM_COST`](super::STREAM_COST) per stream. It can be exceeded by the
+/// bytes of one `handle_input` call (data admitted by flow control is never
+/// dropped); a driver that stops reading when
+/// [`Session::wants_input`](super::Session::wants_input) turns false keeps
+/// it to that. The outgoing buffer is bounded by `max_send_buffer +
+/// max_control_backlog`. Frame headers and fixed bodies cost at most 8
+/// bytes of stash; payloads are never held beyond the stream buffers.
+///
+/// Timeouts outside this struct: the engine driver gives a dying session's
+/// GOAWAY 250 ms to leave and the peer 1 s to close its side before it shuts
+/// the transport; per-stream read and write deadlines are set on the stream
+/// handles; heartbeats (liveness) are configured by
+/// [`HeartbeatConfig`](crate::heartbeat::HeartbeatConfig). A session paused by
+/// the shared budget asks it again every 10 ms (through
+/// [`Session::poll_timeout`](super::Session::poll_timeout)).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Config {
     /// Per-stream receive window, and the send window assumed for the peer
     /// (muxado does not negotiate it: both sides must agree). Default 256 KiB.
@@ -58,6 +96,13 @@ pub struct Config {
     /// How long a locally reset stream stays known so that the peer's late
     /// frames are absorbed silently. Default 5 s (Go's).
     pub reset_linger: Duration,
+    /// Memory one session may hold (see the table above). Default 64 MiB:
+    /// far above what conforming traffic with a reading application needs,
+    /// far below the 1 GiB that 4096 streams with full windows could hold.
+    pub max_session_memory: usize,
+    /// A budget shared with other sessions (on any thread), charged in
+    /// 64 KiB chunks; `None` (the default) for no shared limit.
+    pub memory_budget: Option<MemoryBudget>,
 }
 
 impl Default for Config {
@@ -74,11 +119,104 @@ impl Default for Config {
             max_control_backlog: 1 << 20,
             max_goaway_debug: 1 << 20,
             reset_linger: Duration::from_secs(5),
+            max_session_memory: 64 << 20,
+            memory_budget: None,
         }
     }
 }
 
 impl Config {
+    /// Sets [`max_window`](Config::max_window).
+    #[must_use]
+    pub fn with_max_window(mut self, max_window: u32) -> Self {
+        self.max_window = max_window;
+        self
+    }
+
+    /// Sets [`accept_backlog`](Config::accept_backlog).
+    #[must_use]
+    pub fn with_accept_backlog(mut self, accept_backlog: usize) -> Self {
+        self.accept_backlog = accept_backlog;
+        self
+    }
+
+    /// Sets [`max_streams`](Config::max_streams).
+    #[must_use]
+    pub fn with_max_streams(mut self, max_streams: usize) -> Self {
+        self.max_streams = max_streams;
+        self
+    }
+
+    /// Sets [`max_send_buffer`](Config::max_send_buffer).
+    #[must_use]
+    pub fn with_max_send_buffer(mut self, max_send_buffer: usize) -> Self {
+        self.max_send_buffer = max_send_buffer;
+        self
+    }
+
+    /// Sets [`stream_send_quota`](Config::stream_send_quota).
+    #[must_use]
+    pub fn with_stream_send_quota(mut self, stream_send_quota: usize) -> Self {
+        self.stream_send_quota = stream_send_quota;
+        self
+    }
+
+    /// Sets [`max_auto_window`](Config::max_auto_window).
+    #[must_use]
+    pub fn with_max_auto_window(mut self, max_auto_window: u32) -> Self {
+        self.max_auto_window = max_auto_window;
+        self
+    }
+
+    /// Sets [`auto_window_budget`](Config::auto_window_budget).
+    #[must_use]
+    pub fn with_auto_window_budget(mut self, auto_window_budget: usize) -> Self {
+        self.auto_window_budget = auto_window_budget;
+        self
+    }
+
+    /// Sets [`window_update_threshold`](Config::window_update_threshold).
+    #[must_use]
+    pub fn with_window_update_threshold(mut self, window_update_threshold: u32) -> Self {
+        self.window_update_threshold = window_update_threshold;
+        self
+    }
+
+    /// Sets [`max_control_backlog`](Config::max_control_backlog).
+    #[must_use]
+    pub fn with_max_control_backlog(mut self, max_control_backlog: usize) -> Self {
+        self.max_control_backlog = max_control_backlog;
+        self
+    }
+
+    /// Sets [`max_goaway_debug`](Config::max_goaway_debug).
+    #[must_use]
+    pub fn with_max_goaway_debug(mut self, max_goaway_debug: usize) -> Self {
+        self.max_goaway_debug = max_goaway_debug;
+        self
+    }
+
+    /// Sets [`reset_linger`](Config::reset_linger).
+    #[must_use]
+    pub fn with_reset_linger(mut self, reset_linger: Duration) -> Self {
+        self.reset_linger = reset_linger;
+        self
+    }
+
+    /// Sets [`max_session_memory`](Config::max_session_memory).
+    #[must_use]
+    pub fn with_max_session_memory(mut self, max_session_memory: usize) -> Self {
+        self.max_session_memory = max_session_memory;
+        self
+    }
+
+    /// Sets [`memory_budget`](Config::memory_budget).
+    #[must_use]
+    pub fn with_memory_budget(mut self, memory_budget: Option<MemoryBudget>) -> Self {
+        self.memory_budget = memory_budget;
+        self
+    }
+
     /// The WNDINC threshold actually used: within 1..=max_window.
     pub(crate) fn credit_threshold(&self) -> u32 {
         let window = self.max_window.max(1);

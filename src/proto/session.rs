@@ -11,26 +11,24 @@
 //!   handle or mutate.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use slab::Slab;
 
 use super::config::Config;
+use super::flow::FlowControl;
 use super::ids::{IdAllocator, IdMap, Role};
+use super::memory::SessionMemory;
+use super::reader::{FrameReader, Sink, Step};
+use super::scheduler::{Scheduler, Stall};
 use super::stream::{StreamKey, StreamState};
 use crate::copy;
 use crate::error::{Error, ErrorCode};
-use crate::frame::{
-    self, FrameType, Header, FLAG_FIN, FLAG_SYN, GOAWAY_FIXED_LEN, HEADER_LEN, MAX_PAYLOAD,
-};
+use crate::frame::{self, FrameType, Header, FLAG_FIN, FLAG_SYN, GOAWAY_FIXED_LEN, MAX_PAYLOAD};
 
-/// Smallest per-stream share of the send buffer in one transmit epoch.
-const MIN_FAIR_SHARE: usize = 16 * 1024;
-
-/// Fewest bytes a write is cut to when the send buffer or the fair share
-/// (not the window) is what limits it.
-const SMALLEST_CUT: usize = 64;
+/// How often a session paused by the shared memory budget asks it again.
+const BUDGET_RETRY: Duration = Duration::from_millis(10);
 
 /// Largest receive window: credit must fit a WNDINC's 31 bits with room to spare.
 pub const MAX_WINDOW: u32 = 1 << 30;
@@ -41,6 +39,7 @@ pub const MAX_WINDOW: u32 = 1 << 30;
 /// [`Session::write`] had to wait, and once per wait, so the queue stays as
 /// small as the number of waiting streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// A stream that waited to read has data, EOF or an error.
     Readable(StreamKey),
@@ -79,32 +78,6 @@ pub struct Stats {
     pub streams_refused: u64,
 }
 
-/// Where the payload bytes of the frame being read go.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Sink {
-    /// Appended to a stream's receive buffer.
-    Stream(StreamKey),
-    /// Read and discarded.
-    Drain,
-    /// Kept (up to the limit) as the peer's GOAWAY debug data.
-    GoAwayDebug,
-}
-
-/// Where the frame reader is within the byte stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ReadState {
-    /// Collecting the 8 header bytes.
-    Header,
-    /// Collecting the fixed body of an RST/WNDINC (4) or GOAWAY (8).
-    Fixed(Header),
-    /// Passing `remaining` payload bytes to `sink`.
-    Payload {
-        header: Header,
-        remaining: u32,
-        sink: Sink,
-    },
-}
-
 /// One muxado session, sans I/O.
 ///
 /// ```
@@ -133,10 +106,10 @@ enum ReadState {
 pub struct Session {
     role: Role,
     config: Config,
-    credit_threshold: u32,
-    /// Extra receive window granted by auto-tuning, over all streams.
-    auto_window_used: usize,
-    now: Option<Instant>,
+    flow: FlowControl,
+    sched: Scheduler,
+    memory: SessionMemory,
+    reader: FrameReader,
 
     streams: Slab<StreamState>,
     table: IdMap,
@@ -146,24 +119,17 @@ pub struct Session {
     remote_last_id: u32,
     accept_queue: VecDeque<StreamKey>,
     want_accept: bool,
-    /// Locally reset streams with the time they may be forgotten; `None` until
-    /// the session is first told the time (deadlines are monotonic either way).
-    lingering: VecDeque<(Option<Instant>, StreamKey)>,
+    /// Locally reset streams with the time they may be forgotten, in
+    /// deadline order.
+    lingering: VecDeque<(Instant, StreamKey)>,
+    /// While the shared memory budget is used up, when to ask it again (the
+    /// sessions that free memory may live on other threads and cannot wake
+    /// this one).
+    budget_retry: Option<Instant>,
     goaway_event_queued: bool,
-
-    read_state: ReadState,
-    stash: [u8; GOAWAY_FIXED_LEN],
-    stash_len: usize,
     pending_goaway: (u32, ErrorCode),
 
     out: BytesMut,
-    epoch: u64,
-    /// Streams that wrote in the current and in the previous transmit epoch:
-    /// the quota of each is the send buffer divided among them.
-    writers_now: usize,
-    writers_before: usize,
-    buffer_waiters: VecDeque<StreamKey>,
-    quota_waiters: VecDeque<StreamKey>,
     events: VecDeque<Event>,
 
     local_gone_away: bool,
@@ -179,8 +145,10 @@ impl Session {
         config.max_auto_window = config.max_auto_window.clamp(config.max_window, MAX_WINDOW);
         Session {
             role,
-            credit_threshold: config.credit_threshold(),
-            auto_window_used: 0,
+            flow: FlowControl::new(&config),
+            sched: Scheduler::new(),
+            memory: SessionMemory::new(config.max_session_memory, config.memory_budget.clone()),
+            reader: FrameReader::new(),
             streams: Slab::new(),
             table: IdMap::default(),
             next_gen: 0,
@@ -190,23 +158,15 @@ impl Session {
             accept_queue: VecDeque::with_capacity(config.accept_backlog.min(1024)),
             want_accept: false,
             lingering: VecDeque::new(),
+            budget_retry: None,
             goaway_event_queued: false,
-            read_state: ReadState::Header,
-            stash: [0; GOAWAY_FIXED_LEN],
-            stash_len: 0,
             pending_goaway: (0, ErrorCode::NoError),
             out: BytesMut::new(),
-            epoch: 1,
-            writers_now: 0,
-            writers_before: 1,
-            buffer_waiters: VecDeque::new(),
-            quota_waiters: VecDeque::new(),
             events: VecDeque::new(),
             local_gone_away: false,
             remote_goaway: None,
             error: None,
             stats: Stats::default(),
-            now: None,
             config,
         }
     }
@@ -279,73 +239,62 @@ impl Session {
         self.out.len()
     }
 
+    /// False while the session holds more memory than its budget (or the
+    /// shared [`MemoryBudget`](super::MemoryBudget)) allows: the driver
+    /// should stop reading its transport, so that TCP's flow control holds
+    /// the peer back, and read again once this turns true, which happens
+    /// as the application reads or resets its streams (check it after every
+    /// call). Meanwhile new peer streams are refused with RST StreamRefused.
+    /// A dead session always wants input (it is drained and dropped).
+    pub fn wants_input(&self) -> bool {
+        self.error.is_some() || !self.memory.over(self.streams.len())
+    }
+
+    /// Bytes of memory the session holds now, as its budget counts them:
+    /// received bytes not yet read, spare buffers, and
+    /// [`STREAM_COST`](super::STREAM_COST) per stream.
+    pub fn memory_held(&self) -> usize {
+        self.memory.held(self.streams.len())
+    }
+
+    /// Received bytes not yet read, over all streams.
+    pub fn buffered_input(&self) -> usize {
+        self.memory.buffered()
+    }
+
     // ---- handle_* --------------------------------------------------------
 
     /// Feeds bytes received from the transport. Any split of the byte stream
     /// gives the same result; payloads go straight into stream buffers. After
-    /// the session dies, input is ignored.
+    /// the session dies, input is ignored. A driver should feed input only
+    /// while [`Session::wants_input`] says so.
     pub fn handle_input(&mut self, now: Instant, mut data: &[u8]) {
-        self.set_now(now);
         self.stats.bytes_in += data.len() as u64;
-        while !data.is_empty() && self.error.is_none() {
-            match self.read_state {
-                ReadState::Header => {
-                    let header = if self.stash_len == 0 && data.len() >= HEADER_LEN {
-                        let (head, rest) = data.split_first_chunk::<HEADER_LEN>().expect("len");
-                        data = rest;
-                        Header::decode(head)
-                    } else {
-                        if !self.fill_stash(&mut data, HEADER_LEN) {
-                            return;
-                        }
-                        let head = self.stash[..HEADER_LEN].try_into().expect("stash");
-                        self.stash_len = 0;
-                        Header::decode(head)
-                    };
-                    self.on_header(header);
-                }
-                ReadState::Fixed(header) => {
-                    let need = match header.ty {
-                        FrameType::GoAway => GOAWAY_FIXED_LEN,
-                        _ => 4,
-                    };
-                    if !self.fill_stash(&mut data, need) {
-                        return;
-                    }
-                    self.stash_len = 0;
-                    self.read_state = ReadState::Header;
-                    self.on_fixed_body(header);
-                }
-                ReadState::Payload {
-                    header,
-                    remaining,
-                    sink,
-                } => {
-                    let n = data.len().min(remaining as usize);
-                    let (chunk, rest) = data.split_at(n);
-                    data = rest;
+        while self.error.is_none() {
+            let Some(step) = self.reader.next(&mut data) else {
+                break;
+            };
+            match step {
+                Step::Header(header) => self.on_header(now, header),
+                Step::Fixed(header, body) => self.on_fixed_body(header, body),
+                Step::Payload { sink, chunk, end } => {
                     self.on_payload(sink, chunk);
-                    let remaining = remaining - n as u32;
-                    if remaining == 0 {
-                        self.read_state = ReadState::Header;
+                    if let Some(header) = end {
                         self.on_frame_end(header, sink);
-                    } else {
-                        self.read_state = ReadState::Payload {
-                            header,
-                            remaining,
-                            sink,
-                        };
                     }
                 }
             }
             self.check_control_backlog();
         }
+        self.memory.settle(self.streams.len());
+        if self.memory.global_full() && self.budget_retry.is_none() {
+            self.budget_retry = Some(now + BUDGET_RETRY);
+        }
     }
 
     /// The transport reached end-of-file: the session dies with PeerEOF.
     pub fn handle_eof(&mut self) {
-        let mid_frame = self.read_state != ReadState::Header || self.stash_len != 0;
-        self.die(Error::PeerEof(if mid_frame {
+        self.die(Error::PeerEof(if self.reader.mid_frame() {
             "unexpected EOF from remote peer in the middle of a frame"
         } else {
             "read EOF from remote peer"
@@ -357,10 +306,14 @@ impl Session {
         self.die(Error::Transport(message.into()));
     }
 
-    /// Advances the clock: streams reset long enough ago are forgotten.
+    /// Advances the clock: streams reset long enough ago are forgotten, and a
+    /// session paused by the shared memory budget asks it again.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.set_now(now);
-        while let Some(&(Some(deadline), key)) = self.lingering.front() {
+        if self.budget_retry.is_some_and(|t| t <= now) {
+            self.memory.settle(self.streams.len());
+            self.budget_retry = self.memory.global_full().then(|| now + BUDGET_RETRY);
+        }
+        while let Some(&(deadline, key)) = self.lingering.front() {
             if deadline > now {
                 break;
             }
@@ -370,6 +323,7 @@ impl Session {
                 self.unregister(key.slot as usize, id);
             }
         }
+        self.memory.settle(self.streams.len());
     }
 
     // ---- mutators ---------------------------------------------------------
@@ -417,67 +371,26 @@ impl Session {
     /// this stream's fair share of the current transmission used up).
     pub fn write(&mut self, key: StreamKey, data: &[u8]) -> Result<usize, Error> {
         let room = self.config.max_send_buffer.saturating_sub(self.out.len());
-        let (epoch, writers) = (self.epoch, self.writers_now.max(self.writers_before));
-        // Fairness: a stream may queue its share of the send buffer among the
-        // streams writing now (at least 16 KiB, at most the configured quota)
-        // until the next transmission, so many writers interleave finely and
-        // a lone writer still fills large sends.
-        let quota = (self.config.max_send_buffer / writers.max(1))
-            .max(MIN_FAIR_SHARE)
-            .min(self.config.stream_send_quota);
         let s = self.get_mut(key)?;
         check_writable(s)?;
         if data.is_empty() {
             return Ok(0);
         }
-        let fresh = s.epoch != epoch;
-        if fresh {
-            s.epoch = epoch;
-            s.epoch_bytes = 0;
-            self.writers_now += 1;
-        }
         let s = &mut self.streams[key.slot as usize];
-        let share = quota.saturating_sub(s.epoch_bytes);
-        let window = usize::try_from(s.send_window).unwrap_or(usize::MAX);
-        // The buffer or the share may cut a write, but not into a sliver: a
-        // few bytes cost a whole header, and a typed stream's 4-byte type must
-        // go out in one frame for Go's single-read accept.
-        let smallest_cut = data
-            .len()
-            .min(SMALLEST_CUT)
-            .min(self.config.max_send_buffer)
-            .min(self.config.stream_send_quota);
-        let room = if room < smallest_cut { 0 } else { room };
-        let share = if share < smallest_cut { 0 } else { share };
-        let n = data
-            .len()
-            .min(window)
-            .min(room)
-            .min(share)
-            .min(MAX_PAYLOAD as usize);
-        if n == 0 {
-            s.want_write = true;
-            if window == 0 {
-                self.stats.window_stalls += 1;
-            } else {
-                let queue = !std::mem::replace(&mut s.waiting_for_buffer, true);
-                self.stats.buffer_stalls += 1;
-                if queue {
-                    // Round robin: streams that found no room go first after
-                    // the next transmission, those that used their share after.
-                    if share == 0 {
-                        self.quota_waiters.push_back(key);
-                    } else {
-                        self.buffer_waiters.push_back(key);
-                    }
+        let n = match self.sched.admit(key, s, data.len(), room, &self.config) {
+            Ok(n) => n,
+            Err(stall) => {
+                s.want_write = true;
+                match stall {
+                    Stall::Window => self.stats.window_stalls += 1,
+                    Stall::Buffer => self.stats.buffer_stalls += 1,
                 }
+                return Ok(0);
             }
-            return Ok(0);
-        }
+        };
         let flags = if s.syn_sent { 0 } else { FLAG_SYN };
         s.syn_sent = true;
         s.send_window -= n as u64;
-        s.epoch_bytes += n;
         let id = s.id;
         frame::encode_data_header(&mut self.out, id, n, flags).expect("id and length checked");
         copy::extend(&mut self.out, &data[..n]);
@@ -516,7 +429,15 @@ impl Session {
         if !s.recv_buf.is_empty() {
             let n = consume(&s.recv_buf).min(s.recv_buf.len());
             s.recv_buf.advance(n);
+            let drained = s.recv_buf.is_empty();
+            self.memory.sub_buffered(n);
+            if drained {
+                // An idle stream holds no buffer: the drained one goes back
+                // to the session's spares for the next stream that receives.
+                self.recycle_recv_buf(key.slot as usize);
+            }
             self.credit(key, n);
+            self.memory.settle(self.streams.len());
             return Ok(Some(n));
         }
         if s.recv_fin {
@@ -572,16 +493,21 @@ impl Session {
     /// Resets the stream: sends RST(code) if the peer knows the stream, fails
     /// both directions locally and drops buffered data. The id stays known for
     /// [`Config::reset_linger`] so late frames are absorbed silently.
-    pub fn reset(&mut self, key: StreamKey, code: ErrorCode) -> Result<(), Error> {
+    ///
+    /// `now` dates the linger: the session keeps no clock of its own, and a
+    /// time cached from the last input could be older than the linger itself
+    /// on an idle session, so the id would be forgotten at once.
+    pub fn reset(&mut self, now: Instant, key: StreamKey, code: ErrorCode) -> Result<(), Error> {
         let dead = self.error.is_some();
         let s = self.get_mut(key)?;
         if s.error.is_some() || dead {
             return Ok(());
         }
         let in_table = s.in_table;
-        s.recv_buf = BytesMut::new();
+        self.recycle_recv_buf(key.slot as usize);
+        self.memory.settle(self.streams.len());
         if in_table {
-            self.reset_stream(key, code);
+            self.reset_stream(now, key, code);
         } else {
             self.fail_stream(key, Error::LocalReset(code));
         }
@@ -595,10 +521,10 @@ impl Session {
         if !s.closed {
             let _ = self.close(key);
         }
-        let s = &mut self.streams[key.slot as usize];
-        s.held = false;
-        s.recv_buf = BytesMut::new();
+        self.streams[key.slot as usize].held = false;
+        self.recycle_recv_buf(key.slot as usize);
         self.maybe_free(key.slot as usize);
+        self.memory.settle(self.streams.len());
     }
 
     /// Sends GOAWAY(code, debug) without closing: from now on inbound SYNs are
@@ -636,10 +562,8 @@ impl Session {
         spare.clear();
         std::mem::swap(spare, &mut self.out);
         self.stats.bytes_out += spare.len() as u64;
-        self.epoch += 1;
-        self.writers_before = std::mem::take(&mut self.writers_now);
-        self.buffer_waiters.append(&mut self.quota_waiters);
-        while let Some(key) = self.buffer_waiters.pop_front() {
+        self.sched.on_transmit();
+        while let Some(key) = self.sched.next_waiter() {
             if let Some(s) = self.get_mut_opt(key) {
                 s.waiting_for_buffer = false;
                 self.notify_write(key);
@@ -659,33 +583,16 @@ impl Session {
 
     /// When [`Session::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.lingering.front().and_then(|&(t, _)| t)
-    }
-
-    /// Records the time. The first time also dates the resets made before
-    /// any time was known, so no clock is ever read inside.
-    fn set_now(&mut self, now: Instant) {
-        if self.now.is_none() {
-            let deadline = now + self.config.reset_linger;
-            for (t, _) in self.lingering.iter_mut() {
-                t.get_or_insert(deadline);
-            }
+        let linger = self.lingering.front().map(|&(t, _)| t);
+        match (linger, self.budget_retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        self.now = Some(now);
     }
 
     // ---- frame reading ----------------------------------------------------
 
-    /// Moves bytes from `data` into the stash until it holds `need`; true when full.
-    fn fill_stash(&mut self, data: &mut &[u8], need: usize) -> bool {
-        let n = (need - self.stash_len).min(data.len());
-        self.stash[self.stash_len..self.stash_len + n].copy_from_slice(&data[..n]);
-        self.stash_len += n;
-        *data = &data[n..];
-        self.stash_len == need
-    }
-
-    fn on_header(&mut self, header: Header) {
+    fn on_header(&mut self, now: Instant, header: Header) {
         self.stats.frames_in += 1;
         if let Err(e) = header.validate() {
             self.die(Error::Protocol {
@@ -696,10 +603,10 @@ impl Session {
         }
         match header.ty {
             FrameType::Rst | FrameType::WndInc | FrameType::GoAway => {
-                self.read_state = ReadState::Fixed(header);
+                self.reader.expect_fixed(header);
             }
             FrameType::Data => {
-                let sink = self.on_data_header(header);
+                let sink = self.on_data_header(now, header);
                 self.begin_payload(header, header.length, sink);
             }
             FrameType::Unknown(_) => self.begin_payload(header, header.length, Sink::Drain),
@@ -707,23 +614,17 @@ impl Session {
     }
 
     fn begin_payload(&mut self, header: Header, len: u32, sink: Sink) {
-        if len == 0 {
-            self.read_state = ReadState::Header;
+        if !self.reader.expect_payload(header, len, sink) {
             self.on_frame_end(header, sink);
-        } else {
-            self.read_state = ReadState::Payload {
-                header,
-                remaining: len,
-                sink,
-            };
         }
     }
 
-    fn on_fixed_body(&mut self, header: Header) {
+    fn on_fixed_body(&mut self, header: Header, body: [u8; GOAWAY_FIXED_LEN]) {
         let id = header.stream_id;
+        let [a, b, c, d, ..] = body;
         match header.ty {
             FrameType::Rst => {
-                let code = frame::parse_rst(self.stash[..4].try_into().expect("4"));
+                let code = frame::parse_rst(&[a, b, c, d]);
                 if let Some(&slot) = self.table.get(&id) {
                     let key = self.key_of(slot);
                     self.fail_stream(key, Error::RemoteReset(code));
@@ -731,7 +632,7 @@ impl Session {
                 }
             }
             FrameType::WndInc => {
-                let inc = match frame::parse_wndinc(self.stash[..4].try_into().expect("4")) {
+                let inc = match frame::parse_wndinc(&[a, b, c, d]) {
                     Ok(inc) => inc,
                     Err(e) => {
                         self.die(Error::Protocol {
@@ -749,8 +650,7 @@ impl Session {
                 }
             }
             FrameType::GoAway => {
-                let fixed = self.stash[..GOAWAY_FIXED_LEN].try_into().expect("8");
-                self.pending_goaway = frame::parse_goaway(fixed);
+                self.pending_goaway = frame::parse_goaway(&body);
                 let debug = self
                     .remote_goaway
                     .get_or_insert_with(|| (ErrorCode::NoError, Vec::new()));
@@ -764,7 +664,7 @@ impl Session {
 
     /// Decides where a DATA frame's payload goes, applying SYN, table and
     /// flow-control rules (reference §6). Every rejected payload is drained.
-    fn on_data_header(&mut self, h: Header) -> Sink {
+    fn on_data_header(&mut self, now: Instant, h: Header) -> Sink {
         let id = h.stream_id;
         if h.syn() {
             if !self.role.is_remote_id(id) {
@@ -781,7 +681,10 @@ impl Session {
                 });
                 return Sink::Drain;
             }
-            let over_limit = self.streams.len() >= self.config.max_streams;
+            // Past the stream cap or the memory budgets a new stream is
+            // refused as after GOAWAY: the peer may retry it later.
+            let over_limit = self.streams.len() >= self.config.max_streams
+                || !self.memory.admits_stream(self.streams.len());
             let refuse = if self.local_gone_away || over_limit {
                 Some(ErrorCode::StreamRefused)
             } else if self.accept_queue.len() >= self.config.accept_backlog {
@@ -816,19 +719,21 @@ impl Session {
         };
         let key = self.key_of(slot);
         let s = &mut self.streams[slot];
-        let window = s.recv_window as usize;
         if !s.accepts_data() {
             if h.length > 0 && !s.rst_sent && s.error.is_none() {
-                self.reset_stream(key, ErrorCode::StreamClosed);
+                self.reset_stream(now, key, ErrorCode::StreamClosed);
             }
             return Sink::Drain;
         }
-        if s.recv_buf.len() + h.length as usize > window {
-            self.reset_stream(key, ErrorCode::FlowControlError);
+        if !FlowControl::admits(s, h.length) {
+            self.reset_stream(now, key, ErrorCode::FlowControlError);
             return Sink::Drain;
         }
-        if h.length > 0 {
-            s.recv_buf.reserve(h.length as usize);
+        // Nothing is reserved ahead for the announced length: a peer could
+        // announce large frames on many streams and send a byte of each.
+        // The buffer grows with the bytes that actually arrive.
+        if h.length > 0 && s.recv_buf.capacity() == 0 {
+            s.recv_buf = self.memory.take_buffer();
         }
         Sink::Stream(key)
     }
@@ -839,6 +744,7 @@ impl Session {
                 if let Some(s) = self.get_mut_opt(key) {
                     if s.accepts_data() {
                         copy::extend(&mut s.recv_buf, chunk);
+                        self.memory.add_buffered(chunk.len());
                         self.notify_read(key);
                     }
                 }
@@ -956,8 +862,22 @@ impl Session {
         let s = &self.streams[slot];
         if !s.in_table && !s.held {
             let s = self.streams.remove(slot);
-            self.auto_window_used -= (s.recv_window - self.config.max_window) as usize;
+            self.flow.release(s.recv_window);
+            self.memory.sub_buffered(s.recv_buf.len());
+            if self.streams.is_empty() {
+                // An idle session keeps no spare buffers.
+                self.memory.drop_pool();
+            }
         }
+    }
+
+    /// Empties a stream's receive buffer (the bytes are gone: read or
+    /// discarded) and hands the buffer to the session's spares.
+    fn recycle_recv_buf(&mut self, slot: usize) {
+        let mut buf = std::mem::take(&mut self.streams[slot].recv_buf);
+        self.memory.sub_buffered(buf.len());
+        buf.clear();
+        self.memory.give_buffer(buf, self.streams.len());
     }
 
     fn send_fin(&mut self, key: StreamKey) {
@@ -986,7 +906,7 @@ impl Session {
 
     /// Resets a stream that is in the table: one RST (if the peer knows the
     /// stream), the stream fails, and its id lingers to absorb late frames.
-    fn reset_stream(&mut self, key: StreamKey, code: ErrorCode) {
+    fn reset_stream(&mut self, now: Instant, key: StreamKey, code: ErrorCode) {
         let s = &mut self.streams[key.slot as usize];
         let send = s.syn_sent && !s.rst_sent;
         s.rst_sent = true;
@@ -995,7 +915,11 @@ impl Session {
             self.send_rst(id, code);
         }
         self.fail_stream(key, Error::LocalReset(code));
-        let deadline = self.now.map(|now| now + self.config.reset_linger);
+        // Deadlines stay in order even if a caller's clock went backwards.
+        let mut deadline = now + self.config.reset_linger;
+        if let Some(&(last, _)) = self.lingering.back() {
+            deadline = deadline.max(last);
+        }
         self.lingering.push_back((deadline, key));
     }
 
@@ -1030,30 +954,9 @@ impl Session {
         if !s.in_table || s.recv_fin || s.error.is_some() || dead {
             return;
         }
-        s.credit += n as u32;
-        // The threshold stays that of the base window even when this stream's
-        // window grew: a sender may ignore extra credit (ngrok's crate caps
-        // its window at the initial size), and it must still get credit
-        // before its base window runs out.
-        if s.credit < self.credit_threshold {
+        let Some(inc) = self.flow.credit(s, n, self.table.len()) else {
             return;
-        }
-        let mut inc = std::mem::take(&mut s.credit);
-        if s.recv_buf.is_empty() {
-            // A stream's window grows only up to an equal share of the budget
-            // among the open streams: with many streams their base windows
-            // already cover the path, and a few that grew early would take
-            // more than their share of the link.
-            let room = self.config.auto_window_budget - self.auto_window_used;
-            let share = self.config.auto_window_budget / self.table.len().max(1);
-            let grow = (s.recv_window as usize)
-                .min((self.config.max_auto_window - s.recv_window) as usize)
-                .min(room)
-                .min(share.saturating_sub(s.recv_window as usize)) as u32;
-            s.recv_window += grow;
-            self.auto_window_used += grow as usize;
-            inc += grow;
-        }
+        };
         frame::encode_wndinc(&mut self.out, s.id, inc).expect("credit within window");
         self.stats.frames_out += 1;
     }
@@ -1095,8 +998,7 @@ impl Session {
             self.fail_stream(key, Error::SessionClosed);
             self.maybe_free(key.slot as usize);
         }
-        self.buffer_waiters.clear();
-        self.quota_waiters.clear();
+        self.sched.clear();
         if std::mem::take(&mut self.want_accept) {
             self.events.push_back(Event::Accept);
         }

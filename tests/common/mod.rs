@@ -227,13 +227,11 @@ pub struct PairConfig {
 impl Default for PairConfig {
     fn default() -> Self {
         PairConfig {
-            ours: muxado::Config {
-                max_window: WINDOW as u32,
+            ours: muxado::Config::default()
+                .with_max_window(WINDOW as u32)
                 // 1,000 streams may be opened faster than they are accepted.
-                accept_backlog: 2048,
-                max_streams: 4096,
-                ..muxado::Config::default()
-            },
+                .with_accept_backlog(2048)
+                .with_max_streams(4096),
             // ngrok's defaults (512 streams, accept queue 64) are too small for
             // the 1,000-stream test; over its stream limit ngrok kills the session.
             their_stream_limit: 4096,

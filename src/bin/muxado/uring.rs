@@ -22,11 +22,9 @@ use crate::workload::{self, BenchStream, Client, Measurement, Progress};
 /// The session settings of the bench (both ends) and of `muxado serve`:
 /// room for the 1,024-stream cases and for bursts of opens.
 pub fn bench_config() -> Config {
-    Config {
-        max_streams: 1 << 16,
-        accept_backlog: 1 << 14,
-        ..Config::default()
-    }
+    Config::default()
+        .with_max_streams(1 << 16)
+        .with_accept_backlog(1 << 14)
 }
 
 pub struct MuxadoClient {

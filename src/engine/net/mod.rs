@@ -1,0 +1,23 @@
+//! TCP sockets whose I/O runs on the core's ring.
+//!
+//! Sends take owned buffers ([`IoBuf`]) and give them back with the result, so a dropped future
+//! can never leave the kernel writing from freed memory. Receives are either multishot into the
+//! core's provided-buffer ring ([`TcpStream::recv_multishot`]) or one-shot into an owned buffer
+//! ([`TcpStream::recv`]).
+
+//!
+//! Parts: `buf` (the owned-buffer traits), `addr` (socket addresses and the plain socket
+//! syscalls), `listener`, `stream`, `multishot` (multishot receive into the provided-buffer
+//! ring). Every operation in flight holds a reference to its socket, so a descriptor is closed
+//! only after the last completion naming it was reaped.
+
+mod addr;
+mod buf;
+mod listener;
+mod multishot;
+mod stream;
+
+pub use buf::{IoBuf, IoBufMut};
+pub use listener::TcpListener;
+pub use multishot::{MultiRecv, RecvBuf};
+pub use stream::TcpStream;

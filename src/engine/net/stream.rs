@@ -1,0 +1,284 @@
+//! The TCP stream: connect, send (copying or zero-copy), one-shot receive; multishot receive
+//! starts here and lives in `multishot`.
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+
+use io_uring::{opcode, types};
+
+use super::addr::{cvt, new_socket, resolve, set_opt, sock_name, to_sockaddr};
+use super::buf::{IoBuf, IoBufMut};
+use super::multishot::MultiRecv;
+use crate::engine::core_loop;
+use crate::engine::op::Op;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendKind {
+    /// `IORING_OP_SEND`: the kernel copies the bytes into socket buffers.
+    Copy,
+    /// `IORING_OP_SEND_ZC`: two CQEs; the buffer is busy until the notification.
+    ZeroCopy,
+}
+
+/// An open socket. Every operation in flight on it holds a reference, so the descriptor is
+/// closed only after the last handle is dropped AND the last completion naming it was reaped:
+/// its number cannot be reused by a new socket while a queued or in-flight SQE still names it.
+#[derive(Debug)]
+pub(super) struct Socket {
+    pub(super) fd: OwnedFd,
+}
+
+/// A TCP connection whose I/O runs on the ring.
+///
+/// Cloning is cheap and shares the socket (so a reader task and a writer task can each hold
+/// one); the descriptor closes when the last clone and the last reader are dropped.
+#[derive(Debug, Clone)]
+pub struct TcpStream {
+    sock: Rc<Socket>,
+}
+
+impl TcpStream {
+    /// Another handle to an open socket.
+    pub(super) fn from_socket(sock: Rc<Socket>) -> TcpStream {
+        TcpStream { sock }
+    }
+
+    pub(super) fn from_owned(fd: OwnedFd) -> io::Result<TcpStream> {
+        set_opt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+        Ok(TcpStream {
+            sock: Rc::new(Socket { fd }),
+        })
+    }
+
+    /// Connects (`IORING_OP_CONNECT`), trying each resolved address in turn. `TCP_NODELAY` is on.
+    pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
+        let mut last = None;
+        for a in resolve(addr)? {
+            match Self::connect_one(&a).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("resolve gives at least one address"))
+    }
+
+    async fn connect_one(addr: &SocketAddr) -> io::Result<TcpStream> {
+        let fd = new_socket(addr)?;
+        let (storage, len) = to_sockaddr(addr);
+        // The op owns the socket too: dropped mid-connect, it is closed only after the CQE.
+        let data = (Box::new(storage), fd);
+        // SAFETY: the SQE points into the boxed address and names the socket, both owned by the
+        // op until its CQE.
+        let op = unsafe {
+            Op::submit(data, |(addr, fd)| {
+                opcode::Connect::new(
+                    types::Fd(fd.as_raw_fd()),
+                    &**addr as *const _ as *const libc::sockaddr,
+                    len,
+                )
+                .build()
+            })
+        }
+        .map_err(|(e, _)| e)?;
+        let (c, (_, fd)) = op.await;
+        c.io_result()?;
+        TcpStream::from_owned(fd)
+    }
+
+    /// The descriptor (still owned by the stream).
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.sock.fd.as_raw_fd()
+    }
+
+    /// Local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        sock_name(self.as_raw_fd(), false)
+    }
+
+    /// Peer address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        sock_name(self.as_raw_fd(), true)
+    }
+
+    /// Sets or clears `TCP_NODELAY` (on by default).
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        set_opt(
+            self.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            on as i32,
+        )
+    }
+
+    /// Half-closes: sends FIN after the data already queued. Await your sends first.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+
+    /// Shuts down one or both directions. `Both` also ends a receive pending on
+    /// this socket (it completes with EOF), which is how a session stops its reader.
+    pub fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        let how = match how {
+            std::net::Shutdown::Read => libc::SHUT_RD,
+            std::net::Shutdown::Write => libc::SHUT_WR,
+            std::net::Shutdown::Both => libc::SHUT_RDWR,
+        };
+        // SAFETY: plain syscall on a socket we own.
+        cvt(unsafe { libc::shutdown(self.as_raw_fd(), how) }).map(drop)
+    }
+
+    /// Sends from `buf` once (`IORING_OP_SEND`, `MSG_NOSIGNAL`); returns how much was sent, and
+    /// the buffer.
+    pub async fn send<B: IoBuf>(&self, buf: B) -> (io::Result<usize>, B) {
+        self.send_at(buf, 0).await
+    }
+
+    async fn send_at<B: IoBuf>(&self, buf: B, offset: usize) -> (io::Result<usize>, B) {
+        self.send_with(buf, offset, SendKind::Copy).await
+    }
+
+    /// Sends all of `buf`, looping over partial sends.
+    pub async fn send_all<B: IoBuf>(&self, mut buf: B) -> (io::Result<()>, B) {
+        let total = buf.bytes_init();
+        let mut done = 0;
+        while done < total {
+            let (r, b) = self.send_at(buf, done).await;
+            buf = b;
+            match r {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    /// Sends all of `buf` once with `IORING_OP_SEND_ZC` (`MSG_NOSIGNAL`): the kernel sends
+    /// from the pages of `buf` without copying them into socket buffers (on loopback it copies
+    /// anyway). Resolves only after both CQEs: the result, and the notification
+    /// (`IORING_CQE_F_NOTIF`) that says the kernel no longer reads the buffer, so `buf` is given
+    /// back only when it may be reused. Returns how much was sent. Fails with `EINVAL` (or
+    /// `EOPNOTSUPP`) if the kernel or the socket does not support zero-copy sends.
+    pub async fn send_zc<B: IoBuf>(&self, buf: B) -> (io::Result<usize>, B) {
+        self.send_with(buf, 0, SendKind::ZeroCopy).await
+    }
+
+    /// One send from `buf[offset..]`, the way `kind` says.
+    async fn send_with<B: IoBuf>(
+        &self,
+        buf: B,
+        offset: usize,
+        kind: SendKind,
+    ) -> (io::Result<usize>, B) {
+        let len = buf
+            .bytes_init()
+            .saturating_sub(offset)
+            .min(u32::MAX as usize) as u32;
+        // SAFETY: the SQE points into `buf`'s stable storage, within its initialized bytes, and
+        // names the socket; the op owns both until its final CQE, which for SEND_ZC is the
+        // notification, after which the kernel no longer reads the pages.
+        let op = unsafe {
+            Op::submit((buf, self.sock.clone()), |(b, sock)| {
+                let fd = sock.fd.as_raw_fd();
+                let ptr = b.stable_ptr().add(offset);
+                match kind {
+                    SendKind::Copy => opcode::Send::new(types::Fd(fd), ptr, len)
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build(),
+                    SendKind::ZeroCopy => opcode::SendZc::new(types::Fd(fd), ptr, len)
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build(),
+                }
+            })
+        };
+        match op {
+            Ok(op) => {
+                let (c, (buf, _)) = op.await;
+                (c.io_result().map(|n| n as usize), buf)
+            }
+            Err((e, (buf, _))) => (Err(e), buf),
+        }
+    }
+
+    /// Sends all of `buf` like [`send_all`](Self::send_all), but with `SEND_ZC` when the
+    /// core's settings say so for what is left ([`Builder::send_zero_copy`]). Session writers
+    /// send this way.
+    ///
+    /// [`Builder::send_zero_copy`]: super::Builder::send_zero_copy
+    pub(crate) async fn send_all_session<B: IoBuf>(&self, mut buf: B) -> (io::Result<()>, B) {
+        let mut zc_min = core_loop::with_driver(|d| d.send.zc_min).flatten();
+        let total = buf.bytes_init();
+        let mut done = 0;
+        while done < total {
+            let kind = match zc_min {
+                Some(min) if total - done >= min => SendKind::ZeroCopy,
+                _ => SendKind::Copy,
+            };
+            let (r, b) = self.send_with(buf, done, kind).await;
+            buf = b;
+            match r {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if kind == SendKind::ZeroCopy
+                        && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) =>
+                {
+                    if crate::engine::first_time("send-zc-refused") {
+                        tracing::info!(error = %e, fallback = "SEND", "SEND_ZC refused on a socket");
+                    }
+                    zc_min = None;
+                }
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    /// Receives once into the spare capacity of `buf` (`IORING_OP_RECV`), appending to its
+    /// contents; returns the byte count (0 = EOF) and the buffer. `buf` needs spare capacity.
+    pub async fn recv<B: IoBufMut>(&self, buf: B) -> (io::Result<usize>, B) {
+        let init = buf.bytes_init();
+        let spare = buf.bytes_total() - init;
+        if spare == 0 {
+            return (
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "recv needs a buffer with spare capacity",
+                )),
+                buf,
+            );
+        }
+        let len = spare.min(u32::MAX as usize) as u32;
+        // SAFETY: the SQE points into `buf`'s spare capacity, inside its stable allocation, and
+        // names the socket; the op owns both until the CQE.
+        let op = unsafe {
+            Op::submit((buf, self.sock.clone()), |(b, sock)| {
+                let fd = sock.fd.as_raw_fd();
+                opcode::Recv::new(types::Fd(fd), b.stable_mut_ptr().add(init), len).build()
+            })
+        };
+        match op {
+            Ok(op) => {
+                let (c, (mut buf, _)) = op.await;
+                let r = c.io_result().map(|n| n as usize);
+                if let Ok(n) = r {
+                    // SAFETY: the kernel wrote `n` bytes after the initialized ones.
+                    unsafe { buf.set_init(init + n) };
+                }
+                (r, buf)
+            }
+            Err((e, (buf, _))) => (Err(e), buf),
+        }
+    }
+
+    /// Starts a multishot receive on the core's provided-buffer ring: one submission keeps the
+    /// socket reading; chunks come back as [`RecvBuf`](super::RecvBuf) guards. Falls back to one-shot receives into
+    /// owned buffers if the core has no provided-buffer ring.
+    pub fn recv_multishot(&self) -> MultiRecv {
+        MultiRecv::new(self.sock.clone(), core_loop::buf_pool())
+    }
+}

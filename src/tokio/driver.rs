@@ -1,0 +1,332 @@
+//! The driver: one task per session that moves bytes between the transport
+//! and the protocol core, and keeps its time.
+//!
+//! It is a hand-written future rather than an `async fn` so that reading,
+//! writing and the timer are polled side by side in one task: the reader
+//! never waits on the writer (a peer that does not read cannot stop us from
+//! reading its WNDINCs), and the transport needs no split or lock.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use ::tokio::time::Sleep;
+use bytes::BytesMut;
+
+use super::shared::Shared;
+
+/// How long a dying session tries to deliver its GOAWAY (Go: 250 ms).
+const GOAWAY_GRACE: Duration = Duration::from_millis(250);
+
+/// How long a dead session waits for the peer to close its side, draining
+/// what it sends, before it drops the transport.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Bytes read from the transport at once.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Transport operations per poll before the driver yields to other tasks.
+const BUDGET: usize = 64;
+
+/// Where the driver is in the session's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Reading, writing, keeping time.
+    Running,
+    /// The session died: send what is left (its GOAWAY), flush, shut down
+    /// writing, all before the grace deadline.
+    Flushing,
+    /// Shut down: read and discard until the peer closes or the linger ends.
+    Lingering,
+    Done,
+}
+
+/// The future that drives one session over `T`; see
+/// [`Session::with_driver`](super::Session::with_driver). It ends after the
+/// session has died and the transport has been shut down. Dropping it before
+/// that kills the session (every handle then sees a transport error).
+///
+/// It must be polled inside a tokio runtime with the time driver enabled
+/// (`enable_time`, or `enable_all`): the protocol's timers and the close
+/// grace periods are tokio sleeps.
+#[must_use = "a session makes no progress unless its driver is polled"]
+pub struct Driver<T> {
+    shared: Arc<Shared>,
+    io: T,
+    phase: Phase,
+    /// Received bytes, fed to the protocol core at once.
+    rbuf: Box<[u8]>,
+    read_closed: bool,
+    /// The transport failed: nothing more can be sent on it.
+    broken: bool,
+    /// Bytes being written: `out[written..]` is left. Swapped with the
+    /// core's buffer, never reallocated in steady state.
+    out: BytesMut,
+    written: usize,
+    needs_flush: bool,
+    /// The protocol's timer while running, the grace or linger deadline
+    /// after. Made on first use, inside the runtime (one allocation).
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// The deadline `sleep` is set to, if it is in use.
+    sleep_at: Option<Instant>,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
+    pub(super) fn new(shared: Arc<Shared>, io: T) -> Driver<T> {
+        Driver {
+            shared,
+            io,
+            phase: Phase::Running,
+            rbuf: vec![0; READ_CHUNK].into_boxed_slice(),
+            read_closed: false,
+            broken: false,
+            out: BytesMut::with_capacity(READ_CHUNK),
+            written: 0,
+            needs_flush: false,
+            sleep: None,
+            sleep_at: None,
+        }
+    }
+
+    fn set_sleep(&mut self, at: Option<Instant>) {
+        if at != self.sleep_at {
+            if let Some(t) = at {
+                match &mut self.sleep {
+                    Some(sleep) => sleep.as_mut().reset(t.into()),
+                    None => self.sleep = Some(Box::pin(::tokio::time::sleep_until(t.into()))),
+                }
+            }
+            self.sleep_at = at;
+        }
+    }
+
+    /// True if the timer is set and has fired.
+    fn sleep_fired(&mut self, cx: &mut Context<'_>) -> bool {
+        match (&mut self.sleep, self.sleep_at) {
+            (Some(sleep), Some(_)) => sleep.as_mut().poll(cx).is_ready(),
+            _ => false,
+        }
+    }
+
+    /// The transport failed: the session dies with a transport error.
+    fn fail(&mut self, e: &io::Error) {
+        self.shared
+            .with(|st| st.proto.handle_transport_error(&e.to_string()));
+        self.read_closed = true;
+        self.broken = true;
+    }
+
+    /// One read: Ready(true) if it made progress.
+    fn poll_read_once(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.read_closed {
+            return false;
+        }
+        // Past its memory budget the session takes no more input until its
+        // streams drain: leaving the transport unread is the backpressure.
+        let paused = self.shared.with(|st| {
+            st.input_paused = !st.proto.wants_input() && !st.proto.is_dead();
+            if st.input_paused {
+                st.wait_driver(cx);
+            }
+            st.input_paused
+        });
+        if paused {
+            return false;
+        }
+        let mut buf = ReadBuf::new(&mut self.rbuf);
+        match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+            Poll::Pending => false,
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len();
+                let data = &self.rbuf[..n];
+                // After the session's death input is still read but dropped:
+                // a socket closed with unread input answers with RST, and the
+                // peer could lose the last bytes we sent (our GOAWAY among them).
+                self.shared.with(|st| {
+                    if !st.proto.is_dead() {
+                        st.recvs += 1;
+                        if n == 0 {
+                            st.proto.handle_eof();
+                        } else {
+                            st.proto.handle_input(Instant::now(), data);
+                        }
+                    }
+                });
+                if n == 0 {
+                    self.read_closed = true;
+                }
+                true
+            }
+            Poll::Ready(Err(e)) => {
+                self.fail(&e);
+                true
+            }
+        }
+    }
+
+    /// One write step (write, take the next batch, or flush): true if it made
+    /// progress. With nothing to send, the driver's waker is registered
+    /// under the same lock that saw the empty buffer.
+    fn poll_write_once(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.written < self.out.len() {
+            return match Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..]) {
+                Poll::Pending => false,
+                Poll::Ready(Ok(0)) => {
+                    self.fail(&io::ErrorKind::WriteZero.into());
+                    true
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.written += n;
+                    true
+                }
+                Poll::Ready(Err(e)) => {
+                    self.fail(&e);
+                    true
+                }
+            };
+        }
+        let out = &mut self.out;
+        let took = self.shared.with(|st| {
+            if st.proto.poll_transmit(out) {
+                st.sends += 1;
+                true
+            } else {
+                st.wait_driver(cx);
+                false
+            }
+        });
+        if took {
+            self.written = 0;
+            self.needs_flush = true;
+            return true;
+        }
+        if self.needs_flush {
+            return match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Pending => false,
+                Poll::Ready(Ok(())) => {
+                    self.needs_flush = false;
+                    true
+                }
+                Poll::Ready(Err(e)) => {
+                    self.fail(&e);
+                    true
+                }
+            };
+        }
+        false
+    }
+
+    /// Runs the protocol's timer: re-arms it, and fires it when due.
+    /// Returns (progress, the session is dead).
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> (bool, bool) {
+        let (next, dead) = {
+            let mut st = self.shared.lock();
+            let next = st.proto.poll_timeout();
+            st.armed = next;
+            (next, st.proto.is_dead())
+        };
+        self.set_sleep(next);
+        if !dead && self.sleep_fired(cx) {
+            self.shared
+                .with(|st| st.proto.handle_timeout(Instant::now()));
+            return (true, false);
+        }
+        (false, dead)
+    }
+
+    fn poll_running(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        for _ in 0..BUDGET {
+            let read = self.poll_read_once(cx);
+            let wrote = self.poll_write_once(cx);
+            let (timed, dead) = self.poll_timer(cx);
+            if dead {
+                self.phase = Phase::Flushing;
+                self.set_sleep(Some(Instant::now() + GOAWAY_GRACE));
+                return self.poll_flushing(cx);
+            }
+            if !(read || wrote || timed) {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    fn poll_flushing(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        for _ in 0..BUDGET {
+            if self.broken || self.sleep_fired(cx) {
+                // The transport failed, or the peer does not take our last
+                // bytes: give up on them.
+                self.phase = Phase::Done;
+                return Poll::Ready(());
+            }
+            self.poll_read_once(cx);
+            if self.written < self.out.len() || self.needs_flush || self.has_pending() {
+                if !self.poll_write_once(cx) {
+                    return Poll::Pending;
+                }
+                continue;
+            }
+            return match Pin::new(&mut self.io).poll_shutdown(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(_) => {
+                    self.phase = Phase::Lingering;
+                    self.set_sleep(Some(Instant::now() + CLOSE_LINGER));
+                    self.poll_lingering(cx)
+                }
+            };
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    fn has_pending(&self) -> bool {
+        self.shared.lock().proto.pending_transmit() > 0
+    }
+
+    fn poll_lingering(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        for _ in 0..BUDGET {
+            if self.read_closed || self.sleep_fired(cx) {
+                self.phase = Phase::Done;
+                return Poll::Ready(());
+            }
+            if !self.poll_read_once(cx) {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        match this.phase {
+            Phase::Running => this.poll_running(cx),
+            Phase::Flushing => this.poll_flushing(cx),
+            Phase::Lingering => this.poll_lingering(cx),
+            Phase::Done => Poll::Ready(()),
+        }
+    }
+}
+
+impl<T> Drop for Driver<T> {
+    /// A driver that stops early (its runtime shut down, or it was dropped)
+    /// leaves nobody to move bytes: the session dies, so that no handle waits
+    /// forever.
+    fn drop(&mut self) {
+        self.shared.with(|st| {
+            if !st.proto.is_dead() {
+                st.proto
+                    .handle_transport_error("the session's driver task stopped");
+            }
+        });
+    }
+}

@@ -1,0 +1,473 @@
+//! Soak: many checksummed sessions against `muxado serve --cores 2 --mode
+//! echo`, with random stream resets, half-closes, GOAWAYs, session closes in
+//! mid-transfer and clients killed (TCP reset, SO_LINGER 0).
+//!
+//! Every byte echoed back is checked against a seeded pattern at its offset,
+//! on every stream, disrupted or not. A stream of an undisturbed session must
+//! come back whole: any byte lost or corrupted, or any error on it, is a
+//! failure. Errors on disrupted streams are expected and counted by kind.
+//!
+//! Duration: `SOAK_SECS` (default 3, the short run of `cargo test`). The
+//! script `scripts/soak.sh MINUTES` runs it in release for longer. The
+//! report gives bytes verified, errors by kind, and the server's RSS and
+//! descriptors at start (after a warm-up) and end, each sampled with no
+//! session connected, and flags an RSS change of more than 5%.
+#![cfg(feature = "cli")]
+
+mod rawpeer;
+
+use std::collections::BTreeMap;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use muxado::engine::{self, net::TcpStream};
+use muxado::{Config, Error, ErrorCode, Session, Stream};
+use rawpeer::*;
+
+/// A stream that takes longer than this is a failure (a hang).
+const STREAM_DEADLINE: Duration = Duration::from_secs(30);
+
+// ---- data ----------------------------------------------------------------------
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        mix(self.0)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// The pattern of stream `seed` at `pos`: each byte depends on both, so a
+/// loss, duplicate, reordering or mix-up between streams shows.
+fn pattern(seed: u64, pos: u64, out: &mut [u8]) {
+    for (i, b) in out.iter_mut().enumerate() {
+        let p = pos + i as u64;
+        *b = mix(seed ^ (p >> 3).wrapping_mul(0xD6E8_FEB8_6659_FD93)).to_le_bytes()
+            [(p & 7) as usize];
+    }
+}
+
+// ---- accounting ----------------------------------------------------------------
+
+#[derive(Default, Debug)]
+struct Stats {
+    bytes_verified: u64,
+    streams_ok: u64,
+    sessions: u64,
+    /// Expected errors (disruptions we caused), by kind.
+    expected: BTreeMap<String, u64>,
+    /// Lost or corrupted data, or errors on undisturbed streams.
+    failures: BTreeMap<String, u64>,
+    first_failures: Vec<String>,
+}
+
+impl Stats {
+    fn expected(&mut self, kind: impl Into<String>) {
+        *self.expected.entry(kind.into()).or_default() += 1;
+    }
+    fn fail(&mut self, kind: &str, detail: String) {
+        *self.failures.entry(kind.to_string()).or_default() += 1;
+        if self.first_failures.len() < 20 {
+            self.first_failures.push(detail);
+        }
+    }
+    fn merge(&mut self, o: Stats) {
+        self.bytes_verified += o.bytes_verified;
+        self.streams_ok += o.streams_ok;
+        self.sessions += o.sessions;
+        for (k, v) in o.expected {
+            *self.expected.entry(k).or_default() += v;
+        }
+        for (k, v) in o.failures {
+            *self.failures.entry(k).or_default() += v;
+        }
+        self.first_failures.extend(o.first_failures);
+    }
+}
+
+fn kind(e: &Error) -> String {
+    format!("{:?}", e.code())
+}
+
+// ---- one stream ----------------------------------------------------------------
+
+/// What happened to one echoed stream.
+enum Outcome {
+    /// Everything written came back, every byte checked.
+    Whole(u64),
+    /// The stream failed; `verified` bytes came back correct first.
+    Failed { verified: u64, error: Error },
+    /// A byte came back wrong.
+    Corrupt(String),
+}
+
+/// Writes `len` pattern bytes (half-closing after them) while reading the
+/// echo, checking each byte. `reset_at`: reset the stream after writing that
+/// many bytes instead.
+async fn echo_stream(s: &mut Stream, seed: u64, len: u64, reset_at: Option<u64>) -> Outcome {
+    s.set_read_deadline(Some(Instant::now() + STREAM_DEADLINE));
+    s.set_write_deadline(Some(Instant::now() + STREAM_DEADLINE));
+    let mut out = vec![0u8; 32 * 1024];
+    let mut inb = vec![0u8; 32 * 1024];
+    let mut want = vec![0u8; 32 * 1024];
+    let (mut sent, mut recvd, mut fin_sent) = (0u64, 0u64, false);
+    let mut pending: usize = 0; // bytes of `out` prepared but not yet written
+    let mut pending_off: usize = 0;
+    poll_fn(|cx| {
+        // Writer half.
+        while !fin_sent {
+            if let Some(r) = reset_at {
+                if sent >= r {
+                    return Poll::Ready(match s.reset(ErrorCode::StreamCancelled) {
+                        Ok(()) => Outcome::Failed {
+                            verified: recvd,
+                            error: Error::LocalReset(ErrorCode::StreamCancelled),
+                        },
+                        Err(error) => Outcome::Failed {
+                            verified: recvd,
+                            error,
+                        },
+                    });
+                }
+            }
+            if sent == len {
+                if let Err(error) = s.close_write() {
+                    return Poll::Ready(Outcome::Failed {
+                        verified: recvd,
+                        error,
+                    });
+                }
+                fin_sent = true;
+                break;
+            }
+            if pending == 0 {
+                let n = (len - sent).min(out.len() as u64) as usize;
+                pattern(seed, sent, &mut out[..n]);
+                pending = n;
+                pending_off = 0;
+            }
+            match s.poll_write_slice(cx, &out[pending_off..pending_off + pending]) {
+                Poll::Ready(Ok(n)) => {
+                    pending -= n;
+                    pending_off += n;
+                    sent += n as u64;
+                }
+                Poll::Ready(Err(error)) => {
+                    return Poll::Ready(Outcome::Failed {
+                        verified: recvd,
+                        error,
+                    })
+                }
+                Poll::Pending => break,
+            }
+        }
+        // Reader half.
+        loop {
+            match s.poll_read_slice(cx, &mut inb) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(if recvd == len {
+                        Outcome::Whole(len)
+                    } else {
+                        Outcome::Corrupt(format!(
+                            "echo ended after {recvd} of {len} bytes (seed {seed:#x})"
+                        ))
+                    });
+                }
+                Poll::Ready(Ok(n)) => {
+                    pattern(seed, recvd, &mut want[..n]);
+                    if inb[..n] != want[..n] || recvd + n as u64 > sent {
+                        return Poll::Ready(Outcome::Corrupt(format!(
+                            "wrong bytes at {recvd}..{} of {len} (seed {seed:#x})",
+                            recvd + n as u64
+                        )));
+                    }
+                    recvd += n as u64;
+                }
+                Poll::Ready(Err(error)) => {
+                    return Poll::Ready(Outcome::Failed {
+                        verified: recvd,
+                        error,
+                    })
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await
+}
+
+// ---- one session ---------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+enum Plan {
+    /// Streams run to the end; some are reset by us; the session closes cleanly.
+    Clean,
+    /// Like Clean, with a GOAWAY sent by us in the middle (our streams go on).
+    GoAway,
+    /// The session is closed by us while its streams are in flight.
+    CloseMidway,
+}
+
+async fn run_session(addr: SocketAddr, seed: u64, stats: Rc<std::cell::RefCell<Stats>>) {
+    let mut rng = Rng(seed);
+    let plan = match rng.below(100) {
+        0..=69 => Plan::Clean,
+        70..=84 => Plan::GoAway,
+        _ => Plan::CloseMidway,
+    };
+    let tcp = match TcpStream::connect(addr).await {
+        Ok(t) => t,
+        Err(e) => {
+            stats.borrow_mut().fail("connect", format!("connect: {e}"));
+            return;
+        }
+    };
+    let session = Session::client(tcp, Config::default());
+    stats.borrow_mut().sessions += 1;
+    let streams = 1 + rng.below(8);
+    let mut tasks = Vec::new();
+    for i in 0..streams {
+        let sseed = rng.next();
+        // Sizes: mostly small, some past the window, a few of several MiB.
+        let len = match rng.below(10) {
+            0..=5 => rng.below(16 * 1024),
+            6..=8 => rng.below(1 << 20),
+            _ => rng.below(4 << 20),
+        };
+        let reset_at = rng.chance(10).then(|| rng.below(len + 1));
+        let empty_half_close = rng.chance(5);
+        let mut s = match session.open() {
+            Ok(s) => s,
+            Err(e) => {
+                stats.borrow_mut().fail("open", format!("open: {e}"));
+                continue;
+            }
+        };
+        let st = stats.clone();
+        let disturbed_session = matches!(plan, Plan::CloseMidway);
+        tasks.push(engine::spawn(async move {
+            let len = if empty_half_close { 0 } else { len };
+            let out = echo_stream(&mut s, sseed, len, reset_at).await;
+            let mut st = st.borrow_mut();
+            match out {
+                Outcome::Whole(n) => {
+                    st.bytes_verified += n;
+                    st.streams_ok += 1;
+                    if empty_half_close {
+                        st.expected("half-close before any data (ok)");
+                    }
+                }
+                Outcome::Corrupt(d) => st.fail("lost or corrupted", format!("stream {i}: {d}")),
+                Outcome::Failed { verified, error } => {
+                    st.bytes_verified += verified;
+                    if reset_at.is_some() && matches!(error, Error::LocalReset(_)) {
+                        st.expected("stream reset by us");
+                    } else if disturbed_session {
+                        st.expected(format!("session closed by us: {}", kind(&error)));
+                    } else {
+                        st.fail(
+                            &format!("error on an undisturbed stream: {}", kind(&error)),
+                            format!("stream {i} ({len} bytes): {error}"),
+                        );
+                    }
+                }
+            }
+        }));
+    }
+    match plan {
+        Plan::Clean => {}
+        Plan::GoAway => {
+            engine::sleep(Duration::from_millis(rng.below(20))).await;
+            if let Err(e) = session.go_away(ErrorCode::NoError, b"soak") {
+                stats.borrow_mut().fail("go_away", format!("go_away: {e}"));
+            } else {
+                stats.borrow_mut().expected("GOAWAY sent by us");
+            }
+        }
+        Plan::CloseMidway => {
+            engine::sleep(Duration::from_millis(rng.below(30))).await;
+            let _ = session.close();
+            stats.borrow_mut().expected("session closed midway by us");
+        }
+    }
+    for t in tasks {
+        t.await;
+    }
+    let _ = session.close();
+}
+
+/// A client killed in mid-transfer: raw frames, some echo read, then a TCP
+/// reset (SO_LINGER 0). Blocking, so it runs on its own thread.
+fn killed_client(addr: SocketAddr, seed: u64) -> Result<(), String> {
+    let mut rng = Rng(seed);
+    let mut c = Raw::connect(addr);
+    let chunk = vec![0x33u8; 1 + rng.below(100_000) as usize];
+    for k in 0..1 + rng.below(6) as u32 {
+        c.try_send(&syn(client_id(k), &chunk))
+            .map_err(|e| format!("killed client write: {e}"))?;
+    }
+    let _ = tally_until(&mut c, Duration::from_millis(rng.below(50)), |t| {
+        t.data.values().sum::<u64>() > 1000
+    });
+    set_linger_zero(&c.tcp);
+    Ok(())
+}
+
+// ---- the run -------------------------------------------------------------------
+
+/// Runs the workload for `secs` against `addr`: 2 engine threads, each with
+/// `per_thread` sessions at a time, and a thread of killed clients.
+fn run_load(addr: SocketAddr, secs: f64, seed: u64, per_thread: usize) -> Stats {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let total = Arc::new(Mutex::new(Stats::default()));
+    let mut threads = Vec::new();
+    for w in 0..2u64 {
+        let total = total.clone();
+        threads.push(thread::spawn(move || {
+            let stats = Rc::new(std::cell::RefCell::new(Stats::default()));
+            let st = stats.clone();
+            engine::block_on(async move {
+                let mut slots = Vec::new();
+                for slot in 0..per_thread as u64 {
+                    let st = st.clone();
+                    slots.push(engine::spawn(async move {
+                        let mut n = 0u64;
+                        while Instant::now() < deadline {
+                            let s = seed ^ mix((w << 48) | (slot << 32) | n);
+                            run_session(addr, s, st.clone()).await;
+                            n += 1;
+                        }
+                    }));
+                }
+                for s in slots {
+                    s.await;
+                }
+            })
+            .expect("io_uring engine available");
+            let stats = Rc::try_unwrap(stats).expect("all tasks done").into_inner();
+            total.lock().unwrap().merge(stats);
+        }));
+    }
+    let killer_total = total.clone();
+    threads.push(thread::spawn(move || {
+        let mut st = Stats::default();
+        let mut n = 0u64;
+        while Instant::now() < deadline {
+            match killed_client(addr, seed ^ mix(0xDEAD_0000 + n)) {
+                Ok(()) => st.expected("client killed (TCP reset)"),
+                Err(e) => st.fail("killed client", e),
+            }
+            n += 1;
+            thread::sleep(Duration::from_millis(20));
+        }
+        killer_total.lock().unwrap().merge(st);
+    }));
+    for t in threads {
+        t.join().expect("soak thread");
+    }
+    let stats = std::mem::take(&mut *total.lock().unwrap());
+    stats
+}
+
+#[test]
+fn soak() {
+    raise_fd_limit();
+    let secs: f64 = match std::env::var("SOAK_SECS") {
+        Ok(v) => v.parse().expect("SOAK_SECS must be a number of seconds"),
+        Err(_) => 3.0,
+    };
+    let seed: u64 = std::env::var("SOAK_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x50AC_0001);
+    let per_thread: usize = std::env::var("SOAK_SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let mut s = Serve::start("echo", &["--cores", "2"]);
+    let fds_idle = s.fds();
+    // Warm-up: a tenth of the run (1 to 30 s), then the start sample, taken
+    // with no session connected.
+    let warm = (secs / 10.0).clamp(1.0, 30.0);
+    let mut stats = run_load(s.addr, warm, seed ^ 1, per_thread);
+    let fds_start = s.wait_fds(fds_idle, Duration::from_secs(10));
+    let rss_start = s.rss_kib();
+    let started = Instant::now();
+    // RSS every tenth of the run (under load), to tell a plateau from a leak.
+    let pid = s.pid();
+    let sampler = thread::spawn(move || {
+        let mut samples = Vec::new();
+        for i in 1..=10 {
+            let at = started + Duration::from_secs_f64(secs * f64::from(i) / 10.0);
+            thread::sleep(at.saturating_duration_since(Instant::now()));
+            samples.push(status_kib(pid, "VmRSS:") / 1024);
+        }
+        samples
+    });
+    stats.merge(run_load(s.addr, secs, seed, per_thread));
+    let elapsed = started.elapsed();
+    let samples = sampler.join().expect("RSS sampler");
+    s.assert_alive();
+    let fds_end = s.wait_fds(fds_idle, Duration::from_secs(10));
+    thread::sleep(Duration::from_millis(500));
+    let rss_end = s.rss_kib();
+    let hwm = s.hwm_kib();
+    let drift = (rss_end as f64 - rss_start as f64) / rss_start as f64 * 100.0;
+    let flag = if drift.abs() > 5.0 {
+        "  <-- FLAG: RSS start vs end differ by more than 5%"
+    } else {
+        ""
+    };
+    println!("soak: {:.0} s (+{warm:.0} s warm-up), seed {seed:#x}, {per_thread} sessions per thread x 2 threads + killed clients", elapsed.as_secs_f64());
+    println!(
+        "soak: bytes verified {} ({:.1} MB/s), streams whole {}, sessions {}",
+        stats.bytes_verified,
+        stats.bytes_verified as f64 / 1e6 / (elapsed.as_secs_f64() + warm),
+        stats.streams_ok,
+        stats.sessions
+    );
+    println!("soak: expected errors by kind:");
+    for (k, v) in &stats.expected {
+        println!("soak:   {v:>8}  {k}");
+    }
+    println!(
+        "soak: failures (lost/corrupted/unexpected) by kind: {:?}",
+        stats.failures
+    );
+    for f in &stats.first_failures {
+        println!("soak:   {f}");
+    }
+    println!("soak: server RSS under load, every tenth of the run (MiB): {samples:?}");
+    println!("soak: server fds idle {fds_idle}, start {fds_start}, end {fds_end}");
+    println!("soak: server RSS start {rss_start} KiB, end {rss_end} KiB ({drift:+.1}%), peak {hwm} KiB{flag}");
+    assert!(
+        stats.failures.is_empty(),
+        "soak failures: {:?}\n{:#?}",
+        stats.failures,
+        stats.first_failures
+    );
+    assert!(
+        stats.bytes_verified > 0 && stats.streams_ok > 0,
+        "nothing was verified"
+    );
+    assert_eq!(fds_start, fds_idle, "server descriptors after the warm-up");
+    assert_eq!(fds_end, fds_idle, "server descriptors at the end");
+}
