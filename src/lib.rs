@@ -5,9 +5,9 @@
 //! The crate is built in layers, each usable on its own:
 //! - [`frame`]: the wire codec (8-byte header, RST / DATA / WNDINC / GOAWAY);
 //! - [`proto`]: the session state machine, sans I/O;
-//! - [`engine`]: the io_uring, thread-per-core runtime (cores, tasks, timers, TCP);
+//! - [`engine`]: the io_uring, thread-per-core runtime (cores, tasks, timers, TCP, Unix sockets);
 //! - [`Session`] and [`Stream`]: async handles that run `proto` on the engine;
-//! - [`transport`]: what an engine session runs over: TCP or TLS
+//! - [`transport`]: what an engine session runs over: TCP, a Unix socket, or TLS
 //!   (rustls, sans-IO) ([`Transport`]);
 //! - [`tokio`](mod@crate::tokio): the same handles over any `AsyncRead + AsyncWrite`
 //!   on a tokio runtime, `Send` and portable (feature `tokio`, on by default);

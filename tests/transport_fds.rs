@@ -1,6 +1,6 @@
 //! Sessions over the other transports leak no file descriptors, however they
 //! end: TLS sessions closed cleanly or cut by the peer, TLS handshakes that
-//! fail. Descriptors in `/proc/self/fd` are counted before and after.
+//! fail, Unix sessions (path and abstract name) and failed Unix connects. Descriptors in `/proc/self/fd` are counted before and after.
 //!
 //! One test in this binary, so no other test opens descriptors meanwhile.
 
@@ -8,7 +8,7 @@ mod transport_util;
 
 use muxado::engine::{
     self,
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpStream, UnixListener, UnixStream},
 };
 use muxado::transport::{TlsClientConfig, TlsServerConfig, TlsStream};
 use muxado::{Config, Session};
@@ -95,18 +95,54 @@ async fn tls_handshake_fails(tls: &Tls) {
     assert!(c.is_err() && s.is_err());
 }
 
+/// Unix sessions over a path and over an abstract name, closed cleanly; a
+/// connect to nobody; a listener dropped with a connection never accepted.
+async fn unix_sessions(dir: &std::path::Path, round: u32) {
+    let path = dir.join(format!("s{round}.sock"));
+    let name = format!("muxado-fds-{}-{round}", std::process::id());
+    for abstract_name in [false, true] {
+        let listener = if abstract_name {
+            UnixListener::bind_abstract(&name).unwrap()
+        } else {
+            UnixListener::bind(&path).unwrap()
+        };
+        let server = engine::spawn(async move { listener.accept().await.unwrap() });
+        let client = if abstract_name {
+            UnixStream::connect_abstract(&name).await.unwrap()
+        } else {
+            UnixStream::connect(&path).await.unwrap()
+        };
+        let client = Session::client(client, Config::default());
+        let server = Session::server(server.await, Config::default());
+        let echo = spawn_echo(server.clone());
+        echo_many(&client, 10, 9, 100_000).await;
+        drop(client);
+        server.wait().await;
+        echo.await;
+    }
+    assert!(UnixStream::connect(dir.join("nobody.sock")).await.is_err());
+    let l = UnixListener::bind_abstract(format!("{name}-unaccepted")).unwrap();
+    let _c = UnixStream::connect_abstract(format!("{name}-unaccepted"))
+        .await
+        .unwrap();
+    drop(l);
+}
+
 #[test]
-fn tls_sessions_close_every_descriptor_however_they_end() {
+fn sessions_close_every_descriptor_however_they_end() {
     // Warm up lazily opened process descriptors first.
     engine::block_on(async {}).unwrap();
     let tls = Tls::new();
+    let dir = TempDir::new("fds");
+    let path = dir.path().to_owned();
     let before = open_fds();
     thread_bounded(move || {
         engine::block_on(async move {
-            for _ in 0..3 {
+            for round in 0..3 {
                 tls_clean_close(&tls).await;
                 tls_peer_cut(&tls).await;
                 tls_handshake_fails(&tls).await;
+                unix_sessions(&path, round).await;
             }
         })
         .unwrap()

@@ -1,5 +1,6 @@
 //! Interop with ngrok's `muxado` crate over transports other than plain TCP:
-//! TLS (ours: rustls on the ring; theirs: tokio-rustls). Our session on an
+//! TLS (ours: rustls on the ring; theirs: tokio-rustls) and Unix domain
+//! sockets (ours on the ring; theirs tokio's `UnixStream`). Our session on an
 //! engine core in one thread, theirs on a tokio runtime in another. Both
 //! sides open streams at once; each stream carries a pattern that the echoing
 //! side checks byte by byte, echoes and half-closes, and that the opener
@@ -16,13 +17,13 @@ use std::time::{Duration, Instant};
 use common::{echo_checked, read_pattern, write_pattern, Rng};
 use muxado::engine::{
     self,
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpStream, UnixListener, UnixStream},
 };
 use muxado::transport::{rustls, TlsClientConfig, TlsServerConfig, TlsStream, Transport};
 use ngrok_muxado::{Accept as _, OpenClose as _, Session as _};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Barrier, Mutex};
-use transport_util::Pki;
+use transport_util::{Pki, TempDir};
 
 const STREAMS: u64 = 16;
 const MAX_LEN: u64 = 1 << 20;
@@ -39,6 +40,8 @@ enum OurRole {
 #[derive(Clone)]
 enum Wire {
     Tls(Arc<Pki>),
+    /// A socket file in a temp dir.
+    Unix(Arc<TempDir>),
 }
 
 fn sizes(seed: u64) -> Vec<u64> {
@@ -125,6 +128,12 @@ fn their_client_config(pki: &Pki) -> Arc<rustls::ClientConfig> {
 enum Listen {
     OursTcp(TcpListener),
     TheirsTcp(std::net::TcpListener),
+    OursUnix(UnixListener),
+    TheirsUnix(std::os::unix::net::UnixListener),
+}
+
+fn socket_path(dir: &TempDir) -> std::path::PathBuf {
+    dir.path().join("muxado.sock")
 }
 
 /// Our transport, connected and (for TLS) handshaken.
@@ -155,6 +164,14 @@ async fn our_transport(
             };
             tls.expect("our TLS handshake").into()
         }
+        Wire::Unix(dir) => match listen {
+            Some(Listen::OursUnix(l)) => l.accept().await.expect("our accept").into(),
+            Some(_) => unreachable!("our side listens on the ring"),
+            None => UnixStream::connect(socket_path(dir))
+                .await
+                .expect("our connect")
+                .into(),
+        },
     }
 }
 
@@ -200,6 +217,22 @@ async fn their_transport(wire: &Wire, role: OurRole, listen: Option<Listen>, add
                 ),
             }
         }
+        Wire::Unix(dir) => match listen {
+            Some(Listen::TheirsUnix(l)) => Box::new(
+                tokio::net::UnixListener::from_std(l)
+                    .unwrap()
+                    .accept()
+                    .await
+                    .expect("their accept")
+                    .0,
+            ),
+            Some(_) => unreachable!("their side listens with tokio"),
+            None => Box::new(
+                tokio::net::UnixStream::connect(socket_path(dir))
+                    .await
+                    .expect("their connect"),
+            ),
+        },
     }
 }
 
@@ -216,6 +249,15 @@ fn listen(wire: &Wire, role: OurRole) -> (Listen, String) {
             l.set_nonblocking(true).unwrap();
             let a = l.local_addr().unwrap().to_string();
             (Listen::TheirsTcp(l), a)
+        }
+        (Wire::Unix(dir), OurRole::Server) => {
+            let l = UnixListener::bind(socket_path(dir)).unwrap();
+            (Listen::OursUnix(l), String::new())
+        }
+        (Wire::Unix(dir), OurRole::Client) => {
+            let l = std::os::unix::net::UnixListener::bind(socket_path(dir)).unwrap();
+            l.set_nonblocking(true).unwrap();
+            (Listen::TheirsUnix(l), String::new())
         }
     }
 }
@@ -361,4 +403,20 @@ fn ngrok_over_tls_our_client() {
 #[test]
 fn ngrok_over_tls_our_server() {
     run(Wire::Tls(Arc::new(Pki::new())), OurRole::Server);
+}
+
+#[test]
+fn ngrok_over_unix_our_client() {
+    run(
+        Wire::Unix(Arc::new(TempDir::new("interop"))),
+        OurRole::Client,
+    );
+}
+
+#[test]
+fn ngrok_over_unix_our_server() {
+    run(
+        Wire::Unix(Arc::new(TempDir::new("interop"))),
+        OurRole::Server,
+    );
 }

@@ -3,8 +3,10 @@
 //!
 //! A [`Session`](crate::Session) on the engine reaches its byte stream only
 //! through [`Transport`], so the same driver runs over:
-//! - TCP ([`TcpStream`]): chunks straight from the core's multishot receive,
-//!   frames straight to the ring's send, no copy and no allocation per frame;
+//! - TCP ([`TcpStream`]) and Unix domain sockets ([`UnixStream`], a path or
+//!   a Linux abstract name): chunks straight from the core's multishot
+//!   receive, frames straight to the ring's send, no copy and no allocation
+//!   per frame;
 //! - TLS ([`TlsStream`], rustls driven sans-IO): ciphertext from the ring goes
 //!   through `read_tls` / `process_new_packets` and comes out as plaintext for
 //!   the protocol; frames go in through `writer()` and leave, encrypted, through
@@ -59,7 +61,7 @@ use std::task::Context;
 
 use bytes::BytesMut;
 
-use crate::engine::net::{MultiRecv, RecvBuf, TcpStream};
+use crate::engine::net::{MultiRecv, RecvBuf, TcpStream, UnixStream};
 
 pub use tls::{TlsClientConfig, TlsError, TlsServerConfig, TlsStream, DEFAULT_HANDSHAKE_TIMEOUT};
 
@@ -70,13 +72,21 @@ pub use rustls;
 /// A connected byte stream a session can run over.
 ///
 /// Build it with `From`: `Session::client(tcp, config)` takes a
-/// [`TcpStream`] as before, and a [`TlsStream`] the same way.
+/// [`TcpStream`] as before, and a [`UnixStream`] or a [`TlsStream`] the same way.
 #[derive(Debug)]
 pub enum Transport {
     /// Plain TCP.
     Tcp(TcpStream),
-    /// TLS (rustls) over TCP, handshake done.
+    /// A Unix domain stream socket.
+    Unix(UnixStream),
+    /// TLS (rustls) over TCP or a Unix socket, handshake done.
     Tls(TlsStream),
+}
+
+impl From<UnixStream> for Transport {
+    fn from(s: UnixStream) -> Transport {
+        Transport::Unix(s)
+    }
 }
 
 impl From<TcpStream> for Transport {
@@ -92,18 +102,21 @@ impl From<TlsStream> for Transport {
 }
 
 impl Transport {
-    /// The local socket address, if the transport has one (TCP does).
+    /// The local IP socket address, if the transport has one (TCP does,
+    /// a Unix socket does not: see [`UnixStream::local_addr`]).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         match self {
             Transport::Tcp(s) => s.local_addr().ok(),
+            Transport::Unix(_) => None,
             Transport::Tls(s) => s.local_addr(),
         }
     }
 
-    /// The peer's socket address, if the transport has one.
+    /// The peer's IP socket address, if the transport has one.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         match self {
             Transport::Tcp(s) => s.peer_addr().ok(),
+            Transport::Unix(_) => None,
             Transport::Tls(s) => s.peer_addr(),
         }
     }
@@ -112,6 +125,7 @@ impl Transport {
     pub fn kind(&self) -> &'static str {
         match self {
             Transport::Tcp(_) => "tcp",
+            Transport::Unix(_) => "unix",
             Transport::Tls(_) => "tls",
         }
     }
@@ -120,6 +134,7 @@ impl Transport {
     pub(crate) fn receiver(&self) -> Receiver {
         match self {
             Transport::Tcp(s) => Receiver::Plain(s.recv_multishot()),
+            Transport::Unix(s) => Receiver::Plain(s.recv_multishot()),
             Transport::Tls(s) => Receiver::Tls(s.receiver()),
         }
     }
@@ -128,6 +143,7 @@ impl Transport {
     pub(crate) async fn send_all(&self, buf: BytesMut) -> (io::Result<()>, BytesMut) {
         match self {
             Transport::Tcp(s) => s.send_all_session(buf).await,
+            Transport::Unix(s) => s.send_all_session(buf).await,
             Transport::Tls(s) => s.send_all(buf).await,
         }
     }
@@ -136,7 +152,7 @@ impl Transport {
     /// updates); if not, `cx` is woken when it has. Always false for TCP.
     pub(crate) fn poll_wants_send(&self, cx: &Context<'_>) -> bool {
         match self {
-            Transport::Tcp(_) => false,
+            Transport::Tcp(_) | Transport::Unix(_) => false,
             Transport::Tls(s) => s.poll_wants_send(cx),
         }
     }
@@ -144,7 +160,7 @@ impl Transport {
     /// Sends what the transport itself has queued (see [`Self::poll_wants_send`]).
     pub(crate) async fn flush(&self) -> io::Result<()> {
         match self {
-            Transport::Tcp(_) => Ok(()),
+            Transport::Tcp(_) | Transport::Unix(_) => Ok(()),
             Transport::Tls(s) => s.flush().await,
         }
     }
@@ -154,6 +170,7 @@ impl Transport {
     pub(crate) async fn close_write(&self) -> io::Result<()> {
         match self {
             Transport::Tcp(s) => s.shutdown(Shutdown::Write),
+            Transport::Unix(s) => s.shutdown(Shutdown::Write),
             Transport::Tls(s) => s.close_write().await,
         }
     }
@@ -163,6 +180,7 @@ impl Transport {
     pub(crate) fn shutdown_both(&self) -> io::Result<()> {
         match self {
             Transport::Tcp(s) => s.shutdown(Shutdown::Both),
+            Transport::Unix(s) => s.shutdown(Shutdown::Both),
             Transport::Tls(s) => s.shutdown_both(),
         }
     }
@@ -173,6 +191,14 @@ impl Transport {
 pub enum Socket {
     /// A TCP connection.
     Tcp(TcpStream),
+    /// A Unix domain stream connection.
+    Unix(UnixStream),
+}
+
+impl From<UnixStream> for Socket {
+    fn from(s: UnixStream) -> Socket {
+        Socket::Unix(s)
+    }
 }
 
 impl From<TcpStream> for Socket {
@@ -189,6 +215,7 @@ impl Socket {
     pub fn local_addr(&self) -> Option<SocketAddr> {
         match self {
             Socket::Tcp(s) => s.local_addr().ok(),
+            Socket::Unix(_) => None,
         }
     }
 
@@ -196,36 +223,42 @@ impl Socket {
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         match self {
             Socket::Tcp(s) => s.peer_addr().ok(),
+            Socket::Unix(_) => None,
         }
     }
 
     pub(crate) async fn recv(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         match self {
             Socket::Tcp(s) => s.recv(buf).await,
+            Socket::Unix(s) => s.recv(buf).await,
         }
     }
 
     pub(crate) async fn send_all(&self, buf: Vec<u8>) -> io::Result<()> {
         match self {
             Socket::Tcp(s) => s.send_all(buf).await.0,
+            Socket::Unix(s) => s.send_all(buf).await.0,
         }
     }
 
     pub(crate) async fn send_all_session(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         match self {
             Socket::Tcp(s) => s.send_all_session(buf).await,
+            Socket::Unix(s) => s.send_all_session(buf).await,
         }
     }
 
     pub(crate) fn recv_multishot(&self) -> SocketRecv {
         match self {
             Socket::Tcp(s) => s.recv_multishot(),
+            Socket::Unix(s) => s.recv_multishot(),
         }
     }
 
     pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         match self {
             Socket::Tcp(s) => s.shutdown(how),
+            Socket::Unix(s) => s.shutdown(how),
         }
     }
 }

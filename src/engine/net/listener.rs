@@ -105,7 +105,7 @@ impl TcpListener {
 /// # Safety
 ///
 /// `c` must be the completion of an accept: a non-negative result is a descriptor nobody owns.
-unsafe fn close_accepted(c: &Completion) {
+pub(super) unsafe fn close_accepted(c: &Completion) {
     if c.result >= 0 {
         // SAFETY: the kernel returned this fresh descriptor to us and no one else has seen it.
         drop(unsafe { OwnedFd::from_raw_fd(c.result) });

@@ -1,4 +1,4 @@
-//! TCP sockets whose I/O runs on the core's ring.
+//! TCP and Unix domain stream sockets whose I/O runs on the core's ring.
 //!
 //! Sends take owned buffers ([`IoBuf`]) and give them back with the result, so a dropped future
 //! can never leave the kernel writing from freed memory. Receives are either multishot into the
@@ -8,7 +8,8 @@
 //!
 //! Parts: `buf` (the owned-buffer traits), `addr` (socket addresses and the plain socket
 //! syscalls), `listener`, `stream`, `multishot` (multishot receive into the provided-buffer
-//! ring). Every operation in flight holds a reference to its socket, so a descriptor is closed
+//! ring), `unix` (Unix listener and stream: a path or an abstract name; once connected, the same
+//! operations as a TCP stream). Every operation in flight holds a reference to its socket, so a descriptor is closed
 //! only after the last completion naming it was reaped.
 
 mod addr;
@@ -16,8 +17,10 @@ mod buf;
 mod listener;
 mod multishot;
 mod stream;
+mod unix;
 
 pub use buf::{IoBuf, IoBufMut};
 pub use listener::TcpListener;
 pub use multishot::{MultiRecv, RecvBuf};
 pub use stream::TcpStream;
+pub use unix::{UnixAddr, UnixListener, UnixStream};
