@@ -6,6 +6,10 @@
 //! it) and a clock for the protocol's timers. Handles share the session
 //! through an `Rc`: they are `!Send`, tied to their core, and cost no atomics.
 //!
+//! The session reaches its socket only through a [`Transport`] (receive
+//! chunks, send a buffer, shut down): TCP, a Unix socket, or TLS over either;
+//! see [`crate::transport`].
+//!
 //! ```
 //! use muxado::engine::{self, net::{TcpListener, TcpStream}};
 //! use muxado::{Config, Session};

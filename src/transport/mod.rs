@@ -10,7 +10,9 @@
 //! - TLS ([`TlsStream`], rustls driven sans-IO): ciphertext from the ring goes
 //!   through `read_tls` / `process_new_packets` and comes out as plaintext for
 //!   the protocol; frames go in through `writer()` and leave, encrypted, through
-//!   `write_tls` and the ring's send.
+//!   `write_tls` and the ring's send. rustls' buffered API copies each way
+//!   and allocates per TLS record (up to 16 KiB), so TLS is not zero-alloc
+//!   per frame the way TCP and Unix are.
 //!
 //! Dispatch is a `match` on a small enum, not a trait object: the TCP path
 //! costs one branch per chunk and per send.
@@ -74,6 +76,7 @@ pub use rustls;
 /// Build it with `From`: `Session::client(tcp, config)` takes a
 /// [`TcpStream`] as before, and a [`UnixStream`] or a [`TlsStream`] the same way.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Transport {
     /// Plain TCP.
     Tcp(TcpStream),
@@ -188,6 +191,7 @@ impl Transport {
 
 /// The plain socket under a [`TlsStream`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Socket {
     /// A TCP connection.
     Tcp(TcpStream),
