@@ -305,3 +305,46 @@ fn bad_pem_files_name_the_file_and_the_cause() {
     let e: std::io::Error = TlsError::ServerName("bad name".into()).into();
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
 }
+
+/// After the handshake, the peer sends a record that does not decrypt: the
+/// session dies with a transport error that says TLS and why; no panic, no hang.
+#[test]
+fn a_corrupt_record_kills_the_session_with_a_tls_error() {
+    use std::io::Write as _;
+    let pki = Pki::new();
+    let server_cfg =
+        TlsServerConfig::from_pem(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes()).unwrap();
+    let client_cfg = TlsClientConfig::from_ca_pem(pki.ca_pem.as_bytes()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // A blocking rustls client in a thread of its own: handshake, then garbage.
+    let peer = std::thread::spawn(move || {
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
+        let name = "localhost".try_into().unwrap();
+        let conn = rustls::ClientConnection::new(client_cfg.rustls().clone(), name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).unwrap();
+        }
+        // An application-data record of 32 bytes that no key made.
+        let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+        record.extend_from_slice(&[0xAB; 32]);
+        tls.sock.write_all(&record).unwrap();
+        // Hold the socket until the server has seen it.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    });
+    run_bounded(move || async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = TlsStream::accept(tcp, &server_cfg).await.unwrap();
+        let session = Session::server(tls, config());
+        let end = session.wait().await;
+        eprintln!("{:?}", end.local);
+        match &end.local {
+            muxado::Error::Transport(msg) => {
+                assert!(msg.contains("TLS"), "{msg}");
+            }
+            other => panic!("expected a TLS transport error, got {other:?}"),
+        }
+    });
+    peer.join().unwrap();
+}
