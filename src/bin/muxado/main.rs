@@ -4,6 +4,7 @@ mod bench;
 mod peers;
 mod report;
 mod serve;
+mod tunnel;
 mod uring;
 mod workload;
 
@@ -79,6 +80,10 @@ impl HeartbeatArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Reverse tunnel, public side: accept agents, expose their services.
+    Gateway(tunnel::GatewayArgs),
+    /// Reverse tunnel, private side: forward the gateway's connections to local origins.
+    Agent(tunnel::AgentArgs),
     /// Run the loopback benchmark: every scenario against every system,
     /// side by side, with ratios to plain TCP on the same engine.
     Bench {
@@ -149,6 +154,8 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::Gateway(args) => tunnel::gateway(args),
+        Command::Agent(args) => tunnel::agent(args),
         Command::Bench {
             scenario,
             systems,

@@ -1,0 +1,172 @@
+//! The hot path: a TCP connection joined with a muxado stream, both ways.
+//!
+//! - TCP → stream: a multishot receive into the core's provided-buffer ring;
+//!   each chunk is written into the stream (the one user-space copy, into the
+//!   session's send buffer), then its buffer goes back to the ring. An idle
+//!   connection holds no buffer.
+//! - stream → TCP: `Stream::read_with` lends the received bytes, which are
+//!   copied once into a buffer taken from this core's pool only when bytes
+//!   are there; the buffer is sent and returned to the pool.
+//!
+//! In steady state nothing is allocated per chunk. Each direction is a task;
+//! both share the stream through a `RefCell` that is borrowed only inside a
+//! poll, never across an await.
+//!
+//! Endings travel: EOF on one side is a half-close (FIN) on the other, and
+//! the other direction goes on; an error on one side resets the stream or
+//! shuts the socket down, which ends the other direction too.
+
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
+use std::net::Shutdown;
+use std::pin::pin;
+use std::rc::Rc;
+
+use muxado::engine::{self, net::TcpStream};
+use muxado::{ErrorCode, Stream};
+
+use super::metrics::Meter;
+
+/// Size of the buffers the stream → TCP direction sends from.
+const CHUNK: usize = 64 * 1024;
+/// Buffers kept in a core's pool for reuse.
+const POOL_MAX: usize = 256;
+
+thread_local! {
+    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_buf() -> Vec<u8> {
+    POOL.with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(CHUNK))
+}
+
+fn give_buf(mut buf: Vec<u8>) {
+    buf.clear();
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOL_MAX {
+            p.push(buf);
+        }
+    });
+}
+
+/// Bytes moved by a finished splice.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Moved {
+    pub tcp_to_stream: u64,
+    pub stream_to_tcp: u64,
+}
+
+/// Splices `tcp` and `stream` until both directions have ended. `meter`
+/// (the gateway's) counts bytes from `tcp` as going to the origin.
+pub async fn splice(tcp: TcpStream, stream: Stream, meter: Option<Meter>) -> Moved {
+    let stream = Rc::new(RefCell::new(stream));
+    let up = engine::spawn(tcp_to_stream(tcp.clone(), stream.clone(), meter.clone()));
+    let down = stream_to_tcp(tcp, stream, meter).await;
+    let up = up.await;
+    Moved {
+        tcp_to_stream: up,
+        stream_to_tcp: down,
+    }
+}
+
+fn count(meter: &Option<Meter>, from_tcp: bool, n: usize) {
+    if let Some(m) = meter {
+        if from_tcp {
+            m.to_origin(n);
+        } else {
+            m.to_client(n);
+        }
+    }
+}
+
+async fn tcp_to_stream(tcp: TcpStream, stream: Rc<RefCell<Stream>>, meter: Option<Meter>) -> u64 {
+    let mut rx = tcp.recv_multishot();
+    let mut total = 0u64;
+    loop {
+        match rx.next().await {
+            Ok(Some(chunk)) => {
+                let mut off = 0;
+                while off < chunk.len() {
+                    let r =
+                        poll_fn(|cx| stream.borrow_mut().poll_write_slice(cx, &chunk[off..])).await;
+                    match r {
+                        Ok(n) => off += n,
+                        Err(_) => {
+                            // The stream is gone (reset, session dead): end the socket too.
+                            let _ = tcp.shutdown(Shutdown::Both);
+                            return total;
+                        }
+                    }
+                }
+                total += chunk.len() as u64;
+                count(&meter, true, chunk.len());
+            }
+            Ok(None) => {
+                let _ = stream.borrow_mut().close_write();
+                return total;
+            }
+            Err(_) => {
+                let _ = stream.borrow_mut().reset(ErrorCode::StreamReset);
+                return total;
+            }
+        }
+    }
+}
+
+async fn stream_to_tcp(tcp: TcpStream, stream: Rc<RefCell<Stream>>, meter: Option<Meter>) -> u64 {
+    let mut total = 0u64;
+    loop {
+        let mut buf: Option<Vec<u8>> = None;
+        let r = poll_fn(|cx| {
+            let mut s = stream.borrow_mut();
+            let slot = &mut buf;
+            // A fresh `read_with` future per poll: it only registers our waker
+            // when nothing is there, so dropping it when pending loses nothing.
+            let read = s.read_with(|bytes| {
+                if bytes.is_empty() {
+                    return 0;
+                }
+                let b = slot.get_or_insert_with(take_buf);
+                let n = bytes.len().min(CHUNK);
+                b.extend_from_slice(&bytes[..n]);
+                n
+            });
+            // The future borrows `s`: poll it in a statement, so it is
+            // dropped before `s`.
+            #[allow(clippy::let_and_return)]
+            let out = pin!(read).poll(cx);
+            out
+        })
+        .await;
+        match (r, buf) {
+            (Ok(n), Some(b)) if n > 0 => {
+                let (sent, b) = tcp.send_all(b).await;
+                give_buf(b);
+                if sent.is_err() {
+                    let _ = stream.borrow_mut().reset(ErrorCode::StreamReset);
+                    let _ = tcp.shutdown(Shutdown::Both);
+                    return total;
+                }
+                total += n as u64;
+                count(&meter, false, n);
+            }
+            (Ok(_), b) => {
+                // End of the stream: FIN to the TCP side; reading goes on.
+                if let Some(b) = b {
+                    give_buf(b);
+                }
+                let _ = tcp.shutdown(Shutdown::Write);
+                return total;
+            }
+            (Err(_), b) => {
+                if let Some(b) = b {
+                    give_buf(b);
+                }
+                let _ = tcp.shutdown(Shutdown::Both);
+                return total;
+            }
+        }
+    }
+}
