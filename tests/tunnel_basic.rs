@@ -233,3 +233,43 @@ fn proxy_protocol_names_the_public_client() {
     s.read_to_string(&mut answer).unwrap();
     assert_eq!(answer, me.to_string());
 }
+
+/// The tunnel protocol is the same on ngrok's crate over tokio (the
+/// benchmark's `--runtime ngrok-tokio` peer): each side works with the other.
+#[test]
+fn interoperates_with_the_ngrok_tokio_peer() {
+    let origin = origin(echo);
+    // Our gateway, their agent.
+    let mut t = gateway(&[]);
+    let _agent = t.agent_connected(origin.addr, &["--runtime", "ngrok-tokio"], 1);
+    let data = pattern(11, 1 << 20);
+    assert_eq!(echo_roundtrip(t.connect(), data.clone()), data);
+    // Their gateway, our agent.
+    let dir = TempDir::new("ngrok");
+    let (agents, public) = (free_addr(), free_addr());
+    let args: Vec<String> = [
+        "gateway",
+        "--runtime",
+        "ngrok-tokio",
+        "--agents",
+        &agents.to_string(),
+        "--expose",
+        &format!("web={public}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut gw = Proc::start("ngrok-gateway", &dir, &args, TOKEN);
+    gw.wait_log("service web listening", Duration::from_secs(10));
+    let mut t2 = Tunnel {
+        dir,
+        agents,
+        public,
+        metrics: free_addr(),
+        gateway: gw,
+    };
+    let _agent2 = t2.agent(origin.addr, &[], TOKEN);
+    t2.gateway
+        .wait_log("connected (ngrok-tokio)", Duration::from_secs(10));
+    assert_eq!(echo_roundtrip(t2.connect(), data.clone()), data);
+}

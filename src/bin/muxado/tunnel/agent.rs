@@ -44,8 +44,8 @@ struct Service {
     origin: SocketAddr,
 }
 
-pub fn run(opts: AgentOptions) -> Result<(), String> {
-    // Origins are resolved once: no name lookup on the hot path.
+/// Origins are resolved once, at start: no name lookup on the hot path.
+pub fn resolve_origins(opts: &AgentOptions) -> Result<Vec<SocketAddr>, String> {
     let mut origins = Vec::new();
     for (name, addr) in &opts.services {
         let a = addr
@@ -55,6 +55,10 @@ pub fn run(opts: AgentOptions) -> Result<(), String> {
             .ok_or_else(|| format!("--forward {name}={addr}: resolves to nothing"))?;
         origins.push(a);
     }
+    Ok(origins)
+}
+
+pub fn run(opts: AgentOptions, origins: Vec<SocketAddr>) -> Result<(), String> {
     let handle: Arc<OnceLock<EngineHandle>> = Arc::new(OnceLock::new());
     let for_signals = handle.clone();
     signals::watch(move |name| {
@@ -249,7 +253,7 @@ async fn session_once(
         ctl.write_all(&hello.encode())
             .await
             .map_err(|e| e.to_string())?;
-        let reply = Reply::read(&mut ctl).await?;
+        let reply = Reply::read(&mut *ctl).await?;
         Ok::<_, String>((ctl, reply))
     })
     .await

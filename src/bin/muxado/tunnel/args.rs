@@ -35,6 +35,18 @@ pub struct GatewayArgs {
     drain_timeout: f64,
     #[command(flatten)]
     heartbeat: HeartbeatFlags,
+    /// Benchmark peer: run on ngrok's muxado crate over tokio instead.
+    #[arg(long, value_enum, default_value_t = Runtime::Uring, hide = true)]
+    runtime: Runtime,
+}
+
+/// Which implementation runs the tunnel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Runtime {
+    /// This crate's engine (io_uring).
+    Uring,
+    /// ngrok's `muxado` crate on tokio: the benchmark's same-protocol peer.
+    NgrokTokio,
 }
 
 /// `muxado agent`: the private side of the tunnel.
@@ -60,6 +72,9 @@ pub struct AgentArgs {
     max_backoff: f64,
     #[command(flatten)]
     heartbeat: HeartbeatFlags,
+    /// Benchmark peer: run on ngrok's muxado crate over tokio instead.
+    #[arg(long, value_enum, default_value_t = Runtime::Uring, hide = true)]
+    runtime: Runtime,
 }
 
 /// Heartbeat timing of both sides.
@@ -84,6 +99,7 @@ pub struct GatewayOptions {
     pub metrics: Option<SocketAddr>,
     pub drain_timeout: Duration,
     pub heartbeat: HeartbeatConfig,
+    pub runtime: Runtime,
 }
 
 /// The agent's checked options.
@@ -96,6 +112,7 @@ pub struct AgentOptions {
     pub proxy_protocol: bool,
     pub max_backoff: Duration,
     pub heartbeat: HeartbeatConfig,
+    pub runtime: Runtime,
 }
 
 impl GatewayArgs {
@@ -117,6 +134,7 @@ impl GatewayArgs {
             metrics: self.metrics,
             drain_timeout: secs(self.drain_timeout, "--drain-timeout")?,
             heartbeat: self.heartbeat.config()?,
+            runtime: self.runtime,
         })
     }
 }
@@ -137,6 +155,7 @@ impl AgentArgs {
             proxy_protocol: self.proxy_protocol,
             max_backoff: secs(self.max_backoff, "--max-backoff")?,
             heartbeat: self.heartbeat.config()?,
+            runtime: self.runtime,
         })
     }
 }

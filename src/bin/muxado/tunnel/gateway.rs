@@ -291,7 +291,7 @@ async fn agent_session(core: Rc<GwCore>, tcp: TcpStream, peer: SocketAddr) {
                 ctl.stream_type()
             ));
         }
-        let hello = Hello::read(&mut ctl).await?;
+        let hello = Hello::read(&mut *ctl).await?;
         Ok((ctl.into_stream(), hello))
     })
     .await

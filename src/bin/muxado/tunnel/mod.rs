@@ -15,25 +15,31 @@
 //! - [`metrics`]: per-core counters and the Prometheus text endpoint;
 //! - [`backoff`]: reconnect delays with jitter;
 //! - [`signals`]: SIGTERM/SIGINT delivered to the engine cores;
-//! - [`gateway`], [`agent`]: the two processes.
+//! - [`gateway`], [`agent`]: the two processes;
+//! - [`ngrok`]: the same tunnel on ngrok's crate over tokio (a benchmark peer).
 
 mod agent;
 mod args;
 mod backoff;
 mod gateway;
 mod metrics;
+mod ngrok;
 mod proxy_protocol;
 mod signals;
 mod splice;
 mod wire;
 
+use args::Runtime;
 pub use args::{AgentArgs, GatewayArgs};
 
 /// Runs `muxado gateway` until it has drained after SIGTERM/SIGINT.
 pub fn gateway(args: GatewayArgs) -> Result<(), String> {
     init_logs();
     let opts = args.validate()?;
-    gateway::run(opts)
+    match opts.runtime {
+        Runtime::Uring => gateway::run(opts),
+        Runtime::NgrokTokio => ngrok::gateway(opts),
+    }
 }
 
 /// Runs `muxado agent` until SIGTERM/SIGINT or a fatal error (such as a
@@ -41,7 +47,11 @@ pub fn gateway(args: GatewayArgs) -> Result<(), String> {
 pub fn agent(args: AgentArgs) -> Result<(), String> {
     init_logs();
     let opts = args.validate()?;
-    agent::run(opts)
+    let origins = agent::resolve_origins(&opts)?;
+    match opts.runtime {
+        Runtime::Uring => agent::run(opts, origins),
+        Runtime::NgrokTokio => ngrok::agent(opts, origins),
+    }
 }
 
 /// Logs go to stderr through `tracing`; `RUST_LOG` filters them (default

@@ -78,7 +78,7 @@ impl Hello {
     }
 
     /// Reads a hello; a malformed one is an error message for the log.
-    pub async fn read(stream: &mut Stream) -> Result<Hello, String> {
+    pub async fn read(stream: &mut impl ReadExact) -> Result<Hello, String> {
         let mut magic = [0u8; 4];
         read(stream, &mut magic).await?;
         if magic != MAGIC {
@@ -126,7 +126,7 @@ impl Reply {
         out
     }
 
-    pub async fn read(stream: &mut Stream) -> Result<Reply, String> {
+    pub async fn read(stream: &mut impl ReadExact) -> Result<Reply, String> {
         let status = match read_u8(stream).await? {
             0 => Status::Ok,
             1 => Status::BadToken,
@@ -203,7 +203,7 @@ impl ConnHeader {
         n
     }
 
-    pub async fn read(stream: &mut Stream) -> Result<ConnHeader, String> {
+    pub async fn read(stream: &mut impl ReadExact) -> Result<ConnHeader, String> {
         let family = read_u8(stream).await?;
         let ip_len = match family {
             0 => {
@@ -244,20 +244,42 @@ fn v6(ip: IpAddr) -> Ipv6Addr {
     }
 }
 
-async fn read(stream: &mut Stream, buf: &mut [u8]) -> Result<(), String> {
-    stream
-        .read_exact(buf)
-        .await
-        .map_err(|e: Error| e.to_string())
+/// Where the handshake is read from: a stream of ours, or (for the tokio
+/// peer of the benchmark) any tokio reader.
+#[allow(async_fn_in_trait)]
+pub trait ReadExact {
+    async fn read_exact_bytes(&mut self, buf: &mut [u8]) -> Result<(), String>;
 }
 
-async fn read_u8(stream: &mut Stream) -> Result<u8, String> {
+impl ReadExact for Stream {
+    async fn read_exact_bytes(&mut self, buf: &mut [u8]) -> Result<(), String> {
+        self.read_exact(buf).await.map_err(|e: Error| e.to_string())
+    }
+}
+
+/// A tokio reader as a [`ReadExact`].
+pub struct TokioReader<'a, R>(pub &'a mut R);
+
+impl<R: tokio::io::AsyncRead + Unpin> ReadExact for TokioReader<'_, R> {
+    async fn read_exact_bytes(&mut self, buf: &mut [u8]) -> Result<(), String> {
+        tokio::io::AsyncReadExt::read_exact(self.0, buf)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+async fn read(stream: &mut impl ReadExact, buf: &mut [u8]) -> Result<(), String> {
+    stream.read_exact_bytes(buf).await
+}
+
+async fn read_u8(stream: &mut impl ReadExact) -> Result<u8, String> {
     let mut b = [0u8; 1];
     read(stream, &mut b).await?;
     Ok(b[0])
 }
 
-async fn read_u16(stream: &mut Stream) -> Result<u16, String> {
+async fn read_u16(stream: &mut impl ReadExact) -> Result<u16, String> {
     let mut b = [0u8; 2];
     read(stream, &mut b).await?;
     Ok(u16::from_be_bytes(b))
