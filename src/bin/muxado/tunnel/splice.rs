@@ -170,3 +170,109 @@ async fn stream_to_tcp(tcp: TcpStream, stream: Rc<RefCell<Stream>>, meter: Optio
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The splice relays in steady state without allocating: a counting
+    //! allocator (this test binary's only one) counts this thread's
+    //! allocations while chunks go both ways through a running splice.
+    use super::*;
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    use muxado::engine::net::TcpListener;
+    use muxado::{Config, Session};
+
+    struct Counting;
+
+    thread_local! {
+        static COUNTING: Cell<bool> = const { Cell::new(false) };
+        static ALLOCS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    fn note() {
+        // `try_with`: thread-locals may be gone while a thread exits.
+        let _ = COUNTING.try_with(|c| {
+            if c.get() {
+                let _ = ALLOCS.try_with(|a| a.set(a.get() + 1));
+            }
+        });
+    }
+
+    // SAFETY: forwards to the system allocator; counting touches only
+    // thread-locals that never allocate.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            note();
+            System.alloc(layout)
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            note();
+            System.alloc_zeroed(layout)
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+            note();
+            System.realloc(ptr, layout, new)
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            System.dealloc(ptr, layout)
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: Counting = Counting;
+
+    #[test]
+    fn steady_state_relay_allocates_nothing() {
+        const CHUNK_LEN: usize = 16 * 1024;
+        // The counter sees an allocation (so a zero below means something).
+        COUNTING.with(|c| c.set(true));
+        drop(std::hint::black_box(Vec::<u8>::with_capacity(10)));
+        COUNTING.with(|c| c.set(false));
+        assert_eq!(ALLOCS.with(|a| a.replace(0)), 1);
+        let allocs = engine::block_on(async {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let (origin_side, _) = l.accept().await.unwrap();
+            let l2 = TcpListener::bind("127.0.0.1:0").unwrap();
+            let c2 = TcpStream::connect(l2.local_addr().unwrap()).await.unwrap();
+            let (s2, _) = l2.accept().await.unwrap();
+            let a = Session::client(c2, Config::default());
+            let b = Session::server(s2, Config::default());
+            let mut near = a.open().unwrap();
+            near.write_all(b"!").await.unwrap();
+            let mut far = b.accept().await.unwrap();
+            let mut one = [0u8; 1];
+            far.read_exact(&mut one).await.unwrap();
+            let relay = engine::spawn(splice(origin_side, near, None));
+            let mut out = vec![7u8; CHUNK_LEN];
+            let mut back = vec![0u8; CHUNK_LEN];
+            let mut rx = client.recv_multishot();
+            // 100 warm-up rounds, then 300 counted: client → splice → far end, and back.
+            for i in 0..400 {
+                if i == 100 {
+                    COUNTING.with(|c| c.set(true));
+                }
+                let (r, b) = client.send_all(std::mem::take(&mut out)).await;
+                r.unwrap();
+                out = b;
+                far.read_exact(&mut back).await.unwrap();
+                assert!(back.iter().all(|&x| x == 7));
+                far.write_all(&back).await.unwrap();
+                let mut got = 0;
+                while got < CHUNK_LEN {
+                    let chunk = rx.next().await.unwrap().expect("data");
+                    got += chunk.len();
+                }
+                assert_eq!(got, CHUNK_LEN);
+            }
+            COUNTING.with(|c| c.set(false));
+            client.shutdown_write().unwrap();
+            far.close_write().unwrap();
+            let _ = relay.await;
+            ALLOCS.with(Cell::get)
+        })
+        .expect("io_uring available");
+        assert_eq!(allocs, 0, "allocations during 300 relayed round trips");
+    }
+}
