@@ -273,3 +273,26 @@ fn interoperates_with_the_ngrok_tokio_peer() {
         .wait_log("connected (ngrok-tokio)", Duration::from_secs(10));
     assert_eq!(echo_roundtrip(t2.connect(), data.clone()), data);
 }
+
+/// Two gateway cores, two agent cores: the agent's sessions cover both
+/// gateway cores, so no public connection lands on a core without a session.
+#[test]
+fn multi_core_gateway_serves_every_connection() {
+    let origin = origin(echo);
+    let mut t = gateway(&["--cores", "2"]);
+    let mut agent = t.agent(origin.addr, &["--cores", "2"], TOKEN);
+    agent.wait_log("core 0: connected to the gateway", Duration::from_secs(10));
+    agent.wait_log("core 1: connected to the gateway", Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&t.scrape(), "muxado_tunnel_agent_sessions") != 2 {
+        assert!(Instant::now() < deadline, "{}", t.gateway.log_text());
+        thread::sleep(Duration::from_millis(20));
+    }
+    for i in 0..40u64 {
+        let data = pattern(i, 10_000);
+        assert_eq!(echo_roundtrip(t.connect(), data.clone()), data, "conn {i}");
+    }
+    let m = t.scrape();
+    assert_eq!(metric(&m, "muxado_tunnel_refused_total"), 0, "{m}");
+    assert_eq!(metric(&m, "muxado_tunnel_connections_total"), 40, "{m}");
+}

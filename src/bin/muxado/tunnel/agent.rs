@@ -35,7 +35,7 @@ use super::wire::{ConnHeader, Hello, Reply, Status, CONTROL_TYPE, NOTICE_DRAIN};
 /// Bound on connecting to the gateway or an origin, and on the handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Redials tried to land on an uncovered gateway core before settling.
-const COVERAGE_TRIES: u32 = 8;
+const COVERAGE_TRIES: u32 = 16;
 
 /// A forwarded service, as agreed with the gateway.
 struct Service {

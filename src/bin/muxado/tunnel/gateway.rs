@@ -372,8 +372,10 @@ async fn agent_session(core: Rc<GwCore>, tcp: TcpStream, peer: SocketAddr) {
         warn!("agent {peer}: session failed during the handshake: {e}");
         return;
     }
-    let id = core.next_id.get();
-    core.next_id.set(id + 1);
+    // Unique across cores: core index + cores × the core's count.
+    let n = core.next_id.get();
+    core.next_id.set(n + 1);
+    let id = n * core.cores as u64 + core.index as u64;
     let link = Rc::new(Link {
         id,
         peer: peer.to_string(),
