@@ -40,12 +40,15 @@ if ((${#need_apt[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >&2
 fi
 mkdir -p perf/tmp
-need_cargo=()
-[[ " $PEERS " == *" rathole "* && ! -x perf/tmp/bin/rathole ]] && need_cargo+=(rathole)
-[[ " $PEERS " == *" bore "* && ! -x perf/tmp/bin/bore ]] && need_cargo+=(bore-cli)
-if ((${#need_cargo[@]})); then
-    echo "installing ${need_cargo[*]} (cargo install into perf/tmp)" >&2
-    cargo install --locked --root perf/tmp "${need_cargo[@]}" >&2
+if [[ " $PEERS " == *" rathole "* && ! -x perf/tmp/bin/rathole ]]; then
+    # Not --locked: rathole 0.5.0's lockfile pins a `time` that no longer
+    # builds on current Rust.
+    echo "installing rathole (cargo install into perf/tmp)" >&2
+    cargo install --root perf/tmp rathole >&2
+fi
+if [[ " $PEERS " == *" bore "* && ! -x perf/tmp/bin/bore ]]; then
+    echo "installing bore-cli (cargo install into perf/tmp)" >&2
+    cargo install --locked --root perf/tmp bore-cli >&2
 fi
 cargo build --release --bin muxado >&2
 ulimit -n "$(ulimit -Hn)"
@@ -187,6 +190,12 @@ http {{
     server {{ listen 127.0.0.1:{ORIGIN_HTTP} backlog=4096; root {www}; }}
 }}
 """)
+for port in (ORIGIN_HTTP, ORIGIN_IPERF):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        raise SystemExit(f"port {port} is already in use; stop whatever listens there")
+    except OSError:
+        pass
 origin = [start(["nginx", "-c", conf, "-g", "daemon off;"], LOAD_CPU, "nginx"),
           start(["iperf3", "-s", "-p", str(ORIGIN_IPERF)], LOAD_CPU, "iperf3-server")]
 wait_port(ORIGIN_HTTP)
@@ -202,7 +211,7 @@ def peer_haproxy():
         f.write(f"""
 global
     nbthread 1
-    maxconn 100000
+    maxconn 8000
 defaults
     mode tcp
     timeout connect 5s
@@ -250,10 +259,10 @@ local_addr = "127.0.0.1:{ORIGIN_IPERF}"
     return ps, 21080, 21201
 
 def peer_bore():
-    ps = [start([BORE, "server", "--min-port", "22000", "--max-port", "22999"], TUN_CPU, "bore-server")]
+    ps = [start([BORE, "server", "--bind-addr", "127.0.0.1", "--min-port", "22000", "--max-port", "22999"], TUN_CPU, "bore-server")]
     wait_port(7835)
-    ps.append(start([BORE, "local", str(ORIGIN_HTTP), "--to", "127.0.0.1", "--port", "22080"], TUN_CPU, "bore-http"))
-    ps.append(start([BORE, "local", str(ORIGIN_IPERF), "--to", "127.0.0.1", "--port", "22201"], TUN_CPU, "bore-iperf"))
+    ps.append(start([BORE, "local", "-l", "127.0.0.1", str(ORIGIN_HTTP), "--to", "127.0.0.1", "--port", "22080"], TUN_CPU, "bore-http"))
+    ps.append(start([BORE, "local", "-l", "127.0.0.1", str(ORIGIN_IPERF), "--to", "127.0.0.1", "--port", "22201"], TUN_CPU, "bore-iperf"))
     wait_http(22080)
     wait_port(22201)
     return ps, 22080, 22201
@@ -283,10 +292,12 @@ def to_ms(v, unit):
     return float(v) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 def wrk(port, close):
-    cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c64", f"-d{D}s", "--latency", "--timeout", "5s"]
+    cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c64", f"-d{D:g}s", "--latency", "--timeout", "5s"]
     if close:
         cmd += ["-H", "Connection: close"]
     out = subprocess.run(cmd + [f"http://127.0.0.1:{port}/"], capture_output=True, text=True).stdout
+    if "Requests/sec" not in out:
+        raise SystemExit(f"wrk failed on port {port}:\n{out}")
     r = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
          "requests": int(re.search(r"(\d+) requests in", out).group(1))}
     for pct, key in (("50", "p50_ms"), ("99", "p99_ms")):

@@ -202,3 +202,41 @@ fn heartbeats_notice_a_frozen_peer() {
     assert!(ends_within(&mut s, Duration::from_secs(2)));
     agent.signal(libc::SIGCONT);
 }
+
+/// A fast sender whose stream runs out of window must not starve the
+/// session (this deadlocked when the splice received into the engine's
+/// shared provided-buffer ring: iperf3 stalled, heartbeats timed out).
+#[test]
+fn a_fast_bulk_upload_does_not_stall_the_session() {
+    let origin = origin(count_then_answer);
+    let mut t = gateway(&["--heartbeat-interval", "1", "--heartbeat-tolerance", "2"]);
+    let mut agent = t.agent_connected(
+        origin.addr,
+        &["--heartbeat-interval", "1", "--heartbeat-tolerance", "2"],
+        1,
+    );
+    let total = 256usize << 20;
+    let chunk = vec![0xA5u8; 1 << 20];
+    let mut uploads = Vec::new();
+    for _ in 0..2 {
+        let mut s = t.connect();
+        let chunk = chunk.clone();
+        uploads.push(thread::spawn(move || {
+            for _ in 0..total / chunk.len() {
+                s.write_all(&chunk).expect("upload");
+            }
+            s.shutdown(Shutdown::Write).unwrap();
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).expect("answer");
+            answer
+        }));
+    }
+    for u in uploads {
+        assert_eq!(u.join().unwrap(), format!("got {total}"));
+    }
+    assert!(
+        !agent.log_text().contains("no heartbeat answer"),
+        "{}",
+        agent.log_text()
+    );
+}

@@ -1,9 +1,16 @@
 //! The hot path: a TCP connection joined with a muxado stream, both ways.
 //!
-//! - TCP → stream: a multishot receive into the core's provided-buffer ring;
-//!   each chunk is written into the stream (the one user-space copy, into the
-//!   session's send buffer), then its buffer goes back to the ring. An idle
-//!   connection holds no buffer.
+//! - TCP → stream: one-shot receives into a buffer of this core's pool; each
+//!   chunk is written into the stream (the one user-space copy, into the
+//!   session's send buffer). Not the provided-buffer ring: a multishot
+//!   receive keeps filling ring buffers while its consumer waits for stream
+//!   window, and that window only comes back through the session's own
+//!   reader, which needs ring buffers too. On a fast sender (iperf3) the
+//!   ring ran dry and the session deadlocked, heartbeats included. A one-shot
+//!   receive is posted only when the stream took the last chunk, so a
+//!   blocked stream holds back its TCP sender and nothing else. Receives
+//!   start small (4 KiB: an idle connection holds one untouched small
+//!   buffer) and grow to 64 KiB while they come back full.
 //! - stream → TCP: `Stream::read_with` lends the received bytes, which are
 //!   copied once into a buffer taken from this core's pool only when bytes
 //!   are there; the buffer is sent and returned to the pool.
@@ -27,23 +34,37 @@ use muxado::{ErrorCode, Stream};
 
 use super::metrics::Meter;
 
-/// Size of the buffers the stream → TCP direction sends from.
+/// Size of the large buffers (sends, and receives while data streams in).
 const CHUNK: usize = 64 * 1024;
-/// Buffers kept in a core's pool for reuse.
+/// Size of the receive buffer of a connection that is idle or chatty.
+const SMALL: usize = 4 * 1024;
+/// Buffers of each size kept in a core's pool for reuse.
 const POOL_MAX: usize = 256;
 
 thread_local! {
     static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static SMALL_POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
 fn take_buf() -> Vec<u8> {
-    POOL.with(|p| p.borrow_mut().pop())
-        .unwrap_or_else(|| Vec::with_capacity(CHUNK))
+    take_sized(CHUNK)
+}
+
+/// An empty buffer of capacity `size` (`CHUNK` or `SMALL`) from this core's pool.
+fn take_sized(size: usize) -> Vec<u8> {
+    let pool = if size == SMALL { &SMALL_POOL } else { &POOL };
+    pool.with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(size))
 }
 
 fn give_buf(mut buf: Vec<u8>) {
     buf.clear();
-    POOL.with(|p| {
+    let pool = if buf.capacity() < CHUNK {
+        &SMALL_POOL
+    } else {
+        &POOL
+    };
+    pool.with(|p| {
         let mut p = p.borrow_mut();
         if p.len() < POOL_MAX {
             p.push(buf);
@@ -82,32 +103,45 @@ fn count(meter: &Option<Meter>, from_tcp: bool, n: usize) {
 }
 
 async fn tcp_to_stream(tcp: TcpStream, stream: Rc<RefCell<Stream>>, meter: Option<Meter>) -> u64 {
-    let mut rx = tcp.recv_multishot();
     let mut total = 0u64;
+    let mut size = SMALL;
     loop {
-        match rx.next().await {
-            Ok(Some(chunk)) => {
+        let (r, buf) = tcp.recv(take_sized(size)).await;
+        match r {
+            Ok(0) => {
+                give_buf(buf);
+                let _ = stream.borrow_mut().close_write();
+                return total;
+            }
+            Ok(n) => {
                 let mut off = 0;
-                while off < chunk.len() {
-                    let r =
-                        poll_fn(|cx| stream.borrow_mut().poll_write_slice(cx, &chunk[off..])).await;
-                    match r {
-                        Ok(n) => off += n,
+                while off < n {
+                    let w =
+                        poll_fn(|cx| stream.borrow_mut().poll_write_slice(cx, &buf[off..n])).await;
+                    match w {
+                        Ok(k) => off += k,
                         Err(_) => {
                             // The stream is gone (reset, session dead): end the socket too.
+                            give_buf(buf);
                             let _ = tcp.shutdown(Shutdown::Both);
                             return total;
                         }
                     }
                 }
-                total += chunk.len() as u64;
-                count(&meter, true, chunk.len());
-            }
-            Ok(None) => {
-                let _ = stream.borrow_mut().close_write();
-                return total;
+                // Grow while receives come back full; shrink when traffic is small.
+                size = if n == buf.capacity() {
+                    CHUNK
+                } else if n <= SMALL {
+                    SMALL
+                } else {
+                    size
+                };
+                give_buf(buf);
+                total += n as u64;
+                count(&meter, true, n);
             }
             Err(_) => {
+                give_buf(buf);
                 let _ = stream.borrow_mut().reset(ErrorCode::StreamReset);
                 return total;
             }
