@@ -210,7 +210,7 @@ fn heartbeats_notice_a_frozen_peer() {
 fn a_fast_bulk_upload_does_not_stall_the_session() {
     let origin = origin(count_then_answer);
     let mut t = gateway(&["--heartbeat-interval", "1", "--heartbeat-tolerance", "2"]);
-    let mut agent = t.agent_connected(
+    let agent = t.agent_connected(
         origin.addr,
         &["--heartbeat-interval", "1", "--heartbeat-tolerance", "2"],
         1,
