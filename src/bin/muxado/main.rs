@@ -8,6 +8,7 @@
 mod bench;
 mod model;
 mod serve;
+mod tunnel;
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
@@ -99,6 +100,10 @@ impl HeartbeatArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Reverse tunnel, public side: accept agents, expose their services.
+    Gateway(tunnel::GatewayArgs),
+    /// Reverse tunnel, private side: forward the gateway's connections to local origins.
+    Agent(tunnel::AgentArgs),
     /// Run the loopback benchmark: every scenario against every system,
     /// side by side, with ratios to plain TCP on the same engine.
     Bench {
@@ -179,6 +184,8 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let engine = EngineOpts::from_env();
     let result = match cli.command {
+        Command::Gateway(args) => tunnel::gateway(args),
+        Command::Agent(args) => tunnel::agent(args),
         Command::Bench {
             scenario,
             systems,
