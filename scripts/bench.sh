@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Regenerates perf/: release build, the full default suite (every scenario ×
-# every system, client CPU0 / server CPU1), results.md, results.json and the
-# SVG plots. Extra arguments go to `muxado bench` (e.g. --duration 2).
+# every system, client CPU0 / server CPU1, 3 interleaved rounds; about
+# 3 minutes on 2 cores), results.md, results.json (with the machine, kernel,
+# commit, placement and load average before and after) and the SVG plots.
+# Extra arguments go to `muxado bench` (e.g. --repeat 5, or
+# --baseline perf/results.json to compare with the last saved run — save a
+# copy first, since --out perf/ overwrites it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin muxado
 mkdir -p perf
-echo "load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+ulimit -n "$(ulimit -Hn)"
 ./target/release/muxado bench --out perf/ "$@" | tee perf/results.txt

@@ -4,144 +4,43 @@
 //! bounded in time.
 #![cfg(feature = "cli")]
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+#[path = "common/cli.rs"]
+mod cli;
 
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cli::{muxado, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const BIN: &str = env!("CARGO_BIN_EXE_muxado");
-
-/// A server process, killed when dropped; its stderr is collected by a thread.
-struct Server {
-    child: Child,
-    stderr: Option<JoinHandle<String>>,
-}
-
-impl Server {
-    /// Kills the server and returns what it printed on stderr.
-    fn stop(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.stderr
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr")
-}
-
 /// `muxado serve --heartbeat --heartbeat-interval 0.05 -v` on a free port.
-fn serve_heartbeat() -> (Server, SocketAddr) {
-    let addr = free_addr();
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            &addr.to_string(),
-            "--heartbeat",
-            "--heartbeat-interval",
-            "0.05",
-            "-v",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start muxado serve");
-    let mut pipe = child.stderr.take().expect("stderr");
-    let stderr = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = pipe.read_to_string(&mut s);
-        s
-    });
-    let mut server = Server {
-        child,
-        stderr: Some(stderr),
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
-        if let Ok(Some(status)) = server.child.try_wait() {
-            panic!("muxado serve exited early: {status}");
-        }
-        assert!(Instant::now() < deadline, "muxado serve did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (server, addr)
-}
-
-/// Runs the command, killing it if it takes longer than `limit`.
-fn run_bounded(cmd: &mut Command, limit: Duration) -> (bool, String, String) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the command");
-    // Drain both pipes while the command runs (its output may exceed a pipe buffer).
-    let mut out_pipe = child.stdout.take().expect("stdout");
-    let mut err_pipe = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out_pipe.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err_pipe.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("command timed out after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (
-        status.success(),
-        out.join().unwrap_or_default(),
-        err.join().unwrap_or_default(),
-    )
+fn serve_heartbeat() -> Server {
+    Server::start(&["--heartbeat", "--heartbeat-interval", "0.05", "-v"])
 }
 
 #[test]
 fn heartbeat_serve_with_bench_and_ngrok() {
-    let (server, addr) = serve_heartbeat();
+    let server = serve_heartbeat();
+    let addr = server.addr;
 
     // (a) our bench client, heartbeat on, typed streams of type 1.
-    let (ok, out, err) = run_bounded(
-        Command::new(BIN).args([
+    let r = muxado(
+        &[
             "bench",
             "--connect",
             &addr.to_string(),
             "--heartbeat",
             "--duration",
             "0.3",
+            "--repeat",
+            "1",
             "--json",
-        ]),
+        ],
         Duration::from_secs(90),
     );
-    assert!(ok, "bench --connect --heartbeat failed:\n{err}");
+    let (out, err) = (&r.stdout, &r.stderr);
+    assert!(r.ok, "bench --connect --heartbeat failed:\n{err}");
     let lines: Vec<&str> = out.lines().collect();
     // rpc/1, rpc/64, rpc/1024 and open/16, muxado only.
     assert_eq!(lines.len(), 4, "{out}\n{err}");

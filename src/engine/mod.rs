@@ -556,6 +556,21 @@ fn allowed_cpus() -> Vec<usize> {
     }
 }
 
+/// Pins the calling thread to the CPU that engine core `core` runs on (cores wrap modulo the
+/// CPUs this process may run on) and returns that CPU: for threads a program places beside an
+/// engine's cores, such as `muxado bench`'s tokio peers, so that both sit on the same CPUs.
+pub fn pin_like_core(core: usize) -> std::io::Result<usize> {
+    let cpus = allowed_cpus();
+    if cpus.is_empty() {
+        return Err(std::io::Error::other(
+            "no CPU in this process's affinity mask",
+        ));
+    }
+    let cpu = cpus[core % cpus.len()];
+    pin_to(cpu)?;
+    Ok(cpu)
+}
+
 /// Pins the calling thread to `cpu`.
 fn pin_to(cpu: usize) -> std::io::Result<()> {
     // SAFETY: cpu_set_t is plain data; `cpu` < CPU_SETSIZE because it came from allowed_cpus.

@@ -1,12 +1,16 @@
 //! `muxado`: the command-line tool of muxado-uring.
+//!
+//! Modules import downward only: `main` (arguments, logging, one function
+//! per subcommand) → `bench` and `serve` → `model` (the shared types, which
+//! imports nothing of the tool). A new subcommand is a variant of
+//! [`Command`], one match arm in [`main`] and its own module.
 
 mod bench;
-mod peers;
-mod report;
+mod model;
 mod serve;
-mod uring;
-mod workload;
+mod tunnel;
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,9 +18,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use bench::{Placement, Scenario, System};
+use model::{bench_config, EngineOpts, HeartbeatOpts, Mode, Placement, Scenario, System};
 use muxado::heartbeat::HeartbeatConfig;
-use serve::{HeartbeatOpts, Mode};
 
 /// The muxado stream multiplexer on io_uring: a server and a benchmark.
 #[derive(Parser, Debug)]
@@ -24,9 +27,25 @@ use serve::{HeartbeatOpts, Mode};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Debug output on stderr (with --heartbeat: every heartbeat latency).
-    #[arg(short, long, global = true)]
-    verbose: bool,
+    /// More log output on stderr: -v debug (with --heartbeat: every
+    /// heartbeat latency), -vv trace. Without it, RUST_LOG (default info).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+/// Logs to stderr: `-v`/`-vv` if given, else `RUST_LOG`, else info.
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match verbose {
+        0 => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        1 => EnvFilter::new("debug"),
+        _ => EnvFilter::new("trace"),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
 }
 
 /// `--heartbeat` and its timing (serve and bench).
@@ -53,7 +72,7 @@ struct HeartbeatArgs {
 
 impl HeartbeatArgs {
     /// The settings, or `None` without `--heartbeat`; bad values exit 2.
-    fn opts(&self, verbose: bool) -> Option<HeartbeatOpts> {
+    fn opts(&self) -> Option<HeartbeatOpts> {
         if !self.heartbeat {
             return None;
         }
@@ -75,13 +94,16 @@ impl HeartbeatArgs {
                     d.tolerance,
                     "--heartbeat-tolerance",
                 )),
-            verbose,
         })
     }
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Reverse tunnel, public side: accept agents, expose their services.
+    Gateway(tunnel::GatewayArgs),
+    /// Reverse tunnel, private side: forward the gateway's connections to local origins.
+    Agent(tunnel::AgentArgs),
     /// Run the loopback benchmark: every scenario against every system,
     /// side by side, with ratios to plain TCP on the same engine.
     Bench {
@@ -94,11 +116,19 @@ enum Command {
         /// Client/server placement (default: split).
         #[arg(long, value_enum, value_delimiter = ',')]
         placement: Vec<Placement>,
-        /// Measured seconds of each case (default: 1 for bulk, 0.8 otherwise).
+        /// Measured seconds of each run of a case (default 0.6).
         #[arg(long)]
         duration: Option<f64>,
+        /// Runs of every case, the systems interleaved round by round
+        /// (default 3); figures are medians with min–max.
+        #[arg(long, value_name = "N")]
+        repeat: Option<usize>,
+        /// Compare with a results.json saved by --out: figures that moved
+        /// outside both runs' spread are flagged; a regression exits non-zero.
+        #[arg(long, value_name = "FILE.json")]
+        baseline: Option<PathBuf>,
         /// Stream counts (default: bulk 1,64; rpc 1,64,1024; open 16 workers;
-        /// sessions 1000).
+        /// sessions 1000; connect 16 workers; mixed 1).
         #[arg(long, value_delimiter = ',')]
         streams: Vec<usize>,
         /// Message size in bytes: bulk writes (default 65536) and rpc
@@ -151,12 +181,18 @@ fn main() -> ExitCode {
             };
         }
     };
+    init_logging(cli.verbose);
+    let engine = EngineOpts::from_env();
     let result = match cli.command {
+        Command::Gateway(args) => tunnel::gateway(args),
+        Command::Agent(args) => tunnel::agent(args),
         Command::Bench {
             scenario,
             systems,
             placement,
             duration,
+            repeat,
+            baseline,
             streams,
             size,
             json,
@@ -168,12 +204,15 @@ fn main() -> ExitCode {
             systems,
             placements: placement,
             duration,
+            repeat,
+            baseline,
             streams,
             size,
             json,
             out,
             connect,
-            heartbeat: heartbeat.opts(cli.verbose),
+            heartbeat: heartbeat.opts(),
+            engine,
         })
         .and_then(|opts| bench::run(&opts)),
         Command::Serve {
@@ -181,7 +220,7 @@ fn main() -> ExitCode {
             mode,
             cores,
             heartbeat,
-        } => serve(listen, mode, cores, heartbeat.opts(cli.verbose)),
+        } => serve(listen, mode, cores, heartbeat.opts(), engine),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -197,12 +236,15 @@ struct BenchArgs {
     systems: Vec<System>,
     placements: Vec<Placement>,
     duration: Option<f64>,
+    repeat: Option<usize>,
+    baseline: Option<PathBuf>,
     streams: Vec<usize>,
     size: Option<usize>,
     json: bool,
     out: Option<PathBuf>,
     connect: Option<SocketAddr>,
     heartbeat: Option<HeartbeatOpts>,
+    engine: EngineOpts,
 }
 
 fn bench_options(a: BenchArgs) -> Result<bench::Options, String> {
@@ -210,6 +252,9 @@ fn bench_options(a: BenchArgs) -> Result<bench::Options, String> {
         if !(d > 0.0 && d <= 3600.0) {
             usage_error("--duration must be in (0, 3600] seconds");
         }
+    }
+    if a.repeat.is_some_and(|n| n == 0 || n > 1000) {
+        usage_error("--repeat must be in 1..=1000");
     }
     if let Some(size) = a.size {
         if size == 0 || size > 64 << 20 {
@@ -223,15 +268,13 @@ fn bench_options(a: BenchArgs) -> Result<bench::Options, String> {
     if remote && a.systems.iter().any(|s| !s.speaks_muxado()) {
         usage_error("with --connect, --systems can only be muxado and ngrok-muxado");
     }
+    if remote && a.scenarios.contains(&Scenario::Mixed) {
+        usage_error("--scenario mixed needs the bench's own servers (not --connect)");
+    }
     let default_scenarios: &[Scenario] = if remote {
         &[Scenario::Rpc, Scenario::Open]
     } else {
-        &[
-            Scenario::Bulk,
-            Scenario::Rpc,
-            Scenario::Open,
-            Scenario::Sessions,
-        ]
+        model::ALL_SCENARIOS
     };
     if remote && a.heartbeat.is_some() && a.systems.contains(&System::NgrokMuxado) {
         usage_error(
@@ -244,7 +287,7 @@ fn bench_options(a: BenchArgs) -> Result<bench::Options, String> {
     } else if remote {
         &[System::Muxado, System::NgrokMuxado]
     } else {
-        bench::ALL_SYSTEMS
+        model::ALL_SYSTEMS
     };
     Ok(bench::Options {
         scenarios: or_all(a.scenarios, default_scenarios),
@@ -253,10 +296,13 @@ fn bench_options(a: BenchArgs) -> Result<bench::Options, String> {
         duration: a.duration.map(Duration::from_secs_f64),
         streams: a.streams,
         size: a.size,
+        repeat: a.repeat.unwrap_or(bench::DEFAULT_REPEAT),
         json: a.json,
         out: a.out,
         connect: a.connect,
+        baseline: a.baseline,
         heartbeat: a.heartbeat,
+        engine: a.engine,
     })
 }
 
@@ -285,21 +331,24 @@ fn serve(
     mode: Mode,
     cores: usize,
     heartbeat: Option<HeartbeatOpts>,
+    engine: EngineOpts,
 ) -> Result<(), String> {
     if cores == 0 {
         usage_error("--cores must be at least 1");
     }
-    let engine = muxado::Engine::builder()
+    let engine = engine
+        .builder()
         .cores(cores)
         .build()
         .map_err(|e| e.to_string())?;
     match heartbeat {
-        Some(hb) => eprintln!(
+        Some(hb) => tracing::info!(
             "muxado serve: {mode:?} on {listen} with {cores} core(s), heartbeat every {:?} \
              (tolerance {:?})",
-            hb.config.interval, hb.config.tolerance
+            hb.config.interval,
+            hb.config.tolerance
         ),
-        None => eprintln!("muxado serve: {mode:?} on {listen} with {cores} core(s)"),
+        None => tracing::info!("muxado serve: {mode:?} on {listen} with {cores} core(s)"),
     }
     engine
         .run(move |_core| async move {
@@ -307,15 +356,9 @@ fn serve(
                 Ok(listener) => {
                     match heartbeat {
                         Some(hb) => {
-                            serve::muxado_heartbeat_server(
-                                listener,
-                                mode,
-                                uring::bench_config(),
-                                hb,
-                            )
-                            .await
+                            serve::muxado_heartbeat_server(listener, mode, bench_config(), hb).await
                         }
-                        None => serve::muxado_server(listener, mode, uring::bench_config()).await,
+                        None => serve::muxado_server(listener, mode, bench_config()).await,
                     }
                     Ok(())
                 }

@@ -10,7 +10,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -20,20 +19,38 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
-use crate::bench::{Case, Placement, System};
-use crate::serve::Mode;
-use crate::workload::{self, BenchStream, Client, Measurement, Progress};
+use super::workload::{self, BenchStream, Client};
+use crate::model::{bench_config, CaseRun, Measurement, Mode, Placement, System, TAG_SINK};
+use crate::serve::{BufPool, BUF_SIZE};
 
 /// Streams per session the peers allow (their defaults are 512).
 const STREAM_LIMIT: usize = 4096;
 /// Accept queue of ngrok's sessions (default 64; a full queue blocks the reader).
 const ACCEPT_QUEUE: usize = 1024;
 
+/// rust-yamux with no connection-wide receive window: its per-stream
+/// auto-tuning may grow every stream's window (to 16 MiB) as ours does (a
+/// bound of exactly 256 KiB per allowed stream would leave it no room).
 fn yamux_config() -> yamux::Config {
     let mut cfg = yamux::Config::default();
-    cfg.set_max_connection_receive_window(Some(STREAM_LIMIT * 256 * 1024));
+    cfg.set_max_connection_receive_window(None);
     cfg.set_max_num_streams(STREAM_LIMIT);
     cfg
+}
+
+/// ngrok's crate does not auto-tune: its fixed window is set to the size
+/// ours grows to (`max_auto_window`, 4 MiB), not its 256 KiB default. Except
+/// where that stalls it: with 64 bulk streams, windows of 2 MiB and more
+/// stalled ngrok's sessions in every try here (1 MiB ran; its default
+/// 256 KiB stalls too, now and then, in very short runs), so those cases
+/// get 1 MiB.
+fn ngrok_window(run: &CaseRun) -> usize {
+    let ours = bench_config().max_auto_window as usize;
+    if run.case.scenario.is_bulk() && run.case.streams >= 64 {
+        ours.min(1 << 20)
+    } else {
+        ours
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -64,7 +81,7 @@ pub struct TcpTokioClient {
 impl Client for TcpTokioClient {
     type Stream = Tok<tokio::net::TcpStream>;
 
-    async fn connect(addr: SocketAddr, _streams: usize) -> io::Result<Self> {
+    async fn connect(addr: SocketAddr, _run: &CaseRun) -> io::Result<Self> {
         Ok(TcpTokioClient { addr })
     }
 
@@ -87,12 +104,13 @@ pub struct NgrokClient {
 impl Client for NgrokClient {
     type Stream = Tok<ngrok_muxado::Stream>;
 
-    async fn connect(addr: SocketAddr, _streams: usize) -> io::Result<Self> {
+    async fn connect(addr: SocketAddr, run: &CaseRun) -> io::Result<Self> {
         use ngrok_muxado::Session as _;
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let session = ngrok_muxado::SessionBuilder::new(tcp)
             .client()
+            .window_size(ngrok_window(run))
             .stream_limit(STREAM_LIMIT)
             .accept_queue_size(ACCEPT_QUEUE)
             .start();
@@ -106,6 +124,13 @@ impl Client for NgrokClient {
     async fn open(&self) -> io::Result<Self::Stream> {
         let mut open = self.open.clone();
         open.open().await.map(Tok).map_err(io::Error::other)
+    }
+
+    async fn close(mut self) {
+        let _ = self
+            .open
+            .close(ngrok_muxado::Error::None, String::new())
+            .await;
     }
 
     async fn sleep(d: Duration) {
@@ -125,19 +150,27 @@ pub struct YamuxClient {
 impl Client for YamuxClient {
     type Stream = Tok<YamuxStream>;
 
-    async fn connect(addr: SocketAddr, _streams: usize) -> io::Result<Self> {
+    async fn connect(addr: SocketAddr, _run: &CaseRun) -> io::Result<Self> {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let mut conn = yamux::Connection::new(tcp.compat(), yamux_config(), yamux::Mode::Client);
         let (tx, mut rx) = mpsc::unbounded_channel::<OpenRequest>();
         tokio::spawn(async move {
             let mut waiting: Option<OpenRequest> = None;
+            let mut closing = false;
             poll_fn(|cx| loop {
+                if closing {
+                    // The client is gone: GOAWAY and close the connection.
+                    return conn.poll_close(cx).map(|_| ());
+                }
                 if waiting.is_none() {
                     if let Poll::Ready(r) = rx.poll_recv(cx) {
                         match r {
                             Some(req) => waiting = Some(req),
-                            None => return Poll::Ready(()),
+                            None => {
+                                closing = true;
+                                continue;
+                            }
                         }
                     }
                 }
@@ -190,7 +223,7 @@ pub struct TokioUringClient {
 impl Client for TokioUringClient {
     type Stream = TokioUringStream;
 
-    async fn connect(addr: SocketAddr, _streams: usize) -> io::Result<Self> {
+    async fn connect(addr: SocketAddr, _run: &CaseRun) -> io::Result<Self> {
         Ok(TokioUringClient { addr })
     }
 
@@ -244,12 +277,26 @@ impl BenchStream for TokioUringStream {
 // ---------------------------------------------------------------------------------------------
 // Servers.
 
-/// echo/sink over one tokio stream.
-async fn serve_tokio_stream<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, mode: Mode) {
-    let mut buf = vec![0u8; 64 * 1024];
+/// echo/sink over one tokio stream, with a buffer from the server's pool
+/// (as our servers do). The sink reads into that buffer: `AsyncRead` has no
+/// way to count bytes in place, as our `read_with` and multishot sinks do.
+async fn serve_tokio_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    mut mode: Mode,
+    pool: BufPool,
+) {
+    if mode == Mode::Tagged {
+        match s.read_u8().await {
+            Ok(TAG_SINK) => mode = Mode::Sink,
+            Ok(_) => mode = Mode::Echo,
+            Err(_) => return,
+        }
+    }
+    let mut pooled = pool.take(true);
+    let buf = &mut pooled.buf[..BUF_SIZE];
     let mut total = 0u64;
     loop {
-        match s.read(&mut buf).await {
+        match s.read(buf).await {
             Ok(0) => break,
             Ok(n) => {
                 total += n as u64;
@@ -269,47 +316,57 @@ async fn serve_tokio_stream<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, mode: M
 }
 
 async fn tcp_tokio_server(listener: tokio::net::TcpListener, mode: Mode) {
+    let pool = BufPool::default();
     while let Ok((tcp, _)) = listener.accept().await {
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(serve_tokio_stream(tcp, mode));
+        tokio::spawn(serve_tokio_stream(tcp, mode, pool.clone()));
     }
 }
 
 /// ngrok's muxado crate, server role: echo or sink every stream.
-pub async fn ngrok_server(listener: tokio::net::TcpListener, mode: Mode) {
+async fn ngrok_server(listener: tokio::net::TcpListener, mode: Mode, window: usize) {
+    let pool = BufPool::default();
     while let Ok((tcp, _)) = listener.accept().await {
         let _ = tcp.set_nodelay(true);
+        let pool = pool.clone();
         tokio::spawn(async move {
             let mut session = ngrok_muxado::SessionBuilder::new(tcp)
                 .server()
+                .window_size(window)
                 .stream_limit(STREAM_LIMIT)
                 .accept_queue_size(ACCEPT_QUEUE)
                 .start();
             while let Some(stream) = session.accept().await {
-                tokio::spawn(serve_tokio_stream(stream, mode));
+                tokio::spawn(serve_tokio_stream(stream, mode, pool.clone()));
             }
         });
     }
 }
 
 async fn yamux_server(listener: tokio::net::TcpListener, mode: Mode) {
+    let pool = BufPool::default();
     while let Ok((tcp, _)) = listener.accept().await {
         let _ = tcp.set_nodelay(true);
+        let pool = pool.clone();
         tokio::spawn(async move {
             let mut conn =
                 yamux::Connection::new(tcp.compat(), yamux_config(), yamux::Mode::Server);
             while let Some(Ok(stream)) = poll_fn(|cx| conn.poll_next_inbound(cx)).await {
-                tokio::spawn(serve_tokio_stream(stream.compat(), mode));
+                tokio::spawn(serve_tokio_stream(stream.compat(), mode, pool.clone()));
             }
         });
     }
 }
 
 async fn tokio_uring_server(listener: tokio_uring::net::TcpListener, mode: Mode) {
+    let pool = BufPool::default();
     while let Ok((tcp, _)) = listener.accept().await {
         let _ = tcp.set_nodelay(true);
+        let pool = pool.clone();
         tokio_uring::spawn(async move {
-            let mut buf = Vec::with_capacity(64 * 1024);
+            let mut pooled = pool.take(false);
+            let mut buf = std::mem::take(&mut pooled.buf);
+            let mut mode = mode;
             let mut total = 0u64;
             loop {
                 buf.clear();
@@ -317,19 +374,28 @@ async fn tokio_uring_server(listener: tokio_uring::net::TcpListener, mode: Mode)
                 buf = b;
                 match r {
                     Ok(0) => break,
-                    Ok(n) => {
-                        total += n as u64;
-                        if mode == Mode::Echo {
+                    Ok(_) => {
+                        if mode == Mode::Tagged {
+                            mode = if buf[0] == TAG_SINK {
+                                Mode::Sink
+                            } else {
+                                Mode::Echo
+                            };
+                            buf.remove(0);
+                        }
+                        total += buf.len() as u64;
+                        if mode == Mode::Echo && !buf.is_empty() {
                             let (r, b) = tcp.write_all(buf).await;
                             buf = b;
                             if r.is_err() {
-                                return;
+                                break;
                             }
                         }
                     }
-                    Err(_) => return,
+                    Err(_) => break,
                 }
             }
+            pooled.buf = buf;
             if mode == Mode::Sink {
                 let (r, _) = tcp.write_all(total.to_be_bytes().to_vec()).await;
                 if r.is_err() {
@@ -344,19 +410,11 @@ async fn tokio_uring_server(listener: tokio_uring::net::TcpListener, mode: Mode)
 // ---------------------------------------------------------------------------------------------
 // Threads and runtimes.
 
-/// Pins the calling thread to `cpu` (a warning if it cannot).
-pub fn pin_to(cpu: usize) {
-    // SAFETY: cpu_set_t is plain data; sched_setaffinity reads it and reports errors.
-    let ok = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
-    };
-    if !ok {
-        eprintln!(
-            "muxado bench: could not pin a thread to CPU {cpu}: {}",
-            io::Error::last_os_error()
-        );
+/// Pins the calling thread where engine core `core` would run, so that the
+/// peers sit on the same CPUs as our systems (a warning if it cannot).
+fn pin_like_core(core: usize) {
+    if let Err(e) = muxado::engine::pin_like_core(core) {
+        tracing::warn!("could not pin a bench thread like engine core {core}: {e}");
     }
 }
 
@@ -375,7 +433,12 @@ fn block_on<T>(system: System, make: impl FnOnce() -> LocalFuture<T>) -> T {
     }
 }
 
-fn server_future(system: System, listener: std::net::TcpListener, mode: Mode) -> LocalFuture<()> {
+fn server_future(run: &CaseRun, listener: std::net::TcpListener) -> LocalFuture<()> {
+    let (system, mode, window) = (
+        run.system,
+        run.case.scenario.server_mode(),
+        ngrok_window(run),
+    );
     Box::pin(async move {
         if system == System::TcpTokioUring {
             tokio_uring_server(tokio_uring::net::TcpListener::from_std(listener), mode).await;
@@ -385,34 +448,20 @@ fn server_future(system: System, listener: std::net::TcpListener, mode: Mode) ->
             return;
         };
         match system {
-            System::NgrokMuxado => ngrok_server(listener, mode).await,
+            System::NgrokMuxado => ngrok_server(listener, mode, window).await,
             System::Yamux => yamux_server(listener, mode).await,
             _ => tcp_tokio_server(listener, mode).await,
         }
     })
 }
 
-fn client_future(
-    system: System,
-    addr: SocketAddr,
-    case: Case,
-    payload: &'static [u8],
-    duration: Duration,
-    progress: Arc<Progress>,
-) -> LocalFuture<Result<Measurement, String>> {
+fn client_future(addr: SocketAddr, run: CaseRun) -> LocalFuture<Result<Measurement, String>> {
     Box::pin(async move {
-        let p = &progress;
-        match system {
-            System::NgrokMuxado => {
-                workload::drive::<NgrokClient>(addr, &case, payload, duration, p).await
-            }
-            System::Yamux => {
-                workload::drive::<YamuxClient>(addr, &case, payload, duration, p).await
-            }
-            System::TcpTokioUring => {
-                workload::drive::<TokioUringClient>(addr, &case, payload, duration, p).await
-            }
-            _ => workload::drive::<TcpTokioClient>(addr, &case, payload, duration, p).await,
+        match run.system {
+            System::NgrokMuxado => workload::drive::<NgrokClient>(addr, &run).await,
+            System::Yamux => workload::drive::<YamuxClient>(addr, &run).await,
+            System::TcpTokioUring => workload::drive::<TokioUringClient>(addr, &run).await,
+            _ => workload::drive::<TcpTokioClient>(addr, &run).await,
         }
     })
 }
@@ -425,24 +474,19 @@ fn bind() -> Result<(std::net::TcpListener, SocketAddr), String> {
 }
 
 /// Runs one case of a tokio-based system.
-pub fn run_case(
-    system: System,
-    case: Case,
-    placement: Placement,
-    payload: &'static [u8],
-    duration: Duration,
-    progress: Arc<Progress>,
-) -> Result<Measurement, String> {
-    let mode = case.scenario.server_mode();
+pub fn run_case(run: &CaseRun) -> Result<Measurement, String> {
+    let system = run.system;
     let (listener, addr) = bind()?;
-    match placement {
+    let server_run = run.clone();
+    let run = run.clone();
+    match run.placement {
         Placement::Shared => std::thread::scope(|s| {
             s.spawn(move || {
-                pin_to(0);
+                pin_like_core(0);
                 block_on(system, move || {
                     Box::pin(async move {
-                        let server = server_future(system, listener, mode);
-                        let client = client_future(system, addr, case, payload, duration, progress);
+                        let server = server_future(&server_run, listener);
+                        let client = client_future(addr, run);
                         match select(client, server).await {
                             Either::Left((m, _)) => m,
                             Either::Right(_) => Err("the server stopped".into()),
@@ -456,18 +500,16 @@ pub fn run_case(
         Placement::Split => {
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             let server = std::thread::spawn(move || {
-                pin_to(1);
+                pin_like_core(1);
                 block_on(system, move || {
                     Box::pin(async move {
-                        let _ = select(server_future(system, listener, mode), stop_rx).await;
+                        let _ = select(server_future(&server_run, listener), stop_rx).await;
                     })
                 })
             });
             let client = std::thread::spawn(move || {
-                pin_to(0);
-                block_on(system, move || {
-                    client_future(system, addr, case, payload, duration, progress)
-                })
+                pin_like_core(0);
+                block_on(system, move || client_future(addr, run))
             });
             let m = client
                 .join()
@@ -481,16 +523,9 @@ pub fn run_case(
     }
 }
 
-/// The client half of `system` against a server elsewhere, on this thread.
-pub fn run_remote(
-    system: System,
-    addr: SocketAddr,
-    case: Case,
-    payload: &'static [u8],
-    duration: Duration,
-    progress: Arc<Progress>,
-) -> Result<Measurement, String> {
-    block_on(system, move || {
-        client_future(system, addr, case, payload, duration, progress)
-    })
+/// The client half of a tokio-based system against a server elsewhere, on
+/// this thread.
+pub fn run_remote(addr: SocketAddr, run: &CaseRun) -> Result<Measurement, String> {
+    let run = run.clone();
+    block_on(run.system, move || client_future(addr, run))
 }

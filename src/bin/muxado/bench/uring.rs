@@ -2,7 +2,6 @@
 //! and `tcp-uring` (one plain TCP connection per stream, the physical
 //! reference).
 
-use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,22 +9,14 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use muxado::engine::net::{MultiRecv, RecvBuf, TcpListener, TcpStream};
-use muxado::engine::{self, Engine, JoinHandle};
+use muxado::engine::{self, JoinHandle};
 use muxado::heartbeat::Heartbeat;
 use muxado::typed::TypedSession;
-use muxado::{Config, Session, Stream};
+use muxado::{Session, Stream};
 
-use crate::bench::{Case, Placement, System};
-use crate::serve::{self, HeartbeatOpts, Mode};
-use crate::workload::{self, BenchStream, Client, Measurement, Progress};
-
-/// The session settings of the bench (both ends) and of `muxado serve`:
-/// room for the 1,024-stream cases and for bursts of opens.
-pub fn bench_config() -> Config {
-    Config::default()
-        .with_max_streams(1 << 16)
-        .with_accept_backlog(1 << 14)
-}
+use super::workload::{self, BenchStream, Client};
+use crate::model::{bench_config, CaseRun, HeartbeatOpts, Measurement, Mode, Placement, System};
+use crate::serve;
 
 pub struct MuxadoClient {
     session: Session,
@@ -34,7 +25,7 @@ pub struct MuxadoClient {
 impl Client for MuxadoClient {
     type Stream = Stream;
 
-    async fn connect(addr: SocketAddr, _streams: usize) -> io::Result<Self> {
+    async fn connect(addr: SocketAddr, _run: &CaseRun) -> io::Result<Self> {
         let tcp = TcpStream::connect(addr).await?;
         Ok(MuxadoClient {
             session: Session::client(tcp, bench_config()),
@@ -43,6 +34,10 @@ impl Client for MuxadoClient {
 
     async fn open(&self) -> io::Result<Stream> {
         self.session.open().map_err(io::Error::from)
+    }
+
+    async fn close(self) {
+        let _ = self.session.close();
     }
 
     async fn sleep(d: Duration) {
@@ -64,12 +59,6 @@ impl BenchStream for Stream {
     }
 }
 
-thread_local! {
-    /// The heartbeat settings of the [`MuxadoHbClient`]s connected on this
-    /// thread ([`Client::connect`] takes no options): set by [`client`].
-    static HEARTBEAT: Cell<Option<HeartbeatOpts>> = const { Cell::new(None) };
-}
-
 /// `muxado bench --heartbeat`: a session wrapped as
 /// Heartbeat(TypedSession(session)) with its heartbeat started; the peer's
 /// heartbeats are answered by an accept loop; the workload's streams are
@@ -85,16 +74,16 @@ const WORKLOAD_TYPE: u32 = 1;
 impl Client for MuxadoHbClient {
     type Stream = Stream;
 
-    async fn connect(addr: SocketAddr, _streams: usize) -> io::Result<Self> {
-        let opts = HEARTBEAT
-            .get()
+    async fn connect(addr: SocketAddr, run: &CaseRun) -> io::Result<Self> {
+        let opts = run
+            .heartbeat
             .ok_or_else(|| io::Error::other("heartbeat settings not set"))?;
         let tcp = TcpStream::connect(addr).await?;
         let heartbeat = Heartbeat::new(
             TypedSession::new(Session::client(tcp, bench_config())),
             opts.config,
         );
-        let reporter = serve::heartbeat_reporter("muxado bench", Some(addr), opts);
+        let reporter = serve::heartbeat_reporter(Some(addr), opts);
         heartbeat.start(reporter).await.map_err(io::Error::from)?;
         // Answers the server's heartbeats; a server of `muxado serve`
         // semantics opens no other stream, so any other one is dropped.
@@ -145,7 +134,7 @@ pub struct TcpUringStream {
 impl Client for TcpUringClient {
     type Stream = TcpUringStream;
 
-    async fn connect(addr: SocketAddr, _streams: usize) -> io::Result<Self> {
+    async fn connect(addr: SocketAddr, _run: &CaseRun) -> io::Result<Self> {
         Ok(TcpUringClient { addr })
     }
 
@@ -199,57 +188,38 @@ async fn server(system: System, listener: TcpListener, mode: Mode, hb: Option<He
     }
 }
 
-async fn client(
-    system: System,
-    addr: SocketAddr,
-    case: Case,
-    payload: &'static [u8],
-    duration: Duration,
-    progress: Arc<Progress>,
-    hb: Option<HeartbeatOpts>,
-) -> Result<Measurement, String> {
-    match (system, hb) {
-        (System::TcpUring, _) => {
-            workload::drive::<TcpUringClient>(addr, &case, payload, duration, &progress).await
-        }
-        (_, Some(hb)) => {
-            HEARTBEAT.set(Some(hb));
-            workload::drive::<MuxadoHbClient>(addr, &case, payload, duration, &progress).await
-        }
-        (_, None) => {
-            workload::drive::<MuxadoClient>(addr, &case, payload, duration, &progress).await
-        }
+async fn client(addr: SocketAddr, run: &CaseRun) -> Result<Measurement, String> {
+    match (run.system, run.heartbeat) {
+        (System::TcpUring, _) => workload::drive::<TcpUringClient>(addr, run).await,
+        (_, Some(_)) => workload::drive::<MuxadoHbClient>(addr, run).await,
+        (_, None) => workload::drive::<MuxadoClient>(addr, run).await,
     }
 }
 
 /// Runs one case of `muxado` or `tcp-uring`: server and client on engine
 /// cores placed as asked.
-pub fn run_case(
-    system: System,
-    case: Case,
-    placement: Placement,
-    payload: &'static [u8],
-    duration: Duration,
-    progress: Arc<Progress>,
-    hb: Option<HeartbeatOpts>,
-) -> Result<Measurement, String> {
-    let mode = case.scenario.server_mode();
-    match placement {
+pub fn run_case(run: &CaseRun) -> Result<Measurement, String> {
+    let mode = run.case.scenario.server_mode();
+    let (system, hb) = (run.system, run.heartbeat);
+    match run.placement {
         Placement::Shared => {
             // One core on CPU0 runs both ends.
-            let engine = Engine::builder()
+            let engine = run
+                .engine
+                .builder()
                 .cores(1)
                 .build()
                 .map_err(|e| e.to_string())?;
+            let run = run.clone();
             engine
                 .run(move |_| {
-                    let progress = progress.clone();
+                    let run = run.clone();
                     async move {
                         let listener =
                             TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
                         let addr = listener.local_addr().map_err(|e| e.to_string())?;
                         let server = engine::spawn(server(system, listener, mode, hb));
-                        let m = client(system, addr, case, payload, duration, progress, hb).await;
+                        let m = client(addr, &run).await;
                         drop(server);
                         m
                     }
@@ -260,17 +230,20 @@ pub fn run_case(
         }
         Placement::Split => {
             // Core 0 (CPU0) is the client, core 1 (CPU1) the server.
-            let engine = Engine::builder()
+            let engine = run
+                .engine
+                .builder()
                 .cores(2)
                 .build()
                 .map_err(|e| e.to_string())?;
             let (port_tx, port_rx) = mpsc::sync_channel::<SocketAddr>(1);
             let port_rx = Arc::new(Mutex::new(port_rx));
             let stop = Arc::new(AtomicBool::new(false));
+            let run = run.clone();
             let results = engine
                 .run(move |core| {
                     let (port_tx, port_rx, stop) = (port_tx.clone(), port_rx.clone(), stop.clone());
-                    let progress = progress.clone();
+                    let run = run.clone();
                     async move {
                         if core == 1 {
                             let listener = TcpListener::bind("127.0.0.1:0").ok()?;
@@ -282,8 +255,7 @@ pub fn run_case(
                             None
                         } else {
                             let addr = port_rx.lock().ok()?.recv().ok()?;
-                            let m =
-                                client(system, addr, case, payload, duration, progress, hb).await;
+                            let m = client(addr, &run).await;
                             stop.store(true, Ordering::Release);
                             Some(m)
                         }
@@ -300,15 +272,9 @@ pub fn run_case(
 }
 
 /// The client half against a server elsewhere, on one engine core.
-pub fn run_remote(
-    system: System,
-    addr: SocketAddr,
-    case: Case,
-    payload: &'static [u8],
-    duration: Duration,
-    progress: Arc<Progress>,
-    hb: Option<HeartbeatOpts>,
-) -> Result<Measurement, String> {
-    engine::block_on(client(system, addr, case, payload, duration, progress, hb))
+pub fn run_remote(addr: SocketAddr, run: &CaseRun) -> Result<Measurement, String> {
+    run.engine
+        .builder()
+        .block_on(client(addr, run))
         .map_err(|e| e.to_string())?
 }

@@ -1,0 +1,465 @@
+#!/usr/bin/env bash
+# Regenerates perf/tunnel.md, perf/tunnel.json and perf/tunnel-*.svg: every
+# tunnel side by side in one run, against the same origin, with the same
+# placement.
+#
+# Peers: direct (no tunnel: the ceiling), haproxy (mode tcp), rathole, bore,
+# ngrok-muxado (this repo's tunnel protocol on ngrok's `muxado` crate over
+# tokio: `muxado gateway/agent --runtime ngrok-tokio`), muxado (gateway +
+# agent on the io_uring engine).
+#
+# Placement: the origin (nginx, one worker), iperf3 and the load generators
+# run on CPU $LOAD_CPU; every tunnel process (both ends) runs on CPU
+# $TUNNEL_CPU (taskset), so each tunnel gets exactly one CPU.
+#
+# Installs what it needs: Debian's nginx-light, wrk, iperf3, haproxy
+# (apt-get), and rathole and bore-cli from crates.io into perf/tmp/ (ignored
+# by git).
+#
+# Environment: DURATION (seconds per measurement, default 10), IDLE (idle
+# connections for the memory figure, default 1000), PEERS (default all),
+# LOAD_CPU (0), TUNNEL_CPU (1). A short check: DURATION=2 IDLE=200.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DURATION="${DURATION:-10}"
+export IDLE="${IDLE:-1000}"
+export PEERS="${PEERS:-direct haproxy rathole bore ngrok-muxado muxado}"
+export LOAD_CPU="${LOAD_CPU:-0}"
+export TUNNEL_CPU="${TUNNEL_CPU:-1}"
+
+need_apt=()
+command -v nginx >/dev/null || need_apt+=(nginx-light)
+command -v wrk >/dev/null || need_apt+=(wrk)
+command -v iperf3 >/dev/null || need_apt+=(iperf3)
+command -v haproxy >/dev/null || need_apt+=(haproxy)
+command -v python3 >/dev/null || need_apt+=(python3)
+if ((${#need_apt[@]})); then
+    echo "installing ${need_apt[*]} (apt-get)" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >&2
+fi
+mkdir -p perf/tmp
+if [[ " $PEERS " == *" rathole "* && ! -x perf/tmp/bin/rathole ]]; then
+    # Not --locked: rathole 0.5.0's lockfile pins a `time` that no longer
+    # builds on current Rust.
+    echo "installing rathole (cargo install into perf/tmp)" >&2
+    cargo install --root perf/tmp rathole >&2
+fi
+if [[ " $PEERS " == *" bore "* && ! -x perf/tmp/bin/bore ]]; then
+    echo "installing bore-cli (cargo install into perf/tmp)" >&2
+    cargo install --locked --root perf/tmp bore-cli >&2
+fi
+cargo build --release --bin muxado >&2
+ulimit -n "$(ulimit -Hn)"
+echo "load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+exec python3 - <<'PY'
+import json, os, re, shutil, signal, socket, subprocess, sys, time
+
+D = float(os.environ["DURATION"])
+IDLE = int(os.environ["IDLE"])
+PEERS = os.environ["PEERS"].split()
+LOAD_CPU = os.environ["LOAD_CPU"]
+TUN_CPU = os.environ["TUNNEL_CPU"]
+ROOT = os.getcwd()
+TMP = os.path.join(ROOT, "perf/tmp/tunnel-bench")
+BIN = os.path.join(ROOT, "target/release/muxado")
+RATHOLE = os.path.join(ROOT, "perf/tmp/bin/rathole")
+BORE = os.path.join(ROOT, "perf/tmp/bin/bore")
+TOKEN = "bench-token"
+shutil.rmtree(TMP, ignore_errors=True)
+os.makedirs(TMP)
+
+ORIGIN_HTTP, ORIGIN_IPERF = 18080, 15201
+procs = []
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+def start(cmd, cpu, name, env=None):
+    out = open(os.path.join(TMP, name + ".log"), "w")
+    e = dict(os.environ, MUXADO_TOKEN=TOKEN, RUST_LOG="warn")
+    if env:
+        e.update(env)
+    p = subprocess.Popen(["taskset", "-c", cpu] + cmd, stdout=out, stderr=subprocess.STDOUT,
+                         stdin=subprocess.DEVNULL, env=e, start_new_session=True)
+    procs.append(p)
+    return p
+
+def stop(ps):
+    for p in ps:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in ps:
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        if p in procs:
+            procs.remove(p)
+
+def wait_port(port, limit=15):
+    end = time.time() + limit
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port}")
+
+def wait_http(port, limit=15):
+    """Until a request through the tunnel gets an answer (the agent is connected)."""
+    end = time.time() + limit
+    while time.time() < end:
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=1)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            s.settimeout(1)
+            if s.recv(100).startswith(b"HTTP/1.1 200"):
+                s.close()
+                return
+            s.close()
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"no HTTP answer through port {port}")
+
+def tree(pid):
+    """pid and its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for t in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+def rss_kib(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+def cpu_s(pids):
+    tck = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / tck
+
+# ---- origin: nginx (one worker) and iperf3, on the load CPU ---------------------------------
+www = os.path.join(TMP, "www")
+os.makedirs(www)
+with open(os.path.join(www, "index.html"), "w") as f:
+    f.write("<!DOCTYPE html><html><head><title>tunnel bench</title></head><body>" + "x" * 512 + "</body></html>\n")
+conf = os.path.join(TMP, "nginx.conf")
+with open(conf, "w") as f:
+    f.write(f"""
+worker_processes 1;
+user root;
+pid {TMP}/nginx.pid;
+error_log {TMP}/nginx-error.log warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    client_body_temp_path {TMP}/body; proxy_temp_path {TMP}/proxy;
+    fastcgi_temp_path {TMP}/fcgi; uwsgi_temp_path {TMP}/uwsgi; scgi_temp_path {TMP}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    client_header_timeout 300s;
+    server {{ listen 127.0.0.1:{ORIGIN_HTTP} backlog=4096; root {www}; }}
+}}
+""")
+for port in (ORIGIN_HTTP, ORIGIN_IPERF):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        raise SystemExit(f"port {port} is already in use; stop whatever listens there")
+    except OSError:
+        pass
+origin = [start(["nginx", "-c", conf, "-g", "daemon off;"], LOAD_CPU, "nginx"),
+          start(["iperf3", "-s", "-p", str(ORIGIN_IPERF)], LOAD_CPU, "iperf3-server")]
+wait_port(ORIGIN_HTTP)
+wait_port(ORIGIN_IPERF)
+
+# ---- peers: each returns (processes, http port, iperf port) ---------------------------------
+def peer_direct():
+    return [], ORIGIN_HTTP, ORIGIN_IPERF
+
+def peer_haproxy():
+    cfg = os.path.join(TMP, "haproxy.cfg")
+    with open(cfg, "w") as f:
+        f.write(f"""
+global
+    nbthread 1
+    maxconn 8000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+frontend http
+    bind 127.0.0.1:20080
+    default_backend http
+backend http
+    server origin 127.0.0.1:{ORIGIN_HTTP}
+frontend iperf
+    bind 127.0.0.1:20201
+    default_backend iperf
+backend iperf
+    server origin 127.0.0.1:{ORIGIN_IPERF}
+""")
+    p = start(["haproxy", "-f", cfg, "-db"], TUN_CPU, "haproxy")
+    wait_port(20080)
+    return [p], 20080, 20201
+
+def peer_rathole():
+    s, c = os.path.join(TMP, "rathole-server.toml"), os.path.join(TMP, "rathole-client.toml")
+    with open(s, "w") as f:
+        f.write(f"""[server]
+bind_addr = "127.0.0.1:21000"
+default_token = "{TOKEN}"
+[server.services.http]
+bind_addr = "127.0.0.1:21080"
+[server.services.iperf]
+bind_addr = "127.0.0.1:21201"
+""")
+    with open(c, "w") as f:
+        f.write(f"""[client]
+remote_addr = "127.0.0.1:21000"
+default_token = "{TOKEN}"
+[client.services.http]
+local_addr = "127.0.0.1:{ORIGIN_HTTP}"
+[client.services.iperf]
+local_addr = "127.0.0.1:{ORIGIN_IPERF}"
+""")
+    ps = [start([RATHOLE, "--server", s], TUN_CPU, "rathole-server")]
+    wait_port(21000)
+    ps.append(start([RATHOLE, "--client", c], TUN_CPU, "rathole-client"))
+    wait_http(21080)
+    return ps, 21080, 21201
+
+def peer_bore():
+    ps = [start([BORE, "server", "--bind-addr", "127.0.0.1", "--min-port", "22000", "--max-port", "22999"], TUN_CPU, "bore-server")]
+    wait_port(7835)
+    ps.append(start([BORE, "local", "-l", "127.0.0.1", str(ORIGIN_HTTP), "--to", "127.0.0.1", "--port", "22080"], TUN_CPU, "bore-http"))
+    ps.append(start([BORE, "local", "-l", "127.0.0.1", str(ORIGIN_IPERF), "--to", "127.0.0.1", "--port", "22201"], TUN_CPU, "bore-iperf"))
+    wait_http(22080)
+    wait_port(22201)
+    return ps, 22080, 22201
+
+def muxado_pair(runtime, base):
+    gw = start([BIN, "gateway", "--runtime", runtime, "--agents", f"127.0.0.1:{base}",
+                "--expose", f"http=127.0.0.1:{base + 80}", "--expose", f"iperf=127.0.0.1:{base + 201}"],
+               TUN_CPU, f"{runtime}-gateway")
+    wait_port(base)
+    ag = start([BIN, "agent", "--runtime", runtime, "--gateway", f"127.0.0.1:{base}",
+                "--forward", f"http=127.0.0.1:{ORIGIN_HTTP}", "--forward", f"iperf=127.0.0.1:{ORIGIN_IPERF}"],
+               TUN_CPU, f"{runtime}-agent")
+    wait_http(base + 80)
+    return [gw, ag], base + 80, base + 201
+
+PEER_FNS = {
+    "direct": peer_direct,
+    "haproxy": peer_haproxy,
+    "rathole": peer_rathole,
+    "bore": peer_bore,
+    "ngrok-muxado": lambda: muxado_pair("ngrok-tokio", 23000),
+    "muxado": lambda: muxado_pair("uring", 24000),
+}
+
+# ---- measurements ----------------------------------------------------------------------------
+def to_ms(v, unit):
+    return float(v) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+def wrk(port, close):
+    cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c64", f"-d{D:g}s", "--latency", "--timeout", "5s"]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    out = subprocess.run(cmd + [f"http://127.0.0.1:{port}/"], capture_output=True, text=True).stdout
+    if "Requests/sec" not in out:
+        raise SystemExit(f"wrk failed on port {port}:\n{out}")
+    r = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+         "requests": int(re.search(r"(\d+) requests in", out).group(1))}
+    for pct, key in (("50", "p50_ms"), ("99", "p99_ms")):
+        m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
+        r[key] = to_ms(m.group(1), m.group(2)) if m else None
+    errs = re.search(r"Socket errors: (.*)", out)
+    r["errors"] = errs.group(1).strip() if errs else ""
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    r["non2xx"] = int(non2xx.group(1)) if non2xx else 0
+    return r
+
+def iperf(port, streams):
+    out = subprocess.run(["taskset", "-c", LOAD_CPU, "iperf3", "-c", "127.0.0.1", "-p", str(port),
+                          "-t", str(max(1, int(D))), "-P", str(streams), "-J"],
+                         capture_output=True, text=True).stdout
+    j = json.loads(out)
+    if "error" in j:
+        return {"gbps": None, "error": j["error"]}
+    total = j["end"]["sum_received"]["bits_per_second"] / 1e9
+    per = [s["receiver"]["bits_per_second"] / 1e9 for s in j["end"]["streams"]]
+    return {"gbps": total, "stream_min": min(per), "stream_max": max(per)}
+
+def idle_memory(port, pids):
+    time.sleep(0.5)
+    before = rss_kib(pids)
+    socks = []
+    for _ in range(IDLE):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        socks.append(s)
+    # Let the tunnel finish setting up the idle ones (agents dial the origin).
+    time.sleep(1.0)
+    after = rss_kib(pids)
+    for s in socks:
+        s.close()
+    return {"rss_before_kib": before, "rss_after_kib": after,
+            "kib_per_conn": (after - before) / IDLE if pids else 0.0}
+
+results = []
+try:
+    for name in PEERS:
+        log(f"== {name}")
+        ps, http, ip = PEER_FNS[name]()
+        pids = [q for p in ps for q in tree(p.pid)]
+        r = {"peer": name}
+        c0 = cpu_s(pids)
+        r["keepalive"] = wrk(http, False)
+        c1 = cpu_s(pids)
+        r["cpu_s_per_100k"] = (c1 - c0) / r["keepalive"]["requests"] * 1e5 if pids else 0.0
+        log(f"   keep-alive {r['keepalive']}")
+        r["close"] = wrk(http, True)
+        log(f"   close      {r['close']}")
+        r["iperf1"] = iperf(ip, 1)
+        r["iperf8"] = iperf(ip, 8)
+        log(f"   iperf3     {r['iperf1']} / -P 8 {r['iperf8']}")
+        pids = [q for p in ps for q in tree(p.pid)]
+        r["idle"] = idle_memory(http, pids)
+        log(f"   idle       {r['idle']}")
+        results.append(r)
+        stop(ps)
+        time.sleep(1)
+finally:
+    stop(list(procs))
+
+# ---- report ----------------------------------------------------------------------------------
+meta = {
+    "duration_s": D, "idle_connections": IDLE,
+    "placement": f"origin (nginx, 1 worker), iperf3, wrk on CPU {LOAD_CPU}; every tunnel process on CPU {TUN_CPU} (taskset)",
+    "cpus": os.cpu_count(), "kernel": os.uname().release,
+    "loadavg_after": open("/proc/loadavg").read().split()[:3],
+    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+}
+os.makedirs("perf", exist_ok=True)
+with open("perf/tunnel.json", "w") as f:
+    json.dump({"meta": meta, "results": results}, f, indent=1)
+
+by = {r["peer"]: r for r in results}
+def fmt(v, p=1):
+    return "–" if v is None else f"{v:,.{p}f}"
+
+rows = ["| peer | keep-alive req/s | p50 ms | p99 ms | close conns/s | iperf3 1 Gbit/s | iperf3 -P 8 Gbit/s (per stream min–max) | KiB per idle conn | CPU s per 100k req |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+for r in results:
+    k, c, i1, i8 = r["keepalive"], r["close"], r["iperf1"], r["iperf8"]
+    spread = f"{fmt(i8.get('stream_min'), 2)}–{fmt(i8.get('stream_max'), 2)}" if i8.get("gbps") else "–"
+    rows.append(f"| {r['peer']} | {fmt(k['rps'], 0)} | {fmt(k['p50_ms'], 3)} | {fmt(k['p99_ms'], 3)} | "
+                f"{fmt(c['rps'], 0)} | {fmt(i1.get('gbps'), 2)} | {fmt(i8.get('gbps'), 2)} ({spread}) | "
+                f"{fmt(r['idle']['kib_per_conn'], 1)} | {fmt(r['cpu_s_per_100k'], 2)} |")
+
+goals = []
+m, ra, ha = by.get("muxado"), by.get("rathole"), by.get("haproxy")
+def ratio(a, b):
+    return a / b if a is not None and b else None
+def goal(label, value, target, higher):
+    if value is None:
+        goals.append(f"| {label} | – | {target} | not measured |")
+        return
+    ok = value >= target if higher else value <= target
+    goals.append(f"| {label} | {value:.2f}× | {'≥' if higher else '≤'} {target}× | {'met' if ok else 'NOT met'} |")
+if m and ra:
+    goal("keep-alive req/s vs rathole", ratio(m["keepalive"]["rps"], ra["keepalive"]["rps"]), 1.3, True)
+    goal("keep-alive p99 vs rathole", ratio(m["keepalive"]["p99_ms"], ra["keepalive"]["p99_ms"]), 0.8, False)
+    goal("Connection: close conns/s vs rathole", ratio(m["close"]["rps"], ra["close"]["rps"]), 2.0, True)
+    goal("iperf3 single stream vs rathole", ratio(m["iperf1"].get("gbps"), ra["iperf1"].get("gbps")), 1.0, True)
+    goal("memory per idle connection vs rathole", ratio(m["idle"]["kib_per_conn"], ra["idle"]["kib_per_conn"]), 0.5, False)
+if m and ha:
+    goal("keep-alive req/s vs haproxy", ratio(m["keepalive"]["rps"], ha["keepalive"]["rps"]), 0.85, True)
+
+errors = [f"- {r['peer']} {kind}: {r[kind]['errors']} {('non-2xx: ' + str(r[kind]['non2xx'])) if r[kind]['non2xx'] else ''}"
+          for r in results for kind in ("keepalive", "close") if r[kind]["errors"] or r[kind]["non2xx"]]
+
+# SVG bar charts.
+def bars(fname, title, unit, series):
+    names = [r["peer"] for r in results]
+    groups = len(series)
+    vals = [[(fn(r) or 0.0) for r in results] for _, fn in series]
+    top = max([v for vs in vals for v in vs] + [1e-9])
+    W, H, left, bottom = 720, 60 + 34 * len(names) * groups, 130, 30
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+           f'<text x="{W/2}" y="20" text-anchor="middle" font-size="14">{title} ({unit})</text>']
+    colors = ["#4e79a7", "#f28e2b", "#59a14f"]
+    y = 40
+    for i, n in enumerate(names):
+        for g in range(groups):
+            v = vals[g][i]
+            w = (W - left - 90) * v / top
+            out.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="26" fill="{colors[g % 3]}"/>')
+            label = n if groups == 1 else f"{n} {series[g][0]}"
+            out.append(f'<text x="{left - 6}" y="{y + 17}" text-anchor="end">{label}</text>')
+            out.append(f'<text x="{left + w + 4:.1f}" y="{y + 17}">{v:,.2f}</text>')
+            y += 30
+        y += 4
+    out.append("</svg>")
+    with open(f"perf/{fname}", "w") as f:
+        f.write("\n".join(out))
+
+bars("tunnel-keepalive.svg", "wrk keep-alive, 64 connections", "requests/s", [("", lambda r: r["keepalive"]["rps"])])
+bars("tunnel-p99.svg", "wrk keep-alive p99 latency", "ms", [("", lambda r: r["keepalive"]["p99_ms"])])
+bars("tunnel-close.svg", "wrk Connection: close, 64 connections", "new connections/s", [("", lambda r: r["close"]["rps"])])
+bars("tunnel-iperf3.svg", "iperf3 through the tunnel", "Gbit/s",
+     [("1 stream", lambda r: r["iperf1"].get("gbps")), ("-P 8", lambda r: r["iperf8"].get("gbps"))])
+bars("tunnel-memory.svg", f"RSS growth with {IDLE} idle tunneled connections", "KiB per connection",
+     [("", lambda r: r["idle"]["kib_per_conn"])])
+
+short = ["**A short check run** (measurements under 10 s, or fewer than 1,000 idle connections): "
+         "it shows the script works, not the recorded figures.", ""] if D < 10 or IDLE < 1000 else []
+md = [f"# Tunnel benchmark", "", *short,
+      f"Regenerated by `scripts/tunnel-bench.sh` on {meta['date']} ({meta['cpus']} CPUs, kernel {meta['kernel']}, "
+      f"load average after the run {' '.join(meta['loadavg_after'])}).", "",
+      f"Placement: {meta['placement']}. Each measurement runs {D:g} s; memory is the growth of the tunnel "
+      f"processes' RSS (both ends together) with {IDLE} idle tunneled connections; CPU is the tunnel processes' "
+      f"user+system time during the keep-alive run, per 100k requests.", "",
+      "Peers: direct = wrk/iperf3 straight to the origin (the ceiling; no tunnel process); haproxy `mode tcp` "
+      "(one thread); rathole (server + client); bore (server + one client per service); ngrok-muxado = this "
+      "repo's tunnel protocol on ngrok's `muxado` crate over tokio (`--runtime ngrok-tokio`); muxado = "
+      "`muxado gateway` + `muxado agent` on the io_uring engine (one core each).", "",
+      *rows, "", "## Goals (muxado against rathole and haproxy)", "",
+      "| goal | measured | target | |", "| --- | --- | --- | --- |", *goals, "",
+      "![keep-alive](tunnel-keepalive.svg)", "![p99](tunnel-p99.svg)", "![close](tunnel-close.svg)",
+      "![iperf3](tunnel-iperf3.svg)", "![memory](tunnel-memory.svg)", ""]
+if errors:
+    md += ["## Errors reported by wrk", "", *errors, ""]
+with open("perf/tunnel.md", "w") as f:
+    f.write("\n".join(md))
+print("\n".join(rows + [""] + goals))
+PY

@@ -1,0 +1,199 @@
+//! The goals the report checks (issues 5 and 12), on ratios paired within a
+//! round. A goal whose other side was not selected is not shown; a goal whose
+//! side ran but failed is shown as missed, never left out.
+
+use super::stats::{self, find, has_tcp, paired, Figure, Row, Spread};
+use crate::model::{Scenario, System};
+
+/// One goal of one case.
+pub struct Goal {
+    pub case: String,
+    pub what: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+/// What a goal compares, once its rows are found.
+enum Check {
+    /// The paired ratio's median must be at least this.
+    AtLeast(f64),
+    /// The paired ratio's median must be at most this.
+    AtMost(f64),
+}
+
+fn judge(case: &str, what: String, ratio: Option<Spread>, check: Check) -> Goal {
+    match ratio {
+        None => Goal {
+            case: case.to_string(),
+            what,
+            measured: "no result (a run failed)".into(),
+            met: false,
+        },
+        Some(s) => Goal {
+            case: case.to_string(),
+            met: match check {
+                Check::AtLeast(min) => s.median >= min,
+                Check::AtMost(max) => s.median <= max,
+            },
+            what,
+            measured: format!("{}×", s.fmt(2)),
+        },
+    }
+}
+
+/// Checks every goal that applies to the muxado rows present.
+pub fn goals(rows: &[Row]) -> Vec<Goal> {
+    let mut out = Vec::new();
+    for r in rows.iter().filter(|r| r.system == System::Muxado) {
+        let label = r.case.label();
+        let head = r.headline();
+        let mut vs = |other: System, min: f64| {
+            if let Some(o) = find(rows, r, other) {
+                let what = format!("≥ {min}× {}", other.name());
+                out.push(judge(
+                    &label,
+                    what,
+                    paired(r, head, o, head),
+                    Check::AtLeast(min),
+                ));
+            }
+        };
+        match (r.case.scenario, r.case.streams) {
+            (Scenario::Bulk, 1) => {
+                vs(System::TcpUring, 0.9);
+                vs(System::NgrokMuxado, 2.0);
+                vs(System::Yamux, 3.0);
+            }
+            (Scenario::Bulk, 64) => vs(System::TcpUring, 1.0),
+            (Scenario::Rpc, 64 | 1024) => {
+                vs(System::NgrokMuxado, 5.0);
+                vs(System::TcpUring, 2.0);
+            }
+            (Scenario::Open, _) => vs(System::NgrokMuxado, 10.0),
+            (Scenario::Connect, _) => vs(System::NgrokMuxado, 3.0),
+            _ => {}
+        }
+        // Against tcp-best: the best plain-TCP system of each round.
+        let best_goal = match (r.case.scenario, r.case.streams) {
+            (Scenario::Bulk, 64) => Some(1.2),
+            (Scenario::Bulk, 1) => Some(1.0),
+            (Scenario::Rpc, 64) => Some(2.0),
+            (Scenario::Connect, _) => Some(0.9),
+            _ => None,
+        };
+        if let (Some(min), true) = (best_goal, has_tcp(rows, r)) {
+            out.push(judge(
+                &label,
+                format!("≥ {min}× tcp-best"),
+                stats::ratio_to_tcp_best(rows, r),
+                Check::AtLeast(min),
+            ));
+        }
+        if (r.case.scenario, r.case.streams) == (Scenario::Bulk, 64) {
+            out.push(match r.spread(stats::fairness) {
+                Some(f) => Goal {
+                    case: label.clone(),
+                    what: "fairness ≥ 0.95".into(),
+                    measured: f.fmt(3),
+                    met: f.median >= 0.95,
+                },
+                None => judge(&label, "fairness ≥ 0.95".into(), None, Check::AtLeast(0.95)),
+            });
+        }
+        if (r.case.scenario, r.case.streams) == (Scenario::Rpc, 1) {
+            if let Some(t) = find(rows, r, System::TcpUring) {
+                for (f, name, max) in [
+                    (stats::p50 as Figure, "p50", 1.15),
+                    (stats::p99, "p99", 1.3),
+                ] {
+                    let what = format!("{name} ≤ {max}× tcp-uring");
+                    out.push(judge(&label, what, paired(r, f, t, f), Check::AtMost(max)));
+                }
+            }
+        }
+        if r.case.scenario == Scenario::Mixed {
+            mixed_goals(rows, r, &label, &mut out);
+        }
+    }
+    out
+}
+
+/// mixed: muxado's rpc p99 beside a bulk stream ≤ 2× its p99 alone (rpc/1
+/// of the same round) and ≤ 0.5× the p99 of ngrok-muxado and yamux here.
+fn mixed_goals(rows: &[Row], r: &Row, label: &str, out: &mut Vec<Goal>) {
+    let p99 = stats::p99 as Figure;
+    let alone = rows.iter().find(|a| {
+        a.system == System::Muxado
+            && a.placement == r.placement
+            && a.case.scenario == Scenario::Rpc
+            && a.case.streams == 1
+    });
+    if let Some(a) = alone {
+        let what = "rpc p99 ≤ 2× muxado's rpc/1 p99".to_string();
+        out.push(judge(
+            label,
+            what,
+            paired(r, p99, a, p99),
+            Check::AtMost(2.0),
+        ));
+    }
+    for other in [System::NgrokMuxado, System::Yamux] {
+        if let Some(o) = find(rows, r, other) {
+            let what = format!("rpc p99 ≤ 0.5× {}'s", other.name());
+            out.push(judge(
+                label,
+                what,
+                paired(r, p99, o, p99),
+                Check::AtMost(0.5),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{new_histogram, Case, Measurement, Placement};
+    use stats::Sample;
+
+    fn row(system: System, gbit: Option<f64>) -> Row {
+        let case = Case {
+            scenario: Scenario::Bulk,
+            streams: 1,
+            size: 1000,
+        };
+        let mut r = Row::new(case, system, Placement::Split, 1);
+        r.samples[0] = gbit.map(|g| Sample {
+            m: Measurement {
+                bytes: (g * 1e9 / 8.0) as u64,
+                ops: 1,
+                seconds: 1.0,
+                latency: Some(new_histogram()),
+                fairness: Some(1.0),
+            },
+            cpu_s: 0.0,
+        });
+        r
+    }
+
+    #[test]
+    fn a_failed_peer_is_a_missed_goal() {
+        let rows = vec![
+            row(System::Muxado, Some(10.0)),
+            row(System::TcpUring, Some(5.0)),
+            row(System::NgrokMuxado, None),
+        ];
+        let g = goals(&rows);
+        let vs_tcp = g.iter().find(|g| g.what == "≥ 0.9× tcp-uring").unwrap();
+        assert!(vs_tcp.met, "{}", vs_tcp.measured);
+        assert_eq!(vs_tcp.measured, "2.00×");
+        let vs_ngrok = g.iter().find(|g| g.what == "≥ 2× ngrok-muxado").unwrap();
+        assert!(!vs_ngrok.met);
+        assert!(vs_ngrok.measured.contains("no result"));
+        // yamux was not selected: its goal is not shown.
+        assert!(!g.iter().any(|g| g.what.contains("yamux")));
+        // tcp-best is tcp-uring here (the only plain-TCP row).
+        let best = g.iter().find(|g| g.what == "≥ 1× tcp-best").unwrap();
+        assert!(best.met);
+    }
+}

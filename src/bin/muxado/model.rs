@@ -1,0 +1,304 @@
+//! The types every part of the tool shares: what a server does with a stream,
+//! the heartbeat and engine settings, and the benchmark's vocabulary
+//! (scenarios, systems, placements, cases, measurements).
+//!
+//! This module imports nothing from the rest of the tool: every other module
+//! imports it, so imports only go downward (main → bench → model, serve →
+//! model) and no two modules need each other.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use muxado::heartbeat::HeartbeatConfig;
+
+/// What a server does with each stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Write back every byte; half-close after the peer's FIN.
+    Echo,
+    /// Count bytes to the peer's FIN, answer the count as a big-endian u64.
+    Sink,
+    /// Bench-only (the `mixed` scenario): the first byte of each stream picks
+    /// [`TAG_SINK`] or [`TAG_ECHO`] for the rest of it.
+    #[value(skip)]
+    Tagged,
+}
+
+/// First byte of a [`Mode::Tagged`] stream that is sunk.
+pub const TAG_SINK: u8 = b'S';
+/// First byte of a [`Mode::Tagged`] stream that is echoed.
+pub const TAG_ECHO: u8 = b'E';
+
+/// The heartbeat settings of `--heartbeat` (serve and bench).
+#[derive(Clone, Copy, Debug)]
+pub struct HeartbeatOpts {
+    pub config: HeartbeatConfig,
+}
+
+/// Settings of every engine the tool builds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EngineOpts {
+    /// `MUXADO_SEND_ZC=<min bytes>`: session writers send with `SEND_ZC`
+    /// when a send carries at least this many bytes.
+    pub send_zc_min: Option<usize>,
+}
+
+impl EngineOpts {
+    /// Reads `MUXADO_SEND_ZC` as the library used to: a byte count turns
+    /// zero-copy sends on from that size; unset means off. A value that is
+    /// not a byte count is ignored (off), now with a warning.
+    pub fn from_env() -> EngineOpts {
+        let send_zc_min = match std::env::var("MUXADO_SEND_ZC") {
+            Ok(v) => match v.trim().parse::<usize>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    tracing::warn!(
+                        "MUXADO_SEND_ZC={v:?} is not a byte count; zero-copy sends stay off"
+                    );
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        EngineOpts { send_zc_min }
+    }
+
+    /// An engine builder with these settings.
+    pub fn builder(&self) -> muxado::engine::Builder {
+        muxado::Engine::builder().send_zero_copy(self.send_zc_min)
+    }
+}
+
+/// The session settings of the bench (both ends) and of `muxado serve`:
+/// room for the 1,024-stream cases and for bursts of opens.
+pub fn bench_config() -> muxado::Config {
+    muxado::Config::default()
+        .with_max_streams(1 << 16)
+        .with_accept_backlog(1 << 14)
+}
+
+/// A workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// 64 KiB writes into sink streams (1 and 64 streams): Gbit/s, fairness.
+    Bulk,
+    /// 64-byte request/response on echo streams (1, 64, 1024 streams).
+    Rpc,
+    /// 16 workers each opening a stream, writing 1 byte, half-closing and
+    /// reading the echo: streams/s.
+    Open,
+    /// 1,000 concurrent sessions (connections), one rpc stream each.
+    Sessions,
+    /// 16 workers each connecting a new session, echoing 64 bytes on one
+    /// stream and closing it: sessions/s (plain TCP: connect, echo, close).
+    Connect,
+    /// One bulk stream and one 64-byte rpc stream on the same session (plain
+    /// TCP: two connections): rpc latency next to bulk Gbit/s.
+    Mixed,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Bulk => "bulk",
+            Scenario::Rpc => "rpc",
+            Scenario::Open => "open",
+            Scenario::Sessions => "sessions",
+            Scenario::Connect => "connect",
+            Scenario::Mixed => "mixed",
+        }
+    }
+
+    /// What the server does with each stream in this scenario.
+    pub fn server_mode(self) -> Mode {
+        match self {
+            Scenario::Bulk => Mode::Sink,
+            Scenario::Mixed => Mode::Tagged,
+            _ => Mode::Echo,
+        }
+    }
+
+    pub fn default_streams(self) -> &'static [usize] {
+        match self {
+            Scenario::Bulk => &[1, 64],
+            Scenario::Rpc => &[1, 64, 1024],
+            Scenario::Open | Scenario::Connect => &[16],
+            Scenario::Sessions => &[1000],
+            Scenario::Mixed => &[1],
+        }
+    }
+
+    pub fn default_size(self) -> usize {
+        match self {
+            Scenario::Bulk => 64 * 1024,
+            Scenario::Open => 1,
+            _ => 64,
+        }
+    }
+
+    /// Throughput in Gbit/s is this scenario's headline (else ops/s).
+    pub fn is_bulk(self) -> bool {
+        matches!(self, Scenario::Bulk | Scenario::Mixed)
+    }
+}
+
+/// Every scenario, in the order of the default suite.
+pub const ALL_SCENARIOS: &[Scenario] = &[
+    Scenario::Bulk,
+    Scenario::Rpc,
+    Scenario::Open,
+    Scenario::Sessions,
+    Scenario::Connect,
+    Scenario::Mixed,
+];
+
+/// What carries the streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum System {
+    /// muxado-uring: streams of one muxado session on our engine.
+    Muxado,
+    /// One plain TCP connection per stream, on our engine (the reference).
+    TcpUring,
+    /// One plain TCP connection per stream, on tokio.
+    TcpTokio,
+    /// One plain TCP connection per stream, on tokio-uring.
+    TcpTokioUring,
+    /// ngrok's `muxado` crate on tokio.
+    NgrokMuxado,
+    /// rust-yamux on tokio.
+    Yamux,
+}
+
+pub const ALL_SYSTEMS: &[System] = &[
+    System::TcpUring,
+    System::Muxado,
+    System::TcpTokio,
+    System::TcpTokioUring,
+    System::NgrokMuxado,
+    System::Yamux,
+];
+
+/// The plain-TCP systems: their best in a round is "tcp-best".
+pub const TCP_SYSTEMS: &[System] = &[System::TcpUring, System::TcpTokio, System::TcpTokioUring];
+
+impl System {
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Muxado => "muxado",
+            System::TcpUring => "tcp-uring",
+            System::TcpTokio => "tcp-tokio",
+            System::TcpTokioUring => "tcp-tokio-uring",
+            System::NgrokMuxado => "ngrok-muxado",
+            System::Yamux => "yamux",
+        }
+    }
+
+    /// Runs on our engine (else on tokio or tokio-uring).
+    pub fn on_engine(self) -> bool {
+        matches!(self, System::Muxado | System::TcpUring)
+    }
+
+    /// Speaks muxado (can be a `--connect` client).
+    pub fn speaks_muxado(self) -> bool {
+        matches!(self, System::Muxado | System::NgrokMuxado)
+    }
+}
+
+/// Where the client and the server run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Placement {
+    /// Client on CPU 0, server on CPU 1.
+    Split,
+    /// Client and server on one thread on CPU 0.
+    Shared,
+}
+
+impl Placement {
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::Split => "client CPU0 / server CPU1",
+            Placement::Shared => "client+server CPU0",
+        }
+    }
+
+    pub fn short(self) -> &'static str {
+        match self {
+            Placement::Split => "split",
+            Placement::Shared => "shared",
+        }
+    }
+}
+
+/// One workload shape: a scenario with its stream count and message size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Case {
+    pub scenario: Scenario,
+    pub streams: usize,
+    pub size: usize,
+}
+
+impl Case {
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.scenario.name(), self.streams)
+    }
+}
+
+/// Counters the progress reporter reads while a case runs.
+#[derive(Default)]
+pub struct Progress {
+    pub bytes: AtomicU64,
+    pub ops: AtomicU64,
+}
+
+/// Everything one run of one case needs, on both ends: built once by the
+/// bench loop and handed down (no setting travels any other way).
+#[derive(Clone)]
+pub struct CaseRun {
+    pub system: System,
+    pub case: Case,
+    pub placement: Placement,
+    /// The bytes of each write (bulk) or request (rpc).
+    pub payload: &'static [u8],
+    /// The measured time.
+    pub duration: Duration,
+    pub progress: Arc<Progress>,
+    /// `--heartbeat`, for the `muxado` system only.
+    pub heartbeat: Option<HeartbeatOpts>,
+    pub engine: EngineOpts,
+}
+
+/// What the client half of one case measured.
+pub struct Measurement {
+    /// Bytes moved (bulk: by the bulk streams).
+    pub bytes: u64,
+    /// Operations done (bulk: writes; mixed: rpc round trips).
+    pub ops: u64,
+    pub seconds: f64,
+    /// Per-operation latency (rpc, open, connect; mixed: the rpc stream's).
+    pub latency: Option<Histogram<u64>>,
+    /// Jain's fairness index of the bytes moved per stream (bulk).
+    pub fairness: Option<f64>,
+}
+
+impl Measurement {
+    pub fn gbit_s(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.seconds / 1e9
+    }
+
+    pub fn ops_s(&self) -> f64 {
+        self.ops as f64 / self.seconds
+    }
+
+    pub fn quantile_us(&self, q: f64) -> Option<f64> {
+        self.latency
+            .as_ref()
+            .filter(|h| !h.is_empty())
+            .map(|h| h.value_at_quantile(q) as f64 / 1000.0)
+    }
+}
+
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}

@@ -1,0 +1,113 @@
+//! 1,000 concurrent public connections through one agent session, every byte
+//! checked. Clients and origin run on a small tokio runtime in the test.
+#![cfg(feature = "cli")]
+
+mod tunnel_support;
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tunnel_support::*;
+
+const CONNS: usize = 1000;
+
+/// Raises the soft descriptor limit to the hard one (clients, origin and the
+/// child processes each hold 1,000 sockets).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write a live rlimit struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+    }
+    assert!(
+        lim.rlim_cur >= 4 * CONNS as u64 + 256,
+        "this test needs {} descriptors, the limit is {}",
+        4 * CONNS + 256,
+        lim.rlim_cur
+    );
+}
+
+#[test]
+fn a_thousand_concurrent_connections_all_complete() {
+    raise_fd_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let origin = listener.local_addr().unwrap();
+    rt.spawn(async move {
+        loop {
+            let Ok((mut c, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let (mut r, mut w) = c.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    let mut t = gateway(&[]);
+    let _agent = t.agent_connected(origin, &[], 1);
+    let public = t.public;
+    let results = rt.block_on(async move {
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(CONNS));
+        let tasks: Vec<_> = (0..CONNS)
+            .map(|i| {
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    let mut s = tokio::net::TcpStream::connect(public).await?;
+                    let data = pattern(i as u64, 4096 + i);
+                    let (mut r, mut w) = s.split();
+                    let send = async {
+                        w.write_all(&data).await?;
+                        // Every connection is open and has sent before any
+                        // half-closes (bounded, should one fail to connect).
+                        let _ = tokio::time::timeout(Duration::from_secs(30), barrier.wait()).await;
+                        w.shutdown().await
+                    };
+                    let mut back = Vec::new();
+                    let (sent, got) = tokio::join!(send, r.read_to_end(&mut back));
+                    sent?;
+                    got?;
+                    Ok::<bool, std::io::Error>(back == data)
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        let mut errors = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        for t in tasks {
+            match tokio::time::timeout_at(deadline, t).await {
+                Ok(Ok(Ok(true))) => ok += 1,
+                Ok(Ok(Ok(false))) => errors.push("bytes differ".to_string()),
+                Ok(Ok(Err(e))) => errors.push(e.to_string()),
+                Ok(Err(e)) => errors.push(e.to_string()),
+                Err(_) => errors.push("timed out".into()),
+            }
+        }
+        (ok, errors)
+    });
+    let (ok, errors) = results;
+    assert_eq!(
+        ok,
+        CONNS,
+        "{} failed, first: {:?}\ngateway log:\n{}",
+        errors.len(),
+        errors.first(),
+        t.gateway.log_text()
+    );
+    let m = t.scrape();
+    assert_eq!(metric(&m, "muxado_tunnel_connections_total"), CONNS as u64);
+    rt.shutdown_timeout(Duration::from_secs(1));
+}
