@@ -320,8 +320,9 @@ async fn tokio_side(typed: TypedSession, closes: bool, done: Done) {
 }
 
 /// ngrok's side: answers the tokio side's streams and opens one of each of
-/// `PEER_TYPES`; returns (and hangs up) once everything is checked.
-async fn ngrok_side(tcp: tokio::net::TcpStream, client: bool) -> Result<(), BoxError> {
+/// `PEER_TYPES`; returns (and hangs up) once everything is checked on both
+/// sides (its close is abortive: it could lose answers still queued).
+async fn ngrok_side(tcp: tokio::net::TcpStream, client: bool, done: Done) -> Result<(), BoxError> {
     use ngrok_muxado::typed::{StreamType, Typed, TypedAccept, TypedOpenClose, TypedSession as _};
     use ngrok_muxado::SessionBuilder;
 
@@ -373,6 +374,10 @@ async fn ngrok_side(tcp: tokio::net::TcpStream, client: bool) -> Result<(), BoxE
     let mut want = TOKIO_TYPES.to_vec();
     want.sort();
     assert_eq!(seen, want);
+    done.arrive();
+    while !done.both() {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     Ok(())
 }
 
@@ -404,10 +409,13 @@ fn vs_ngrok(tokio_is_client: bool) {
     } else {
         (Some(listener), None)
     };
+    let done = Done::default();
+    let their_done = done.clone();
     let theirs = thread::spawn(move || {
         tokio_rt().block_on(async move {
             let tcp = tokio_tcp(theirs, addr).await;
-            tokio::time::timeout(LIMIT, ngrok_side(tcp, !tokio_is_client)).await?
+            let f = ngrok_side(tcp, !tokio_is_client, their_done);
+            tokio::time::timeout(LIMIT, f).await?
         })
     });
     tokio_rt().block_on(async move {
@@ -417,10 +425,7 @@ fn vs_ngrok(tokio_is_client: bool) {
         } else {
             Session::server(tcp, Config::default())
         };
-        // ngrok's side takes no part in `done`: it hangs up once it is done,
-        // which ends our session.
-        let done = Done::default();
-        done.arrive();
+        // ngrok's side hangs up once both are done, which ends our session.
         tokio::time::timeout(LIMIT, tokio_side(TypedSession::new(session), false, done))
             .await
             .expect("the tokio side within the limit");
