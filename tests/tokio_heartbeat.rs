@@ -335,8 +335,9 @@ fn interop_ngrok_timeout_once_and_rearm_tokio_is_server() {
 
 // ---- against the engine's heartbeat ---------------------------------------------------------
 
-/// Both sides start a heartbeat, accept, and open one application stream
-/// (tokio: type 5 "tok", engine: type 6 "eng"). Each sees its own latencies,
+/// Both sides accept, open one application stream (tokio: type 5 "tok",
+/// engine: type 6 "eng"), and start a heartbeat once the other's stream has
+/// arrived (so both answer beats). Each sees its own latencies,
 /// no timeout, and exactly the other's application stream; then the client
 /// closes.
 fn vs_engine(tokio_is_client: bool) {
@@ -382,12 +383,18 @@ fn vs_engine(tokio_is_client: bool) {
                     }
                 }
             });
-            let events: Rc<RefCell<Vec<HeartbeatEvent>>> = Rc::default();
-            let sink = events.clone();
-            hb.start(move |e| sink.borrow_mut().push(e)).await.unwrap();
             let mut app = hb.open_typed(6).await.unwrap();
             app.write_all(b"eng").await.unwrap();
             let start = Instant::now();
+            // Beat once the peer accepts (its stream arrived): a beat sent
+            // earlier could time out on a loaded machine.
+            while got.borrow().is_empty() {
+                assert!(start.elapsed() < LIMIT, "the tokio side's stream");
+                engine::sleep(Duration::from_millis(2)).await;
+            }
+            let events: Rc<RefCell<Vec<HeartbeatEvent>>> = Rc::default();
+            let sink = events.clone();
+            hb.start(move |e| sink.borrow_mut().push(e)).await.unwrap();
             let latencies = || events.borrow().iter().filter(|e| is_latency(e)).count();
             while latencies() < 3 || got.borrow().is_empty() {
                 assert!(start.elapsed() < LIMIT, "engine: {:?}", events.borrow());
@@ -429,10 +436,11 @@ fn vs_engine(tokio_is_client: bool) {
         let hb = Heartbeat::new(TypedSession::new(session), config());
         let task = tokio::spawn(async move {
             let got = accept_loop(&hb);
-            let (events, cb) = recorder();
-            hb.start(cb).await.unwrap();
             let mut app = hb.open_typed(5).await.unwrap();
             app.write_all(b"tok").await.unwrap();
+            until("the engine's stream", || !got.lock().unwrap().is_empty()).await;
+            let (events, cb) = recorder();
+            hb.start(cb).await.unwrap();
             until("latencies and the engine's stream", || {
                 count(&events, is_latency) >= 3 && !got.lock().unwrap().is_empty()
             })
@@ -685,4 +693,104 @@ fn dropping_the_heartbeat_releases_the_session() {
             .await
             .expect("the session closes once every handle and task is gone");
     });
+}
+
+// ---- a frozen raw peer, byte by byte --------------------------------------------------------
+
+/// Reads one frame: (type, flags, stream id, payload).
+fn read_frame(tcp: &mut std::net::TcpStream) -> std::io::Result<(u8, u8, u32, Vec<u8>)> {
+    use std::io::Read;
+    let mut h = [0u8; 8];
+    tcp.read_exact(&mut h)?;
+    let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+    let id = u32::from_be_bytes(h[4..8].try_into().unwrap());
+    let mut payload = vec![0u8; len];
+    tcp.read_exact(&mut payload)?;
+    Ok((h[3] >> 4, h[3] & 0xF, id, payload))
+}
+
+/// A raw peer that checks the heartbeat stream's open, then stays frozen
+/// (reads nothing, answers nothing) until told to answer one ping; the ping
+/// must be a 4-byte DATA frame on the heartbeat stream, and its echo is the
+/// same 4 bytes in a DATA frame back.
+#[test]
+fn a_frozen_raw_peer_times_out_once_and_one_late_echo_rearms() {
+    use std::io::{Read, Write};
+    let (listener, addr) = std_listener();
+    listener.set_nonblocking(false).unwrap();
+    let (answer_tx, answer_rx) = std::sync::mpsc::channel::<()>();
+    let peer = thread::spawn(move || {
+        let (mut tcp, _) = listener.accept().unwrap();
+        tcp.set_read_timeout(Some(LIMIT)).unwrap();
+        let open = read_frame(&mut tcp).unwrap();
+        assert_eq!(
+            open,
+            (1, 0x2, 3, vec![0xFF; 4]),
+            "the heartbeat's SYN frame"
+        );
+        let mut echoed = Vec::new();
+        // Each message: answer the next ping once.
+        while answer_rx.recv().is_ok() {
+            let ping = loop {
+                let f = read_frame(&mut tcp).unwrap();
+                if f.0 == 1 && f.2 == 3 {
+                    break f;
+                }
+            };
+            assert_eq!((ping.1, ping.3.len()), (0, 4), "a ping: 4 bytes, no flags");
+            let mut echo = vec![0, 0, 4, 0x10, 0, 0, 0, 3];
+            echo.extend_from_slice(&ping.3);
+            tcp.write_all(&echo).unwrap();
+            echoed.push(ping.3);
+        }
+        let mut rest = Vec::new();
+        let _ = tcp.read_to_end(&mut rest);
+        echoed
+    });
+    tokio_rt().block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let hb = Heartbeat::new(
+            TypedSession::new(Session::client(tcp, Config::default())),
+            config(),
+        );
+        let (events, cb) = recorder();
+        let started = Instant::now();
+        hb.start(cb).await.unwrap();
+        let due = INTERVAL + TOLERANCE;
+        // Frozen for 4 timeout periods: one report, not before it is due.
+        tokio::time::sleep(due * 4).await;
+        {
+            let ev = events.lock().unwrap();
+            assert_eq!(ev.len(), 1, "{ev:?}");
+            assert_eq!(ev[0].1, HeartbeatEvent::Timeout);
+            let after = ev[0].0 - started;
+            assert!(after >= due && after <= due + MARGIN, "{after:?}");
+        }
+        // One late echo: a latency as long as the freeze, and the timeout re-armed.
+        answer_tx.send(()).unwrap();
+        until("the late echo", || count(&events, is_latency) == 1).await;
+        let (latency_at, latency) = {
+            let ev = events.lock().unwrap();
+            match ev[1] {
+                (at, HeartbeatEvent::Latency(d)) => (at, d),
+                e => panic!("{e:?}"),
+            }
+        };
+        // The ping went out about one interval after the start and waited
+        // through the freeze (4 timeout periods).
+        assert!(latency >= due * 3, "{latency:?}");
+        assert!(latency <= latency_at - started, "{latency:?}");
+        // Frozen again: the next ping goes unanswered; a second timeout,
+        // due after the late success, not before.
+        until("a second timeout", || count(&events, is_timeout) == 2).await;
+        let ev = events.lock().unwrap().clone();
+        let after = ev.last().unwrap().0 - latency_at + Duration::from_millis(1);
+        assert!(after >= due && after <= due + MARGIN, "{after:?} {ev:?}");
+        assert_eq!(ev.len(), 3, "{ev:?}");
+        assert!(!hb.is_closed(), "the heartbeat never closes the session");
+        drop(answer_tx);
+        hb.close().unwrap();
+    });
+    let echoed = peer.join().unwrap();
+    assert_eq!(echoed.len(), 1);
 }
