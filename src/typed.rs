@@ -47,6 +47,7 @@
 //! .expect("typed echo");
 //! ```
 
+use std::future::{poll_fn, Future};
 use std::io;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
@@ -73,37 +74,141 @@ pub(crate) const fn decode_type(bytes: [u8; TYPE_LEN]) -> StreamType {
     StreamType::from_be_bytes(bytes)
 }
 
-/// A session whose streams carry a [`StreamType`].
-///
-/// Cheap to clone (it clones the [`Session`] handle). Like [`Session`] it is
-/// `!Send`: it lives on the engine core that created the session.
-#[derive(Clone, Debug)]
-pub struct TypedSession {
-    session: Session,
+mod sealed {
+    pub trait Sealed {}
 }
 
-/// A stream with its type: a full [`Stream`] (through `Deref`/`DerefMut`,
-/// and tokio's `AsyncRead`/`AsyncWrite`) plus [`TypedStream::stream_type`].
-/// The 4 type bytes are not part of its data.
+/// What the typed and heartbeat layers need of a driver's session: open a
+/// stream, accept the peer's. Implemented by the engine's [`Session`] and
+/// the tokio driver's `muxado::tokio::Session`, so that both layers are
+/// written once, for both drivers. Sealed: the layers rely on the drivers'
+/// lazy SYN (the first write opens the stream on the wire).
+pub trait MuxSession: sealed::Sealed {
+    /// The driver's stream.
+    type Stream: MuxStream;
+
+    /// Opens a stream; nothing is sent until its first write.
+    fn open(&self) -> Result<Self::Stream, Error>;
+
+    /// Waits for the next stream the peer opens.
+    fn accept(&self) -> impl Future<Output = Result<Self::Stream, Error>>;
+}
+
+/// What the typed and heartbeat layers need of a driver's stream: the poll
+/// forms of read and write. Sealed, like [`MuxSession`].
+pub trait MuxStream: sealed::Sealed {
+    /// Reads into `buf` (0 at the end of the stream).
+    fn poll_read_slice(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<Result<usize, Error>>;
+
+    /// Writes some of `data`.
+    fn poll_write_slice(&mut self, cx: &mut Context<'_>, data: &[u8])
+        -> Poll<Result<usize, Error>>;
+}
+
+impl sealed::Sealed for Session {}
+impl sealed::Sealed for Stream {}
+
+impl MuxSession for Session {
+    type Stream = Stream;
+
+    fn open(&self) -> Result<Stream, Error> {
+        Session::open(self)
+    }
+
+    fn accept(&self) -> impl Future<Output = Result<Stream, Error>> {
+        Session::accept(self)
+    }
+}
+
+impl MuxStream for Stream {
+    fn poll_read_slice(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<Result<usize, Error>> {
+        Stream::poll_read_slice(self, cx, buf)
+    }
+
+    fn poll_write_slice(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<Result<usize, Error>> {
+        Stream::poll_write_slice(self, cx, data)
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl sealed::Sealed for crate::tokio::Session {}
+#[cfg(feature = "tokio")]
+impl sealed::Sealed for crate::tokio::Stream {}
+
+/// Reads exactly `buf.len()` bytes from any driver's stream;
+/// [`Error::UnexpectedEof`] if it ends first.
+pub(crate) async fn read_exact<T: MuxStream>(
+    stream: &mut T,
+    mut buf: &mut [u8],
+) -> Result<(), Error> {
+    while !buf.is_empty() {
+        match poll_fn(|cx| stream.poll_read_slice(cx, buf)).await? {
+            0 => {
+                return Err(Error::UnexpectedEof(
+                    "the stream ended before read_exact was satisfied",
+                ))
+            }
+            n => buf = &mut buf[n..],
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `data` to any driver's stream.
+pub(crate) async fn write_all<T: MuxStream>(stream: &mut T, mut data: &[u8]) -> Result<(), Error> {
+    while !data.is_empty() {
+        let n = poll_fn(|cx| stream.poll_write_slice(cx, data)).await?;
+        data = &data[n..];
+    }
+    Ok(())
+}
+
+/// A session whose streams carry a [`StreamType`], over either driver: the
+/// engine's [`Session`] (the default) or the tokio driver's
+/// (`muxado::tokio::TypedSession` names that one).
+///
+/// Cheap to clone (it clones the session handle). Over the engine it is
+/// `!Send`, like [`Session`]: it lives on the engine core that created the
+/// session; over tokio it is `Send + Sync`.
+#[derive(Clone, Debug)]
+pub struct TypedSession<S = Session> {
+    session: S,
+}
+
+/// A stream with its type: a full driver stream (through
+/// `Deref`/`DerefMut`, and tokio's `AsyncRead`/`AsyncWrite`) plus
+/// [`TypedStream::stream_type`]. The 4 type bytes are not part of its data.
 #[derive(Debug)]
-pub struct TypedStream {
-    stream: Stream,
+pub struct TypedStream<T = Stream> {
+    stream: T,
     stream_type: StreamType,
 }
 
-impl TypedSession {
+impl<S: MuxSession> TypedSession<S> {
     /// Wraps `session`. Both peers must use the typed layer.
-    pub fn new(session: Session) -> TypedSession {
+    pub fn new(session: S) -> TypedSession<S> {
         TypedSession { session }
     }
 
     /// The underlying session (to close it, wait for its end, read its stats).
-    pub fn session(&self) -> &Session {
+    pub fn session(&self) -> &S {
         &self.session
     }
 
     /// Unwraps the session.
-    pub fn into_session(self) -> Session {
+    pub fn into_session(self) -> S {
         self.session
     }
 
@@ -112,9 +217,9 @@ impl TypedSession {
     ///
     /// Completes at its first poll unless the session's send buffer is full
     /// (then it waits for room, like any write).
-    pub async fn open_typed(&self, t: StreamType) -> Result<TypedStream, Error> {
+    pub async fn open_typed(&self, t: StreamType) -> Result<TypedStream<S::Stream>, Error> {
         let mut stream = self.session.open()?;
-        stream.write_all(&encode_type(t)).await?;
+        write_all(&mut stream, &encode_type(t)).await?;
         Ok(TypedStream {
             stream,
             stream_type: t,
@@ -126,13 +231,14 @@ impl TypedSession {
     ///
     /// A stream that ends or is reset before its 4 type bytes arrive is
     /// dropped and the next one awaited (Go would return the error; here an
-    /// error is the session's: it is dead and no stream is left to accept). Until a stream's type has arrived,
-    /// the streams accepted after it wait, as in Go.
-    pub async fn accept_typed(&self) -> Result<TypedStream, Error> {
+    /// error is the session's: it is dead and no stream is left to accept).
+    /// Until a stream's type has arrived, the streams accepted after it
+    /// wait, as in Go.
+    pub async fn accept_typed(&self) -> Result<TypedStream<S::Stream>, Error> {
         loop {
             let mut stream = self.session.accept().await?;
             let mut ty = [0u8; TYPE_LEN];
-            match stream.read_exact(&mut ty).await {
+            match read_exact(&mut stream, &mut ty).await {
                 Ok(()) => {
                     return Ok(TypedStream {
                         stream,
@@ -147,44 +253,44 @@ impl TypedSession {
 
     /// The same as [`TypedSession::accept_typed`] (Go's typed `Accept` also
     /// returns typed streams). For untyped streams, use `session().accept()`.
-    pub async fn accept(&self) -> Result<TypedStream, Error> {
+    pub async fn accept(&self) -> Result<TypedStream<S::Stream>, Error> {
         self.accept_typed().await
     }
 }
 
-impl From<Session> for TypedSession {
-    fn from(session: Session) -> Self {
+impl<S: MuxSession> From<S> for TypedSession<S> {
+    fn from(session: S) -> Self {
         TypedSession::new(session)
     }
 }
 
-impl TypedStream {
+impl<T> TypedStream<T> {
     /// The stream's type.
     pub fn stream_type(&self) -> StreamType {
         self.stream_type
     }
 
     /// The plain stream (its type bytes are already consumed or sent).
-    pub fn into_stream(self) -> Stream {
+    pub fn into_stream(self) -> T {
         self.stream
     }
 }
 
-impl Deref for TypedStream {
-    type Target = Stream;
+impl<T> Deref for TypedStream<T> {
+    type Target = T;
 
-    fn deref(&self) -> &Stream {
+    fn deref(&self) -> &T {
         &self.stream
     }
 }
 
-impl DerefMut for TypedStream {
-    fn deref_mut(&mut self) -> &mut Stream {
+impl<T> DerefMut for TypedStream<T> {
+    fn deref_mut(&mut self) -> &mut T {
         &mut self.stream
     }
 }
 
-impl tokio::io::AsyncRead for TypedStream {
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for TypedStream<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -194,7 +300,7 @@ impl tokio::io::AsyncRead for TypedStream {
     }
 }
 
-impl tokio::io::AsyncWrite for TypedStream {
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for TypedStream<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

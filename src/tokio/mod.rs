@@ -2,13 +2,17 @@
 //! transport (TCP, Unix sockets, TLS, an in-memory duplex…) on a tokio runtime.
 //!
 //! It runs the same sans-IO core as the io_uring [`engine`](crate::engine)
-//! driver ([`proto::Session`](crate::proto::Session)), in the same rhythm:
+//! driver ([`proto::Session`]), in the same rhythm:
 //! handle input → mutate → poll transmit, events and timeout. What differs is
 //! the glue. Handles are `Send` ([`Session`] is also `Sync`), so they work with
 //! `tokio::spawn`, hyper and tonic; the core sits behind a `std` mutex that is
 //! held for one protocol call and never across an `.await`; one driver task
 //! per session does all the transport I/O and wakes readers, writers and
 //! acceptors.
+//!
+//! Typed streams ([`TypedSession`]) and the heartbeat ([`Heartbeat`]) are the
+//! crate's driver-neutral layers ([`crate::typed`], [`crate::heartbeat`])
+//! over this driver: the same code, wire and behaviour as on the engine.
 //!
 //! ```
 //! use muxado::tokio::Session;
@@ -44,8 +48,10 @@
 //! ```
 
 mod driver;
+mod heartbeat;
 mod shared;
 mod stream;
+mod typed;
 
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -58,8 +64,10 @@ use crate::proto::{self, Config, Role};
 use crate::session::SessionEnd;
 
 pub use driver::Driver;
+pub use heartbeat::Heartbeat;
 use shared::Shared;
 pub use stream::Stream;
+pub use typed::{TypedSession, TypedStream};
 
 /// A muxado session over one transport, driven by a tokio task.
 ///
