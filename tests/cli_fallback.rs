@@ -165,6 +165,16 @@ fn tokio_driver_never_calls_io_uring() {
         blocked(c, Action::Kill)
     });
     check_echo_and_sink(echo.addr, sink.addr);
+    // The bench client too, under the same lethal filter.
+    let mut cmd = Command::new(BIN);
+    blocked(&mut cmd, Action::Kill);
+    let addr = echo.addr.to_string();
+    cmd.args(["bench", "--driver", "tokio", "--connect", &addr])
+        .args(["--systems", "muxado-tokio", "--scenario", "rpc"])
+        .args(["--streams", "1", "--duration", "0.05", "--repeat", "1"]);
+    let r = run_bounded(&mut cmd, Duration::from_secs(120));
+    assert!(r.ok, "bench --driver tokio under the filter:\n{}", r.stderr);
+    assert!(fallback_lines(&r.stderr).is_empty(), "{}", r.stderr);
     for server in [echo, sink] {
         let stderr = server.stop();
         assert!(fallback_lines(&stderr).is_empty(), "{stderr}");
