@@ -62,9 +62,9 @@ pub struct Options {
 /// The default number of runs of each case.
 pub const DEFAULT_REPEAT: usize = 3;
 
-/// The default measured time of a case. The default suite (9 cases × 6
+/// The default measured time of a case. The default suite (9 cases × 7
 /// systems × 3 rounds, each case also paying its warm-up and set-up) then
-/// takes about 3 minutes on 2 cores.
+/// takes 3 to 4 minutes on 2 cores.
 pub const DEFAULT_DURATION: Duration = Duration::from_millis(600);
 
 fn cases(opts: &Options) -> Vec<Case> {
