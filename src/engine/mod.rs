@@ -157,6 +157,18 @@ pub struct Features {
     pub pbuf_ring: bool,
 }
 
+/// Checks once that the engine can run here: an io_uring can be created and it supports every
+/// opcode the engine needs. Applications call it to choose a driver before building anything, as
+/// `muxado serve --driver auto` does (the tokio driver when this fails).
+///
+/// The error names the cause: [`EngineError::Unavailable`] with EPERM (a seccomp filter such as
+/// Docker's default profile, or `kernel.io_uring_disabled`), ENOSYS (no io_uring in this kernel)
+/// or ENOMEM (`RLIMIT_MEMLOCK` too low), or [`EngineError::MissingOpcode`] (kernel too old). It
+/// creates and closes a small ring; nothing stays behind.
+pub fn probe() -> Result<(), EngineError> {
+    ring::probe()
+}
+
 /// The features of the current core, `None` outside a core.
 pub fn features() -> Option<Features> {
     core_loop::current().map(|c| {

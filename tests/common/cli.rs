@@ -32,8 +32,16 @@ impl Server {
     /// Starts `muxado serve --listen <free port> <args…>` and waits (10 s at
     /// most) until it accepts connections.
     pub fn start(args: &[&str]) -> Server {
+        Server::start_with(args, |_| {})
+    }
+
+    /// Like [`Server::start`], with `prepare` applied to the command first
+    /// (a `pre_exec` hook, an environment variable).
+    pub fn start_with(args: &[&str], prepare: impl FnOnce(&mut Command)) -> Server {
         let addr = free_addr();
-        let mut child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        prepare(&mut cmd);
+        let mut child = cmd
             .args(["serve", "--listen", &addr.to_string()])
             .args(args)
             .stdin(Stdio::null())
@@ -55,7 +63,11 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(addr).is_err() {
             if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("muxado serve exited early: {status}");
+                let stderr = server.stderr.take().map(|h| h.join().unwrap_or_default());
+                panic!(
+                    "muxado serve exited early: {status}; its stderr:\n{}",
+                    stderr.unwrap_or_default()
+                );
             }
             assert!(Instant::now() < deadline, "muxado serve did not listen");
             std::thread::sleep(Duration::from_millis(20));

@@ -8,6 +8,7 @@
 mod bench;
 mod model;
 mod serve;
+mod serve_tokio;
 mod tunnel;
 
 use std::io::IsTerminal as _;
@@ -18,7 +19,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use model::{bench_config, EngineOpts, HeartbeatOpts, Mode, Placement, Scenario, System};
+use model::{
+    bench_config, Driver, DriverChoice, EngineOpts, HeartbeatOpts, Mode, Placement, Scenario,
+    System,
+};
 use muxado::heartbeat::HeartbeatConfig;
 
 /// The muxado stream multiplexer on io_uring: a server and a benchmark.
@@ -98,6 +102,35 @@ impl HeartbeatArgs {
     }
 }
 
+/// `--driver` (serve and bench).
+#[derive(clap::Args, Debug)]
+struct DriverArgs {
+    /// Which driver runs the sessions: auto (the io_uring engine if it can
+    /// be set up here, else tokio, saying why in one line on stderr), uring
+    /// (the engine or an error), tokio (never touches io_uring).
+    #[arg(long, value_enum, default_value_t = DriverChoice::Auto)]
+    driver: DriverChoice,
+}
+
+impl DriverArgs {
+    /// Resolves `--driver`: probes io_uring once unless told `tokio`.
+    fn resolve(&self) -> Result<Driver, String> {
+        match self.driver {
+            DriverChoice::Tokio => Ok(Driver::Tokio),
+            DriverChoice::Uring => muxado::engine::probe()
+                .map(|()| Driver::Uring)
+                .map_err(|e| format!("{e} (--driver uring; --driver tokio runs without it)")),
+            DriverChoice::Auto => match muxado::engine::probe() {
+                Ok(()) => Ok(Driver::Uring),
+                Err(e) => {
+                    eprintln!("muxado: {e}; using the tokio driver");
+                    Ok(Driver::Tokio)
+                }
+            },
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Reverse tunnel, public side: accept agents, expose their services.
@@ -143,7 +176,8 @@ enum Command {
         out: Option<PathBuf>,
         /// Run only the client half against a muxado server at ADDR
         /// (ours, ngrok's or Go's, with `muxado serve` semantics); default
-        /// scenarios rpc,open (an echo server); systems muxado,ngrok-muxado.
+        /// scenarios rpc,open (an echo server); systems muxado,ngrok-muxado
+        /// (on the tokio driver: muxado-tokio,ngrok-muxado).
         #[arg(long, value_name = "ADDR")]
         connect: Option<SocketAddr>,
         // Only the muxado system uses it: its client (and, without
@@ -151,6 +185,8 @@ enum Command {
         // layers and opens typed streams of type 1.
         #[command(flatten)]
         heartbeat: HeartbeatArgs,
+        #[command(flatten)]
+        driver: DriverArgs,
     },
     /// Serve muxado sessions: echo or sink every stream.
     Serve {
@@ -160,11 +196,14 @@ enum Command {
         /// What to do with each stream.
         #[arg(long, value_enum, default_value_t = Mode::Echo)]
         mode: Mode,
-        /// Engine cores (each accepts on the same address with SO_REUSEPORT).
+        /// Engine cores (each accepts on the same address with SO_REUSEPORT);
+        /// on the tokio driver, worker threads.
         #[arg(long, default_value_t = 1)]
         cores: usize,
         #[command(flatten)]
         heartbeat: HeartbeatArgs,
+        #[command(flatten)]
+        driver: DriverArgs,
     },
 }
 
@@ -199,28 +238,49 @@ fn main() -> ExitCode {
             out,
             connect,
             heartbeat,
-        } => bench_options(BenchArgs {
-            scenarios: scenario,
-            systems,
-            placements: placement,
-            duration,
-            repeat,
-            baseline,
-            streams,
-            size,
-            json,
-            out,
-            connect,
-            heartbeat: heartbeat.opts(),
-            engine,
-        })
-        .and_then(|opts| bench::run(&opts)),
+            driver,
+        } => driver
+            .resolve()
+            .and_then(|driver| {
+                bench_options(BenchArgs {
+                    scenarios: scenario,
+                    systems,
+                    placements: placement,
+                    duration,
+                    repeat,
+                    baseline,
+                    streams,
+                    size,
+                    json,
+                    out,
+                    connect,
+                    heartbeat: heartbeat.opts(),
+                    engine,
+                    driver,
+                })
+            })
+            .and_then(|opts| bench::run(&opts)),
         Command::Serve {
             listen,
             mode,
             cores,
             heartbeat,
-        } => serve(listen, mode, cores, heartbeat.opts(), engine),
+            driver,
+        } => {
+            if cores == 0 {
+                usage_error("--cores must be at least 1");
+            }
+            let heartbeat = heartbeat.opts();
+            driver.resolve().and_then(|driver| match driver {
+                Driver::Uring => serve(listen, mode, cores, heartbeat, engine),
+                Driver::Tokio if heartbeat.is_some() => Err(
+                    "--heartbeat needs the io_uring driver (the typed and heartbeat layers \
+                     run on the engine only)"
+                        .into(),
+                ),
+                Driver::Tokio => serve_tokio::serve(listen, mode, cores),
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -245,6 +305,7 @@ struct BenchArgs {
     connect: Option<SocketAddr>,
     heartbeat: Option<HeartbeatOpts>,
     engine: EngineOpts,
+    driver: Driver,
 }
 
 fn bench_options(a: BenchArgs) -> Result<bench::Options, String> {
@@ -266,7 +327,7 @@ fn bench_options(a: BenchArgs) -> Result<bench::Options, String> {
     }
     let remote = a.connect.is_some();
     if remote && a.systems.iter().any(|s| !s.speaks_muxado()) {
-        usage_error("with --connect, --systems can only be muxado and ngrok-muxado");
+        usage_error("with --connect, --systems can only be muxado, muxado-tokio and ngrok-muxado");
     }
     if remote && a.scenarios.contains(&Scenario::Mixed) {
         usage_error("--scenario mixed needs the bench's own servers (not --connect)");
@@ -282,8 +343,14 @@ fn bench_options(a: BenchArgs) -> Result<bench::Options, String> {
              (drop ngrok-muxado from --systems)",
         );
     }
+    let tokio = a.driver == Driver::Tokio;
+    if remote && tokio && a.heartbeat.is_some() {
+        usage_error("--heartbeat with --connect needs the io_uring driver (the muxado system)");
+    }
     let default_systems: &[System] = if remote && a.heartbeat.is_some() {
         &[System::Muxado]
+    } else if remote && tokio {
+        &[System::MuxadoTokio, System::NgrokMuxado]
     } else if remote {
         &[System::Muxado, System::NgrokMuxado]
     } else {
@@ -303,6 +370,7 @@ fn bench_options(a: BenchArgs) -> Result<bench::Options, String> {
         baseline: a.baseline,
         heartbeat: a.heartbeat,
         engine: a.engine,
+        driver: a.driver,
     })
 }
 
@@ -333,9 +401,6 @@ fn serve(
     heartbeat: Option<HeartbeatOpts>,
     engine: EngineOpts,
 ) -> Result<(), String> {
-    if cores == 0 {
-        usage_error("--cores must be at least 1");
-    }
     let engine = engine
         .builder()
         .cores(cores)

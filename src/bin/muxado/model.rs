@@ -31,6 +31,25 @@ pub const TAG_SINK: u8 = b'S';
 /// First byte of a [`Mode::Tagged`] stream that is echoed.
 pub const TAG_ECHO: u8 = b'E';
 
+/// Which driver runs the sessions (`--driver`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DriverChoice {
+    /// The io_uring engine if it can be set up here, else tokio (saying why
+    /// in one line on stderr).
+    Auto,
+    /// The io_uring engine, or a clear error.
+    Uring,
+    /// tokio only: io_uring is never touched (not even probed).
+    Tokio,
+}
+
+/// The driver the tool runs on, once `--driver` is resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    Uring,
+    Tokio,
+}
+
 /// The heartbeat settings of `--heartbeat` (serve and bench).
 #[derive(Clone, Copy, Debug)]
 pub struct HeartbeatOpts {
@@ -159,6 +178,9 @@ pub const ALL_SCENARIOS: &[Scenario] = &[
 pub enum System {
     /// muxado-uring: streams of one muxado session on our engine.
     Muxado,
+    /// Our muxado core on its tokio driver (`muxado::tokio`), on the same
+    /// runtimes as ngrok-muxado and yamux.
+    MuxadoTokio,
     /// One plain TCP connection per stream, on our engine (the reference).
     TcpUring,
     /// One plain TCP connection per stream, on tokio.
@@ -176,6 +198,7 @@ pub const ALL_SYSTEMS: &[System] = &[
     System::Muxado,
     System::TcpTokio,
     System::TcpTokioUring,
+    System::MuxadoTokio,
     System::NgrokMuxado,
     System::Yamux,
 ];
@@ -187,6 +210,7 @@ impl System {
     pub fn name(self) -> &'static str {
         match self {
             System::Muxado => "muxado",
+            System::MuxadoTokio => "muxado-tokio",
             System::TcpUring => "tcp-uring",
             System::TcpTokio => "tcp-tokio",
             System::TcpTokioUring => "tcp-tokio-uring",
@@ -202,7 +226,18 @@ impl System {
 
     /// Speaks muxado (can be a `--connect` client).
     pub fn speaks_muxado(self) -> bool {
-        matches!(self, System::Muxado | System::NgrokMuxado)
+        matches!(
+            self,
+            System::Muxado | System::MuxadoTokio | System::NgrokMuxado
+        )
+    }
+
+    /// Needs io_uring (our engine or tokio-uring): not run on the tokio driver.
+    pub fn needs_uring(self) -> bool {
+        matches!(
+            self,
+            System::Muxado | System::TcpUring | System::TcpTokioUring
+        )
     }
 }
 

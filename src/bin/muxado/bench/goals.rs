@@ -1,4 +1,4 @@
-//! The goals the report checks (issues 5 and 12), on ratios paired within a
+//! The goals the report checks (issues 5, 9 and 12), on ratios paired within a
 //! round. A goal whose other side was not selected is not shown; a goal whose
 //! side ran but failed is shown as missed, never left out.
 
@@ -115,7 +115,33 @@ pub fn goals(rows: &[Row]) -> Vec<Goal> {
             mixed_goals(rows, r, &label, &mut out);
         }
     }
+    tokio_goals(rows, &mut out);
     out
+}
+
+/// muxado-tokio (our core on the tokio driver) against the other muxado-like
+/// systems on the same tokio runtimes: bulk/1 ≥ 1.5×, rpc/64 ≥ 3×, open ≥ 3×
+/// ngrok-muxado and yamux (issue 9).
+fn tokio_goals(rows: &[Row], out: &mut Vec<Goal>) {
+    for r in rows.iter().filter(|r| r.system == System::MuxadoTokio) {
+        let min = match (r.case.scenario, r.case.streams) {
+            (Scenario::Bulk, 1) => 1.5,
+            (Scenario::Rpc, 64) | (Scenario::Open, _) => 3.0,
+            _ => continue,
+        };
+        let label = r.case.label();
+        let head = r.headline();
+        for other in [System::NgrokMuxado, System::Yamux] {
+            if let Some(o) = find(rows, r, other) {
+                out.push(judge(
+                    &label,
+                    format!("muxado-tokio ≥ {min}× {}", other.name()),
+                    paired(r, head, o, head),
+                    Check::AtLeast(min),
+                ));
+            }
+        }
+    }
 }
 
 /// mixed: muxado's rpc p99 beside a bulk stream ≤ 2× its p99 alone (rpc/1

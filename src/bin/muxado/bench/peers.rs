@@ -1,4 +1,5 @@
-//! The peer systems on tokio: `tcp-tokio`, `ngrok-muxado` (ngrok's crate),
+//! The systems on tokio: `muxado-tokio` (our core on its tokio driver),
+//! `tcp-tokio`, `ngrok-muxado` (ngrok's crate),
 //! `yamux` (rust-yamux through tokio-util's compat layer) and
 //! `tcp-tokio-uring` (the tokio-uring crate). Each has its own server with
 //! the echo/sink semantics of `muxado serve`, and runs on current-thread
@@ -21,7 +22,8 @@ use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
 use super::workload::{self, BenchStream, Client};
 use crate::model::{bench_config, CaseRun, Measurement, Mode, Placement, System, TAG_SINK};
-use crate::serve::{BufPool, BUF_SIZE};
+use crate::serve::BufPool;
+use crate::serve_tokio::{self, serve_stream};
 
 /// Streams per session the peers allow (their defaults are 512).
 const STREAM_LIMIT: usize = 4096;
@@ -131,6 +133,36 @@ impl Client for NgrokClient {
             .open
             .close(ngrok_muxado::Error::None, String::new())
             .await;
+    }
+
+    async fn sleep(d: Duration) {
+        tokio::time::sleep(d).await
+    }
+}
+
+/// Our muxado core on its tokio driver, set up like the engine's `muxado`
+/// system (the same [`bench_config`]: auto-tuned windows up to 4 MiB).
+pub struct MuxadoTokioClient {
+    session: muxado::tokio::Session,
+}
+
+impl Client for MuxadoTokioClient {
+    type Stream = Tok<muxado::tokio::Stream>;
+
+    async fn connect(addr: SocketAddr, _run: &CaseRun) -> io::Result<Self> {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        Ok(MuxadoTokioClient {
+            session: muxado::tokio::Session::client(tcp, bench_config()),
+        })
+    }
+
+    async fn open(&self) -> io::Result<Self::Stream> {
+        self.session.open().map(Tok).map_err(io::Error::from)
+    }
+
+    async fn close(self) {
+        let _ = self.session.close();
     }
 
     async fn sleep(d: Duration) {
@@ -277,49 +309,11 @@ impl BenchStream for TokioUringStream {
 // ---------------------------------------------------------------------------------------------
 // Servers.
 
-/// echo/sink over one tokio stream, with a buffer from the server's pool
-/// (as our servers do). The sink reads into that buffer: `AsyncRead` has no
-/// way to count bytes in place, as our `read_with` and multishot sinks do.
-async fn serve_tokio_stream<S: AsyncRead + AsyncWrite + Unpin>(
-    mut s: S,
-    mut mode: Mode,
-    pool: BufPool,
-) {
-    if mode == Mode::Tagged {
-        match s.read_u8().await {
-            Ok(TAG_SINK) => mode = Mode::Sink,
-            Ok(_) => mode = Mode::Echo,
-            Err(_) => return,
-        }
-    }
-    let mut pooled = pool.take(true);
-    let buf = &mut pooled.buf[..BUF_SIZE];
-    let mut total = 0u64;
-    loop {
-        match s.read(buf).await {
-            Ok(0) => break,
-            Ok(n) => {
-                total += n as u64;
-                if mode == Mode::Echo
-                    && (s.write_all(&buf[..n]).await.is_err() || s.flush().await.is_err())
-                {
-                    return;
-                }
-            }
-            Err(_) => return,
-        }
-    }
-    if mode == Mode::Sink && s.write_all(&total.to_be_bytes()).await.is_err() {
-        return;
-    }
-    let _ = s.shutdown().await;
-}
-
 async fn tcp_tokio_server(listener: tokio::net::TcpListener, mode: Mode) {
     let pool = BufPool::default();
     while let Ok((tcp, _)) = listener.accept().await {
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(serve_tokio_stream(tcp, mode, pool.clone()));
+        tokio::spawn(serve_stream(tcp, mode, pool.clone()));
     }
 }
 
@@ -337,7 +331,7 @@ async fn ngrok_server(listener: tokio::net::TcpListener, mode: Mode, window: usi
                 .accept_queue_size(ACCEPT_QUEUE)
                 .start();
             while let Some(stream) = session.accept().await {
-                tokio::spawn(serve_tokio_stream(stream, mode, pool.clone()));
+                tokio::spawn(serve_stream(stream, mode, pool.clone()));
             }
         });
     }
@@ -352,7 +346,7 @@ async fn yamux_server(listener: tokio::net::TcpListener, mode: Mode) {
             let mut conn =
                 yamux::Connection::new(tcp.compat(), yamux_config(), yamux::Mode::Server);
             while let Some(Ok(stream)) = poll_fn(|cx| conn.poll_next_inbound(cx)).await {
-                tokio::spawn(serve_tokio_stream(stream.compat(), mode, pool.clone()));
+                tokio::spawn(serve_stream(stream.compat(), mode, pool.clone()));
             }
         });
     }
@@ -448,6 +442,7 @@ fn server_future(run: &CaseRun, listener: std::net::TcpListener) -> LocalFuture<
             return;
         };
         match system {
+            System::MuxadoTokio => serve_tokio::muxado_server(listener, mode, bench_config()).await,
             System::NgrokMuxado => ngrok_server(listener, mode, window).await,
             System::Yamux => yamux_server(listener, mode).await,
             _ => tcp_tokio_server(listener, mode).await,
@@ -458,6 +453,7 @@ fn server_future(run: &CaseRun, listener: std::net::TcpListener) -> LocalFuture<
 fn client_future(addr: SocketAddr, run: CaseRun) -> LocalFuture<Result<Measurement, String>> {
     Box::pin(async move {
         match run.system {
+            System::MuxadoTokio => workload::drive::<MuxadoTokioClient>(addr, &run).await,
             System::NgrokMuxado => workload::drive::<NgrokClient>(addr, &run).await,
             System::Yamux => workload::drive::<YamuxClient>(addr, &run).await,
             System::TcpTokioUring => workload::drive::<TokioUringClient>(addr, &run).await,
