@@ -209,4 +209,39 @@ mod tests {
         let best = g.iter().find(|g| g.what == "≥ 1× tcp-best").unwrap();
         assert!(best.met);
     }
+
+    fn rpc1(system: System, p50_ns: u64) -> Row {
+        let case = Case {
+            scenario: Scenario::Rpc,
+            streams: 1,
+            size: 64,
+        };
+        let mut hist = new_histogram();
+        hist.record(p50_ns).unwrap();
+        let mut r = Row::new(case, system, Placement::Split, 1);
+        r.samples[0] = Some(Sample {
+            m: Measurement {
+                bytes: 64,
+                ops: 1,
+                seconds: 1.0,
+                latency: Some(hist),
+                fairness: None,
+            },
+            cpu_s: 0.0,
+        });
+        r
+    }
+
+    #[test]
+    fn the_latency_mode_goal_applies_only_with_busy_poll() {
+        let rows = vec![rpc1(System::Muxado, 9_000), rpc1(System::TcpTokio, 50_000)];
+        let name = "p50 ≤ 0.5× tcp-tokio (busy-poll)";
+        assert!(!goals(&rows, false).iter().any(|g| g.what == name));
+        let on = goals(&rows, true);
+        let g = on.iter().find(|g| g.what == name).expect("goal shown");
+        assert!(g.met, "{}", g.measured);
+        let slow = vec![rpc1(System::Muxado, 40_000), rpc1(System::TcpTokio, 50_000)];
+        let missed = goals(&slow, true);
+        assert!(!missed.iter().find(|g| g.what == name).unwrap().met);
+    }
 }
