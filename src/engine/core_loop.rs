@@ -28,6 +28,8 @@ pub(crate) struct Core {
     pub exec: Executor,
     pub timers: RefCell<Timers>,
     pub remote: Arc<Remote>,
+    /// See [`crate::engine::Builder::busy_poll`].
+    busy_poll: Option<Duration>,
     wakers: RefCell<Vec<Waker>>,
     stopping: Cell<bool>,
     /// Whether kernel-owned memory could not be reclaimed at shutdown (then it is leaked).
@@ -87,6 +89,7 @@ impl Core {
             exec: Executor::new(),
             timers: RefCell::new(Timers::default()),
             remote,
+            busy_poll: cfg.busy_poll,
             wakers: RefCell::new(Vec::new()),
             stopping: Cell::new(false),
             leaked: Cell::new(false),
@@ -116,10 +119,17 @@ impl Core {
                 timers.fire(now);
                 timers.next_deadline()
             };
-            let busy = self.exec.has_ready() || root_ready();
+            let mut busy = self.exec.has_ready() || root_ready();
             let remote = {
                 let mut driver = self.driver.borrow_mut();
                 driver.stats.turns += 1;
+                if let (false, Some(spin)) = (busy, self.busy_poll) {
+                    let mut until = now + spin;
+                    if let Some(d) = deadline {
+                        until = until.min(d);
+                    }
+                    busy = driver.spin_for_work(until, || self.remote.pending());
+                }
                 driver.submit_and_wait(busy, deadline)?;
                 let mut wakers = self.wakers.borrow_mut();
                 driver.drain(&mut wakers)
@@ -134,7 +144,8 @@ impl Core {
                 *slot = wakers;
             }
             drop(slot);
-            if remote {
+            // A spinning core sees the mailbox's flag before the eventfd's read completes.
+            if remote || self.remote.pending() {
                 if self.remote.handle(self) {
                     self.stopping.set(true);
                 } else {
@@ -179,4 +190,76 @@ pub(crate) fn with_driver<R>(f: impl FnOnce(&mut Driver) -> R) -> Option<R> {
 /// Whether this thread's core has provided-buffer rings; and the pool.
 pub(crate) fn buf_pool() -> Option<Rc<BufPool>> {
     current().and_then(|c| c.driver.borrow().bufs.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crate::engine::net::{TcpListener, TcpStream};
+    use crate::engine::{self, Engine};
+
+    /// Latency mode must not change what a core does: I/O completes across cores, timers fire
+    /// while the core spins (the spin stops at the nearest deadline), work handed over from
+    /// another thread runs, and a spin with nothing to do ends in a sleep.
+    #[test]
+    fn a_busy_polling_engine_does_io_timers_and_remote_work() {
+        let engine = Engine::builder()
+            .cores(2)
+            .busy_poll(Duration::from_micros(300))
+            .build()
+            .expect("io_uring available");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let server = engine
+            .spawn_on(1, move || async move {
+                let listener = TcpListener::bind("127.0.0.1:0")?;
+                tx.send(listener.local_addr()?).expect("test alive");
+                let (conn, _) = listener.accept().await?;
+                let mut rx = conn.recv_multishot();
+                while let Some(chunk) = rx.next().await? {
+                    let (r, _) = conn.send_all(chunk.to_vec()).await;
+                    r?;
+                }
+                conn.shutdown_write()
+            })
+            .expect("core 1");
+        let addr = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("server bound");
+        let client = engine
+            .spawn_on(0, move || async move {
+                let tcp = TcpStream::connect(addr).await?;
+                let mut rx = tcp.recv_multishot();
+                for i in 0..200u32 {
+                    let (r, _) = tcp.send_all(i.to_be_bytes().to_vec()).await;
+                    r?;
+                    let mut got = Vec::new();
+                    while got.len() < 4 {
+                        match rx.next().await? {
+                            Some(c) => got.extend_from_slice(&c),
+                            None => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                        }
+                    }
+                    assert_eq!(got, i.to_be_bytes());
+                }
+                tcp.shutdown_write()?;
+                let t = Instant::now();
+                engine::sleep(Duration::from_millis(5)).await;
+                let slept = t.elapsed();
+                Ok::<_, std::io::Error>((slept, engine::stats()))
+            })
+            .expect("core 0");
+        let (slept, stats) = client.join().expect("client ran").expect("echo worked");
+        server.join().expect("server ran").expect("server worked");
+        assert!(slept >= Duration::from_millis(5), "woke early: {slept:?}");
+        assert!(slept < Duration::from_secs(2), "timer late: {slept:?}");
+        assert!(
+            stats.spin_timeouts > 0,
+            "a 5 ms sleep spins 300 µs and then sleeps: {stats:?}"
+        );
+        // The mailbox path while both cores spin or sleep.
+        let from_outside = engine.spawn_on(1, || async { 7 }).expect("core 1");
+        assert_eq!(from_outside.join().expect("ran"), 7);
+        engine.shutdown().expect("clean shutdown");
+    }
 }

@@ -443,6 +443,12 @@ impl Remote {
         Ok(())
     }
 
+    /// Whether the mailbox was notified and the core has not handled it yet (a busy-polling core
+    /// looks at this instead of waiting for the eventfd).
+    pub(crate) fn pending(&self) -> bool {
+        self.notified.load(Ordering::Acquire)
+    }
+
     /// Interrupts the core's wait without queueing anything.
     pub(crate) fn kick(&self) {
         let st = self.lock();

@@ -125,6 +125,9 @@ pub struct Stats {
     pub cqes: u64,
     /// Task polls.
     pub polls: u64,
+    /// Busy-poll spins (see [`Builder::busy_poll`]) that ended without work, so that the core
+    /// went to sleep in the kernel.
+    pub spin_timeouts: u64,
 }
 
 /// The counters of the current core; all zero when called outside a core.
@@ -197,6 +200,9 @@ pub(crate) struct CoreConfig {
     pub recv_buf_count: u16,
     pub recv_buf_size: usize,
     pub send: SendConfig,
+    /// How long an idle core spins on its completion queue before it sleeps in the kernel
+    /// (see [`Builder::busy_poll`]); `None`: it never spins.
+    pub busy_poll: Option<std::time::Duration>,
 }
 
 impl Default for CoreConfig {
@@ -206,6 +212,7 @@ impl Default for CoreConfig {
             recv_buf_count: 128,
             recv_buf_size: 32 * 1024,
             send: SendConfig::default(),
+            busy_poll: None,
         }
     }
 }
@@ -282,6 +289,19 @@ impl Builder {
     /// (The library never reads the environment; the `muxado` tool maps `MUXADO_SEND_ZC` here.)
     pub fn send_zero_copy(mut self, min_bytes: Option<usize>) -> Self {
         self.cfg.send.zc_min = min_bytes;
+        self
+    }
+
+    /// Latency mode: a core with nothing to run spins for up to `spin` on its completion queue,
+    /// its kernel task-work flag and its cross-core mailbox — all shared memory, no system call —
+    /// before it sleeps in `io_uring_enter` (off by default: it sleeps at once).
+    ///
+    /// Sleeping costs a wake-up when the next completion arrives: the kernel has to schedule the
+    /// core's thread again (tens of µs when the peer runs on another CPU). Spinning trades that
+    /// for CPU: a spinning core uses its CPU fully for up to `spin` after each piece of work, so
+    /// only use it when each core has a CPU to itself. Zero turns it off.
+    pub fn busy_poll(mut self, spin: std::time::Duration) -> Self {
+        self.cfg.busy_poll = Some(spin).filter(|d| !d.is_zero());
         self
     }
 

@@ -35,6 +35,12 @@ struct Cli {
     /// heartbeat latency), -vv trace. Without it, RUST_LOG (default info).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Latency mode (bench: every engine, both ends; serve): an idle engine
+    /// core spins up to MICROS µs on its completion queue before it sleeps
+    /// in the kernel, which saves the wake-up at the cost of CPU (the bench
+    /// shows CPU seconds). Default 0: off.
+    #[arg(long, global = true, value_name = "MICROS", default_value_t = 0)]
+    busy_poll: u64,
 }
 
 /// Logs to stderr: `-v`/`-vv` if given, else `RUST_LOG`, else info.
@@ -221,7 +227,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.verbose);
-    let engine = EngineOpts::from_env();
+    let engine = EngineOpts {
+        busy_poll: std::time::Duration::from_micros(cli.busy_poll),
+        ..EngineOpts::from_env()
+    };
     let result = match cli.command {
         Command::Gateway(args) => tunnel::gateway(args),
         Command::Agent(args) => tunnel::agent(args),

@@ -62,6 +62,8 @@ pub struct EngineOpts {
     /// `MUXADO_SEND_ZC=<min bytes>`: session writers send with `SEND_ZC`
     /// when a send carries at least this many bytes.
     pub send_zc_min: Option<usize>,
+    /// `--busy-poll MICROS`: idle cores spin this long before sleeping.
+    pub busy_poll: Duration,
 }
 
 impl EngineOpts {
@@ -81,12 +83,17 @@ impl EngineOpts {
             },
             Err(_) => None,
         };
-        EngineOpts { send_zc_min }
+        EngineOpts {
+            send_zc_min,
+            busy_poll: Duration::ZERO,
+        }
     }
 
     /// An engine builder with these settings.
     pub fn builder(&self) -> muxado::engine::Builder {
-        muxado::Engine::builder().send_zero_copy(self.send_zc_min)
+        muxado::Engine::builder()
+            .send_zero_copy(self.send_zc_min)
+            .busy_poll(self.busy_poll)
     }
 }
 

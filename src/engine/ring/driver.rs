@@ -230,6 +230,47 @@ impl Driver {
         }
     }
 
+    /// Latency mode: waits for work without a system call, spinning until a completion is in the
+    /// CQ, the kernel flags task work to run (with `DEFER_TASKRUN`, a receive whose data arrived
+    /// is such task work: its CQE is posted only by an enter), `interrupt()` says so (the
+    /// cross-core mailbox), or `until`. Returns true if there is something to do.
+    ///
+    /// SQEs queued by the turn are submitted first, so that the kernel works while we spin.
+    pub(crate) fn spin_for_work(&mut self, until: Instant, interrupt: impl Fn() -> bool) -> bool {
+        if !self.flush_backlog() {
+            return true;
+        }
+        if !self.ring.submission().is_empty() {
+            match self.submit_getevents() {
+                Ok(_) => {}
+                Err(e) if is_transient(&e) => return true,
+                // The next enter reports it.
+                Err(_) => return true,
+            }
+        }
+        let mut spins = 0u32;
+        loop {
+            if !self.ring.completion().is_empty() {
+                return true;
+            }
+            let sq = self.ring.submission();
+            if sq.taskrun() || sq.cq_overflow() {
+                return true;
+            }
+            drop(sq);
+            if interrupt() {
+                return true;
+            }
+            spins = spins.wrapping_add(1);
+            // The clock is cheap (vDSO), but not as cheap as a look at shared memory.
+            if spins % 64 == 0 && Instant::now() >= until {
+                self.stats.spin_timeouts += 1;
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
     /// Submits without waiting, but lets the kernel post completions that are ready.
     ///
     /// With `DEFER_TASKRUN`, completions (of receives whose data arrived, say) are task work that

@@ -41,8 +41,9 @@ fn judge(case: &str, what: String, ratio: Option<Spread>, check: Check) -> Goal 
     }
 }
 
-/// Checks every goal that applies to the muxado rows present.
-pub fn goals(rows: &[Row]) -> Vec<Goal> {
+/// Checks every goal that applies to the muxado rows present; `busy_poll`:
+/// the engines ran in latency mode (`--busy-poll`), which has its own goal.
+pub fn goals(rows: &[Row], busy_poll: bool) -> Vec<Goal> {
     let mut out = Vec::new();
     for r in rows.iter().filter(|r| r.system == System::Muxado) {
         let label = r.case.label();
@@ -109,6 +110,18 @@ pub fn goals(rows: &[Row]) -> Vec<Goal> {
                     let what = format!("{name} ≤ {max}× tcp-uring");
                     out.push(judge(&label, what, paired(r, f, t, f), Check::AtMost(max)));
                 }
+            }
+            // Latency mode: spinning instead of sleeping saves the cross-core
+            // wake-up that a sleeping runtime such as tokio pays.
+            if let (true, Some(t)) = (busy_poll, find(rows, r, System::TcpTokio)) {
+                let p50 = stats::p50 as Figure;
+                let what = "p50 ≤ 0.5× tcp-tokio (busy-poll)".to_string();
+                out.push(judge(
+                    &label,
+                    what,
+                    paired(r, p50, t, p50),
+                    Check::AtMost(0.5),
+                ));
             }
         }
         if r.case.scenario == Scenario::Mixed {
@@ -209,7 +222,7 @@ mod tests {
             row(System::TcpUring, Some(5.0)),
             row(System::NgrokMuxado, None),
         ];
-        let g = goals(&rows);
+        let g = goals(&rows, false);
         let vs_tcp = g.iter().find(|g| g.what == "≥ 0.9× tcp-uring").unwrap();
         assert!(vs_tcp.met, "{}", vs_tcp.measured);
         assert_eq!(vs_tcp.measured, "2.00×");
@@ -221,5 +234,40 @@ mod tests {
         // tcp-best is tcp-uring here (the only plain-TCP row).
         let best = g.iter().find(|g| g.what == "≥ 1× tcp-best").unwrap();
         assert!(best.met);
+    }
+
+    fn rpc1(system: System, p50_ns: u64) -> Row {
+        let case = Case {
+            scenario: Scenario::Rpc,
+            streams: 1,
+            size: 64,
+        };
+        let mut hist = new_histogram();
+        hist.record(p50_ns).unwrap();
+        let mut r = Row::new(case, system, Placement::Split, 1);
+        r.samples[0] = Some(Sample {
+            m: Measurement {
+                bytes: 64,
+                ops: 1,
+                seconds: 1.0,
+                latency: Some(hist),
+                fairness: None,
+            },
+            cpu_s: 0.0,
+        });
+        r
+    }
+
+    #[test]
+    fn the_latency_mode_goal_applies_only_with_busy_poll() {
+        let rows = vec![rpc1(System::Muxado, 9_000), rpc1(System::TcpTokio, 50_000)];
+        let name = "p50 ≤ 0.5× tcp-tokio (busy-poll)";
+        assert!(!goals(&rows, false).iter().any(|g| g.what == name));
+        let on = goals(&rows, true);
+        let g = on.iter().find(|g| g.what == name).expect("goal shown");
+        assert!(g.met, "{}", g.measured);
+        let slow = vec![rpc1(System::Muxado, 40_000), rpc1(System::TcpTokio, 50_000)];
+        let missed = goals(&slow, true);
+        assert!(!missed.iter().find(|g| g.what == name).unwrap().met);
     }
 }

@@ -263,13 +263,18 @@ pub fn run(opts: &Options) -> Result<(), String> {
             }
         }
     }
-    let meta = report::Meta::collect(
+    let mut meta = report::Meta::collect(
         opts.repeat,
         &opts.placements,
         opts.connect,
         opts.duration.unwrap_or(DEFAULT_DURATION),
         load_before,
     );
+    meta.busy_poll = !opts.engine.busy_poll.is_zero();
+    meta.fields.push((
+        "busy_poll_us",
+        opts.engine.busy_poll.as_micros().to_string(),
+    ));
     if !opts.json {
         report::print_table(&rows, &meta, opts.connect);
     }

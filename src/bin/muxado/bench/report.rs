@@ -34,6 +34,8 @@ pub struct Meta {
     pub fields: Vec<(&'static str, String)>,
     /// "split", "shared" or "remote <addr>" per placement.
     pub placement: String,
+    /// `--busy-poll` was on (the latency-mode goal applies).
+    pub busy_poll: bool,
 }
 
 impl Meta {
@@ -99,7 +101,11 @@ impl Meta {
             ("load_before", load_before),
             ("load_after", loadavg()),
         ];
-        Meta { fields, placement }
+        Meta {
+            fields,
+            placement,
+            busy_poll: false,
+        }
     }
 }
 
@@ -241,7 +247,7 @@ pub fn print_table(rows: &[Row], meta: &Meta, remote: Option<SocketAddr>) {
     for n in NOTES {
         println!("{n}");
     }
-    let goals = goals(rows);
+    let goals = goals(rows, meta.busy_poll);
     if !goals.is_empty() {
         println!();
         println!("goals (issues 5 and 12; medians of ratios paired within a round):");
@@ -277,7 +283,7 @@ fn markdown(rows: &[Row], meta: &Meta, remote: Option<SocketAddr>) -> String {
     for r in rows {
         let _ = writeln!(md, "| {} |", cells(rows, r, remote).join(" | "));
     }
-    let goals = goals(rows);
+    let goals = goals(rows, meta.busy_poll);
     if !goals.is_empty() {
         md.push_str("\n## Goals\n\n| case | goal | measured | |\n| --- | --- | --- | --- |\n");
         for g in goals {
@@ -382,7 +388,7 @@ fn results_json(rows: &[Row], meta: &Meta, remote: Option<SocketAddr>) -> String
         .collect();
     out.push_str(&lines.join(",\n"));
     out.push_str("\n  ],\n  \"goals\": [\n");
-    let goals: Vec<String> = goals(rows)
+    let goals: Vec<String> = goals(rows, meta.busy_poll)
         .iter()
         .map(|g| {
             format!(
