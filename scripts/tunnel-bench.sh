@@ -18,7 +18,14 @@
 #
 # Environment: DURATION (seconds per measurement, default 10), IDLE (idle
 # connections for the memory figure, default 1000), PEERS (default all),
-# LOAD_CPU (0), TUNNEL_CPU (1). A short check: DURATION=2 IDLE=200.
+# LOAD_CPU (0), TUNNEL_CPU (1), SEPARATE_SESSIONS (0; see SPAWN below). A
+# short check: DURATION=2 IDLE=200.
+#
+# A/B mode: MEASURE (a subset of "keepalive close iperf1 iperf8 idle") and
+# ROUNDS (default 1) run only those measurements, ROUNDS times over PEERS
+# interleaved (peer order rotates each round), and print every figure with
+# the median and min–max per peer; perf/ is left untouched. For example
+# MEASURE=keepalive ROUNDS=5 DURATION=3 PEERS="ngrok-muxado muxado bore".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +34,8 @@ export IDLE="${IDLE:-1000}"
 export PEERS="${PEERS:-direct haproxy rathole bore ngrok-muxado muxado}"
 export LOAD_CPU="${LOAD_CPU:-0}"
 export TUNNEL_CPU="${TUNNEL_CPU:-1}"
+export MEASURE="${MEASURE:-}"
+export ROUNDS="${ROUNDS:-1}"
 
 need_apt=()
 command -v nginx >/dev/null || need_apt+=(nginx-light)
@@ -73,6 +82,18 @@ os.makedirs(TMP)
 ORIGIN_HTTP, ORIGIN_IPERF = 18080, 15201
 procs = []
 
+# Each process gets its own process group (so that stop() can signal its
+# whole tree) but stays in this script's session. A session of its own
+# (setsid) would also give it its own scheduler autogroup
+# (/proc/sys/kernel/sched_autogroup_enabled): every hand-off between two
+# tunnel processes would then wait for the other autogroups on that CPU (other
+# users' builds on a shared machine), and the figures measured the machine's
+# load more than the tunnel (muxado keep-alive: 11-14k req/s in separate
+# sessions, 52-60k in one, same binary, back to back). SEPARATE_SESSIONS=1
+# brings the old behaviour back for comparison.
+SPAWN = ({"start_new_session": True} if os.environ.get("SEPARATE_SESSIONS") == "1"
+         else {"process_group": 0})
+
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
@@ -82,7 +103,7 @@ def start(cmd, cpu, name, env=None):
     if env:
         e.update(env)
     p = subprocess.Popen(["taskset", "-c", cpu] + cmd, stdout=out, stderr=subprocess.STDOUT,
-                         stdin=subprocess.DEVNULL, env=e, start_new_session=True)
+                         stdin=subprocess.DEVNULL, env=e, **SPAWN)
     procs.append(p)
     return p
 
@@ -153,6 +174,22 @@ def rss_kib(pids):
         except OSError:
             pass
     return total
+
+def ctx_switches(pids):
+    """Context switches (voluntary, involuntary) of pids' threads."""
+    vol = inv = 0
+    for p in pids:
+        try:
+            for t in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{t}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            vol += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches:"):
+                            inv += int(line.split()[1])
+        except OSError:
+            pass
+    return vol, inv
 
 def cpu_s(pids):
     tck = os.sysconf("SC_CLK_TCK")
@@ -334,6 +371,64 @@ def idle_memory(port, pids):
         s.close()
     return {"rss_before_kib": before, "rss_after_kib": after,
             "kib_per_conn": (after - before) / IDLE if pids else 0.0}
+
+MEASURE = os.environ["MEASURE"].split()
+if MEASURE:
+    ROUNDS = int(os.environ["ROUNDS"])
+    unknown = set(MEASURE) - {"keepalive", "close", "iperf1", "iperf8", "idle"}
+    if unknown:
+        raise SystemExit(f"unknown MEASURE entries: {sorted(unknown)}")
+    figs = {}  # (peer, label) -> [values]
+    def note(peer, label, v):
+        if v is not None:
+            figs.setdefault((peer, label), []).append(v)
+    try:
+        for rnd in range(ROUNDS):
+            order = PEERS[rnd % len(PEERS):] + PEERS[:rnd % len(PEERS)]
+            for name in order:
+                ps, http, ip = PEER_FNS[name]()
+                pids = [q for p in ps for q in tree(p.pid)]
+                line = [f"round {rnd + 1} {name:>13}"]
+                if "keepalive" in MEASURE:
+                    c0, x0 = cpu_s(pids), ctx_switches(pids)
+                    k = wrk(http, False)
+                    c1, x1 = cpu_s(pids), ctx_switches(pids)
+                    cpu = (c1 - c0) / k["requests"] * 1e5 if pids else None
+                    if pids:
+                        note(name, "vol ctxsw/1k req", (x1[0] - x0[0]) / k["requests"] * 1e3)
+                        note(name, "invol ctxsw/1k req", (x1[1] - x0[1]) / k["requests"] * 1e3)
+                    note(name, "keep-alive req/s", k["rps"]); note(name, "keep-alive p99 ms", k["p99_ms"])
+                    note(name, "CPU s/100k req", cpu)
+                    line.append(f"keep-alive {k['rps']:,.0f} req/s p99 {k['p99_ms']} ms {k['errors']}")
+                if "close" in MEASURE:
+                    c = wrk(http, True)
+                    note(name, "close conns/s", c["rps"])
+                    line.append(f"close {c['rps']:,.0f}/s {c['errors']}")
+                if "iperf1" in MEASURE:
+                    i1 = iperf(ip, 1)
+                    note(name, "iperf3 1 Gbit/s", i1.get("gbps"))
+                    line.append(f"iperf1 {i1.get('gbps')}")
+                if "iperf8" in MEASURE:
+                    i8 = iperf(ip, 8)
+                    note(name, "iperf3 -P 8 Gbit/s", i8.get("gbps"))
+                    line.append(f"iperf8 {i8.get('gbps')}")
+                if "idle" in MEASURE:
+                    pids = [q for p in ps for q in tree(p.pid)]
+                    note(name, "KiB/idle conn", idle_memory(http, pids)["kib_per_conn"])
+                log(" | ".join(line))
+                stop(ps)
+                time.sleep(0.5)
+    finally:
+        stop(list(procs))
+    print(f"{ROUNDS} rounds, {D:g} s per measurement, load average {open('/proc/loadavg').read().split()[:3]}")
+    for label in dict.fromkeys(l for (_, l) in figs):
+        for name in PEERS:
+            vs = sorted(figs.get((name, label), []))
+            if vs:
+                med = vs[len(vs) // 2] if len(vs) % 2 else (vs[len(vs) // 2 - 1] + vs[len(vs) // 2]) / 2
+                print(f"{label:>20} {name:>13}: median {med:,.3f}  min {vs[0]:,.3f}  max {vs[-1]:,.3f}  "
+                      f"(all: {', '.join(f'{v:,.3f}' for v in vs)})")
+    sys.exit(0)
 
 results = []
 try:
