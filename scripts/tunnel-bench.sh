@@ -348,15 +348,33 @@ PEER_FNS = {
 def to_ms(v, unit):
     return float(v) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
+def cpu_ticks(cpu):
+    """(busy, total) jiffies of one CPU, from /proc/stat."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:]]
+                return sum(v) - v[3] - v[4], sum(v)
+    return 0, 0
+
+def busy_pct(before, after):
+    dt = after[1] - before[1]
+    return 100.0 * (after[0] - before[0]) / dt if dt else None
+
 def wrk(port, close):
     cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c64", f"-d{D:g}s", "--latency", "--timeout", "5s"]
     if close:
         cmd += ["-H", "Connection: close"]
+    # How busy both CPUs were (everyone's work, other users' too): a load
+    # CPU near 100% means wrk + the origin, not the tunnel, set the rate.
+    l0, t0 = cpu_ticks(LOAD_CPU), cpu_ticks(TUN_CPU)
     out = subprocess.run(cmd + [f"http://127.0.0.1:{port}/"], capture_output=True, text=True).stdout
+    l1, t1 = cpu_ticks(LOAD_CPU), cpu_ticks(TUN_CPU)
     if "Requests/sec" not in out:
         raise SystemExit(f"wrk failed on port {port}:\n{out}")
     r = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-         "requests": int(re.search(r"(\d+) requests in", out).group(1))}
+         "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+         "load_cpu_busy_pct": busy_pct(l0, l1), "tunnel_cpu_busy_pct": busy_pct(t0, t1)}
     for pct, key in (("50", "p50_ms"), ("99", "p99_ms")):
         m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
         r[key] = to_ms(m.group(1), m.group(2)) if m else None
@@ -419,6 +437,8 @@ if MEASURE:
                         note(name, "invol ctxsw/1k req", (x1[1] - x0[1]) / k["requests"] * 1e3)
                     note(name, "keep-alive req/s", k["rps"]); note(name, "keep-alive p99 ms", k["p99_ms"])
                     note(name, "CPU s/100k req", cpu)
+                    note(name, "load CPU busy %", k["load_cpu_busy_pct"])
+                    note(name, "tunnel CPU busy %", k["tunnel_cpu_busy_pct"])
                     line.append(f"keep-alive {k['rps']:,.0f} req/s p99 {k['p99_ms']} ms {k['errors']}")
                 if "close" in MEASURE:
                     c = wrk(http, True)
@@ -494,13 +514,13 @@ by = {r["peer"]: r for r in results}
 def fmt(v, p=1):
     return "–" if v is None else f"{v:,.{p}f}"
 
-rows = ["| peer | keep-alive req/s | p50 ms | p99 ms | close conns/s | iperf3 1 Gbit/s | iperf3 -P 8 Gbit/s (per stream min–max) | KiB per idle conn | CPU s per 100k req |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+rows = ["| peer | keep-alive req/s | p50 ms | p99 ms | load / tunnel CPU busy % (keep-alive) | close conns/s | iperf3 1 Gbit/s | iperf3 -P 8 Gbit/s (per stream min–max) | KiB per idle conn | CPU s per 100k req |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 for r in results:
     k, c, i1, i8 = r["keepalive"], r["close"], r["iperf1"], r["iperf8"]
     spread = f"{fmt(i8.get('stream_min'), 2)}–{fmt(i8.get('stream_max'), 2)}" if i8.get("gbps") else "–"
     rows.append(f"| {r['peer']} | {fmt(k['rps'], 0)} | {fmt(k['p50_ms'], 3)} | {fmt(k['p99_ms'], 3)} | "
-                f"{fmt(c['rps'], 0)} | {fmt(i1.get('gbps'), 2)} | {fmt(i8.get('gbps'), 2)} ({spread}) | "
+                f"{fmt(k['load_cpu_busy_pct'], 0)} / {fmt(k['tunnel_cpu_busy_pct'], 0)} | {fmt(c['rps'], 0)} | {fmt(i1.get('gbps'), 2)} | {fmt(i8.get('gbps'), 2)} ({spread}) | "
                 f"{fmt(r['idle']['kib_per_conn'], 1)} | {fmt(r['cpu_s_per_100k'], 2)} |")
 
 goals = []
@@ -565,7 +585,9 @@ md = [f"# Tunnel benchmark", "", *short,
       f"load average after the run {' '.join(meta['loadavg_after'])}).", "",
       f"Placement: {meta['placement']}. Each measurement runs {D:g} s; memory is the growth of the tunnel "
       f"processes' RSS (both ends together) with {IDLE} idle tunneled connections; CPU is the tunnel processes' "
-      f"user+system time during the keep-alive run, per 100k requests.", "",
+      f"user+system time during the keep-alive run, per 100k requests. Load / tunnel CPU busy % is how busy "
+      f"CPU {LOAD_CPU} and CPU {TUN_CPU} were during the keep-alive run (every process, other users' too): "
+      f"a load CPU near 100% means wrk and the origin, not the tunnel, set the rate.", "",
       "Peers: direct = wrk/iperf3 straight to the origin (the ceiling; no tunnel process); haproxy `mode tcp` "
       "(one thread); rathole (server + client); bore (server + one client per service); ngrok-muxado = this "
       "repo's tunnel protocol on ngrok's `muxado` crate over tokio (`--runtime ngrok-tokio`); muxado = "
