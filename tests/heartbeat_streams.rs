@@ -27,8 +27,8 @@ type Events = Rc<RefCell<Vec<(Instant, HeartbeatEvent)>>>;
 
 fn config() -> HeartbeatConfig {
     HeartbeatConfig::default()
-        .interval(INTERVAL)
-        .tolerance(TOLERANCE)
+        .with_interval(INTERVAL)
+        .with_tolerance(TOLERANCE)
 }
 
 fn recorder() -> (Events, impl FnMut(HeartbeatEvent) + 'static) {
@@ -358,8 +358,8 @@ fn beat_on_demand_and_settings_at_run_time() {
         let (client, server) = pair().await;
         // An hour between beats: only on-demand beats at first.
         let slow = HeartbeatConfig::default()
-            .interval(Duration::from_secs(3600))
-            .tolerance(Duration::from_secs(3600));
+            .with_interval(Duration::from_secs(3600))
+            .with_tolerance(Duration::from_secs(3600));
         let client = Heartbeat::new(TypedSession::new(client), slow);
         assert_eq!(client.beat().await, Err(Error::StreamClosed), "not started");
         // The server is a plain typed session (it sees the heartbeat stream)
@@ -436,7 +436,7 @@ fn a_configured_heartbeat_stream_type_is_used_both_ways() {
     const CUSTOM: u32 = 0x4842_0001;
     engine::block_on(async {
         let (client, server) = pair().await;
-        let config = config().stream_type(CUSTOM);
+        let config = config().with_stream_type(CUSTOM);
         let client = Heartbeat::new(TypedSession::new(client), config);
         let server = Heartbeat::new(TypedSession::new(server), config);
         let got = accept_loop(&server);

@@ -31,8 +31,8 @@ type Events = Arc<Mutex<Vec<(Instant, HeartbeatEvent)>>>;
 
 fn config() -> HeartbeatConfig {
     HeartbeatConfig::default()
-        .interval(INTERVAL)
-        .tolerance(TOLERANCE)
+        .with_interval(INTERVAL)
+        .with_tolerance(TOLERANCE)
 }
 
 fn recorder() -> (Events, impl FnMut(HeartbeatEvent) + Send + 'static) {
@@ -546,8 +546,8 @@ fn a_frozen_peer_times_out_once_then_rearms_and_beats_on_demand() {
         let (client, server) = pair();
         // An hour between beats: only on-demand beats at first.
         let slow = HeartbeatConfig::default()
-            .interval(Duration::from_secs(3600))
-            .tolerance(Duration::from_secs(3600));
+            .with_interval(Duration::from_secs(3600))
+            .with_tolerance(Duration::from_secs(3600));
         let client = Heartbeat::new(TypedSession::new(client), slow);
         assert_eq!(client.beat().await, Err(Error::StreamClosed), "not started");
         let answering = Arc::new(AtomicBool::new(true));
@@ -649,7 +649,7 @@ fn a_configured_heartbeat_stream_type_is_used_both_ways() {
     const CUSTOM: u32 = 0x4842_0001;
     tokio_rt().block_on(async {
         let (client, server) = pair();
-        let config = config().stream_type(CUSTOM);
+        let config = config().with_stream_type(CUSTOM);
         let client = Heartbeat::new(TypedSession::new(client), config);
         let server = Heartbeat::new(TypedSession::new(server), config);
         let got = accept_loop(&server);

@@ -132,7 +132,7 @@ fn heartbeat_open_is_example_18() {
 #[test]
 fn a_configured_heartbeat_type_is_the_syn_frames_data() {
     heartbeat_open(
-        HeartbeatConfig::default().stream_type(0x4842_0001),
+        HeartbeatConfig::default().with_stream_type(0x4842_0001),
         "00 00 04 12 00 00 00 03 48 42 00 01",
     );
 }

@@ -82,7 +82,9 @@ pub enum EngineError {
     /// io_uring cannot be used here; `reason` names the likely cause.
     #[error("io_uring unavailable: {reason}: {source}")]
     Unavailable {
+        /// The likely cause, in words (seccomp, sysctl, memlock limit, …).
         reason: &'static str,
+        /// What the kernel answered.
         #[source]
         source: std::io::Error,
     },
@@ -103,7 +105,12 @@ pub enum EngineError {
     ShutDown,
     /// A future run by `Engine::run` panicked or was cancelled on this core.
     #[error("core {core}: {error}")]
-    Task { core: usize, error: JoinError },
+    Task {
+        /// The core the future ran on.
+        core: usize,
+        /// How it ended.
+        error: JoinError,
+    },
     /// A core thread panicked outside a task.
     #[error("core thread {0} panicked")]
     ThreadPanicked(usize),

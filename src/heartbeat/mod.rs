@@ -42,7 +42,7 @@
 //! type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 //!
 //! engine::block_on(async {
-//!     let config = HeartbeatConfig::default().interval(Duration::from_millis(10));
+//!     let config = HeartbeatConfig::default().with_interval(Duration::from_millis(10));
 //!     let listener = TcpListener::bind("127.0.0.1:0")?;
 //!     let addr = listener.local_addr()?;
 //!     // The server only answers: it keeps accepting, and gets no heartbeat stream.

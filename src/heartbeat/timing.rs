@@ -24,7 +24,7 @@
 //!
 //! let t0 = Instant::now(); // any instant: the timer never reads the clock
 //! let s = Duration::from_secs;
-//! let config = HeartbeatConfig::default().interval(s(10)).tolerance(s(5));
+//! let config = HeartbeatConfig::default().with_interval(s(10)).with_tolerance(s(5));
 //! let mut timer = HeartbeatTimer::new(config, t0);
 //! assert!(!timer.poll_beat(t0 + s(9)));
 //! assert!(timer.poll_beat(t0 + s(10)));            // beat sent at t0 + 10 s
@@ -56,8 +56,8 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
 /// ```
 /// use std::time::Duration;
 /// let config = muxado::HeartbeatConfig::default()
-///     .interval(Duration::from_secs(1))
-///     .tolerance(Duration::from_secs(3));
+///     .with_interval(Duration::from_secs(1))
+///     .with_tolerance(Duration::from_secs(3));
 /// assert_eq!(config.interval, Duration::from_secs(1));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,21 +87,21 @@ impl Default for HeartbeatConfig {
 impl HeartbeatConfig {
     /// Sets [`HeartbeatConfig::interval`].
     #[must_use]
-    pub fn interval(mut self, interval: Duration) -> Self {
+    pub fn with_interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
         self
     }
 
     /// Sets [`HeartbeatConfig::tolerance`].
     #[must_use]
-    pub fn tolerance(mut self, tolerance: Duration) -> Self {
+    pub fn with_tolerance(mut self, tolerance: Duration) -> Self {
         self.tolerance = tolerance;
         self
     }
 
     /// Sets [`HeartbeatConfig::stream_type`].
     #[must_use]
-    pub fn stream_type(mut self, stream_type: StreamType) -> Self {
+    pub fn with_stream_type(mut self, stream_type: StreamType) -> Self {
         self.stream_type = stream_type;
         self
     }
@@ -227,8 +227,8 @@ mod tests {
     fn timer(interval: u64, tolerance: u64) -> (HeartbeatTimer, Instant) {
         let t0 = Instant::now();
         let config = HeartbeatConfig::default()
-            .interval(s(interval))
-            .tolerance(s(tolerance));
+            .with_interval(s(interval))
+            .with_tolerance(s(tolerance));
         (HeartbeatTimer::new(config, t0), t0)
     }
 
@@ -237,7 +237,7 @@ mod tests {
         let c = HeartbeatConfig::default();
         assert_eq!((c.interval, c.tolerance), (s(10), s(15)));
         assert_eq!(c.stream_type, HEARTBEAT_TYPE);
-        assert_eq!(c.stream_type(7).stream_type, 7);
+        assert_eq!(c.with_stream_type(7).stream_type, 7);
     }
 
     #[test]
@@ -313,7 +313,7 @@ mod tests {
     #[test]
     fn a_zero_interval_is_raised_to_the_minimum() {
         let t0 = Instant::now();
-        let config = HeartbeatConfig::default().interval(Duration::ZERO);
+        let config = HeartbeatConfig::default().with_interval(Duration::ZERO);
         let mut t = HeartbeatTimer::new(config, t0);
         assert_eq!(t.interval(), MIN_INTERVAL);
         assert!(!t.poll_beat(t0));

@@ -38,7 +38,7 @@ use crate::typed::StreamType;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), muxado::Error> {
 /// let (a, b) = tokio::io::duplex(64 * 1024);
-/// let config = HeartbeatConfig::default().interval(Duration::from_millis(10));
+/// let config = HeartbeatConfig::default().with_interval(Duration::from_millis(10));
 /// let server = Heartbeat::new(TypedSession::new(Session::server(a, Config::default())), config);
 /// let client = Heartbeat::new(TypedSession::new(Session::client(b, Config::default())), config);
 /// // The server answers the client's beats while it accepts.

@@ -94,12 +94,12 @@ impl HeartbeatArgs {
         let d = HeartbeatConfig::default();
         Some(HeartbeatOpts {
             config: d
-                .interval(secs(
+                .with_interval(secs(
                     self.heartbeat_interval,
                     d.interval,
                     "--heartbeat-interval",
                 ))
-                .tolerance(secs(
+                .with_tolerance(secs(
                     self.heartbeat_tolerance,
                     d.tolerance,
                     "--heartbeat-tolerance",

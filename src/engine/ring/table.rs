@@ -33,7 +33,7 @@ pub(crate) struct Completion {
 
 impl Completion {
     /// `res` as an `io::Result`: negative values are `-errno`.
-    pub fn io_result(&self) -> io::Result<u32> {
+    pub(crate) fn io_result(&self) -> io::Result<u32> {
         if self.result < 0 {
             Err(io::Error::from_raw_os_error(-self.result))
         } else {

@@ -216,7 +216,7 @@ const NOTES: &[&str] = &[
     "tcp-best: the best of tcp-uring, tcp-tokio and tcp-tokio-uring in the same round",
     "cpu s: user + system CPU time of the whole process (client and server) during the run",
     "windows: ours auto-tunes each stream to 4 MiB; ngrok-muxado (no auto-tuning) is given a fixed 4 MiB (1 MiB for bulk/64: 2 MiB and more stall its sessions); yamux auto-tunes (to 16 MiB) with no connection-wide bound",
-    "sinks: muxado and tcp-uring count received bytes in place (read_with, multishot chunks); the tokio peers must copy into a (pooled) buffer, as AsyncRead offers nothing else",
+    "sinks: muxado and tcp-uring count received bytes in place (read_with, multishot chunks); the tokio systems (muxado-tokio among them) copy into a (pooled) buffer, as AsyncRead offers nothing else",
     "plain-TCP systems carry each stream on its own connection (mixed: two connections)",
 ];
 
@@ -250,7 +250,7 @@ pub fn print_table(rows: &[Row], meta: &Meta, remote: Option<SocketAddr>) {
     let goals = goals(rows, meta.busy_poll);
     if !goals.is_empty() {
         println!();
-        println!("goals (issues 5 and 12; medians of ratios paired within a round):");
+        println!("goals (medians of ratios paired within a round):");
         for g in goals {
             println!(
                 "  {:<4} {:<12} {:<34} {}",

@@ -163,8 +163,8 @@ impl AgentArgs {
 impl HeartbeatFlags {
     fn config(&self) -> Result<HeartbeatConfig, String> {
         Ok(HeartbeatConfig::default()
-            .interval(secs(self.heartbeat_interval, "--heartbeat-interval")?)
-            .tolerance(secs(self.heartbeat_tolerance, "--heartbeat-tolerance")?))
+            .with_interval(secs(self.heartbeat_interval, "--heartbeat-interval")?)
+            .with_tolerance(secs(self.heartbeat_tolerance, "--heartbeat-tolerance")?))
     }
 }
 
