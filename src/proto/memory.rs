@@ -26,6 +26,14 @@ pub const STREAM_COST: usize = 512;
 /// touches the shared atomic once per this many bytes, not once per frame.
 const CHUNK: usize = 64 * 1024;
 
+/// What every session may hold whatever the shared budget says: a session
+/// holding no more than this is never paused or refused streams by the
+/// shared budget (only by its own limit). Without it, a few hostile sessions
+/// that fill the shared budget would lock every other session out, a
+/// well-behaved one included; with it, the shared budget can be exceeded by
+/// at most this much per session (bounded by the descriptor limit).
+pub const SESSION_FLOOR: usize = 256 * 1024;
+
 /// Spare receive buffers a session keeps for reuse (so that steady traffic
 /// allocates nothing while idle streams hold no buffer at all), at most this
 /// many and [`POOL_BYTES`] together.
@@ -94,6 +102,11 @@ impl MemoryBudget {
     /// Would `n` more bytes fit now?
     fn has_room(&self, n: usize) -> bool {
         self.used().saturating_add(n) <= self.inner.limit
+    }
+
+    /// Takes `n` bytes even past the limit (a session within its floor).
+    fn charge(&self, n: usize) {
+        self.inner.used.fetch_add(n, Ordering::Relaxed);
     }
 
     fn release(&self, n: usize) {
@@ -167,7 +180,7 @@ impl SessionMemory {
             return false;
         }
         match &self.global {
-            Some(global) if held > self.reserved => global.has_room(CHUNK),
+            Some(global) if held > self.reserved => held <= SESSION_FLOOR || global.has_room(CHUNK),
             _ => true,
         }
     }
@@ -222,7 +235,9 @@ impl SessionMemory {
         let held = self.held(streams);
         if held > self.reserved {
             while held > self.reserved {
-                if !global.try_charge(CHUNK) {
+                if self.reserved + CHUNK <= SESSION_FLOOR.max(CHUNK) && held <= SESSION_FLOOR {
+                    global.charge(CHUNK);
+                } else if !global.try_charge(CHUNK) {
                     if !self.pool.is_empty() {
                         self.drop_pool();
                         return self.settle(streams);
@@ -271,19 +286,28 @@ mod tests {
 
     #[test]
     fn shared_budget_is_charged_in_chunks_and_refuses_past_its_limit() {
-        let budget = MemoryBudget::new(3 * CHUNK);
+        const FLOOR_CHUNKS: usize = SESSION_FLOOR / CHUNK;
+        let budget = MemoryBudget::new(2 * SESSION_FLOOR);
         let mut a = SessionMemory::new(usize::MAX, Some(budget.clone()));
         let mut b = SessionMemory::new(usize::MAX, Some(budget.clone()));
-        a.add_buffered(CHUNK + 1);
+        a.add_buffered(SESSION_FLOOR + 1);
         a.settle(0);
-        assert_eq!((a.reserved(), budget.used()), (2 * CHUNK, 2 * CHUNK));
+        let a_chunks = FLOOR_CHUNKS + 1;
+        assert_eq!(
+            (a.reserved(), budget.used()),
+            (a_chunks * CHUNK, a_chunks * CHUNK)
+        );
         assert!(!a.over(0));
-        b.add_buffered(2 * CHUNK);
+        b.add_buffered(SESSION_FLOOR + CHUNK);
         b.settle(0);
         assert!(b.over(0), "the shared budget is used up");
         assert!(!b.admits_stream(0));
-        assert_eq!(budget.used(), 3 * CHUNK, "never charged past the limit");
-        a.sub_buffered(CHUNK + 1);
+        assert_eq!(
+            budget.used(),
+            2 * SESSION_FLOOR,
+            "sessions past their floor never charge past the limit"
+        );
+        a.sub_buffered(SESSION_FLOOR + 1);
         a.settle(0);
         assert_eq!(a.reserved(), CHUNK, "one chunk of slack is kept");
         b.settle(0);
@@ -291,6 +315,25 @@ mod tests {
         drop(b);
         drop(a);
         assert_eq!(budget.used(), 0, "everything is given back on drop");
+    }
+
+    /// A session within its floor is served even when others used the
+    /// shared budget up: hostile sessions cannot lock a small one out.
+    #[test]
+    fn a_small_session_is_not_locked_out_by_a_full_budget() {
+        let budget = MemoryBudget::new(4 * CHUNK);
+        let mut hog = SessionMemory::new(usize::MAX, Some(budget.clone()));
+        hog.add_buffered(SESSION_FLOOR + 8 * CHUNK);
+        hog.settle(0);
+        assert!(hog.over(0) && !hog.admits_stream(0));
+        let mut small = SessionMemory::new(usize::MAX, Some(budget.clone()));
+        assert!(small.admits_stream(0));
+        small.add_buffered(4096);
+        small.settle(1);
+        assert!(!small.over(1), "a small session reads on");
+        small.add_buffered(SESSION_FLOOR);
+        small.settle(1);
+        assert!(small.over(1), "past its floor the full budget applies");
     }
 
     #[test]

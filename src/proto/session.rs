@@ -126,6 +126,12 @@ pub struct Session {
     /// sessions that free memory may live on other threads and cannot wake
     /// this one).
     budget_retry: Option<Instant>,
+    /// While a frame is incomplete: when it must be complete
+    /// ([`Config::frame_timeout`]).
+    frame_deadline: Option<Instant>,
+    /// When the last input arrived (or the session began), for
+    /// [`Config::idle_timeout`].
+    last_input: Option<Instant>,
     goaway_event_queued: bool,
     pending_goaway: (u32, ErrorCode),
 
@@ -159,6 +165,10 @@ impl Session {
             want_accept: false,
             lingering: VecDeque::new(),
             budget_retry: None,
+            frame_deadline: None,
+            // The one clock read outside the `now` arguments: an idle
+            // session must time out even if it never receives a byte.
+            last_input: config.idle_timeout.map(|_| Instant::now()),
             goaway_event_queued: false,
             pending_goaway: (0, ErrorCode::NoError),
             out: BytesMut::new(),
@@ -270,6 +280,9 @@ impl Session {
     /// while [`Session::wants_input`] says so.
     pub fn handle_input(&mut self, now: Instant, mut data: &[u8]) {
         self.stats.bytes_in += data.len() as u64;
+        if !data.is_empty() {
+            self.last_input = Some(now);
+        }
         while self.error.is_none() {
             let Some(step) = self.reader.next(&mut data) else {
                 break;
@@ -290,6 +303,12 @@ impl Session {
         if self.memory.global_full() && self.budget_retry.is_none() {
             self.budget_retry = Some(now + BUDGET_RETRY);
         }
+        self.frame_deadline = match self.config.frame_timeout {
+            Some(t) if self.reader.mid_frame() && self.error.is_none() => {
+                Some(self.frame_deadline.unwrap_or(now + t))
+            }
+            _ => None,
+        };
     }
 
     /// The transport reached end-of-file: the session dies with PeerEOF.
@@ -309,6 +328,29 @@ impl Session {
     /// Advances the clock: streams reset long enough ago are forgotten, and a
     /// session paused by the shared memory budget asks it again.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.error.is_some() {
+            return;
+        }
+        if let Some(deadline) = self.frame_deadline.filter(|&t| t <= now) {
+            if self.wants_input() {
+                self.frame_deadline = None;
+                self.die(Error::Protocol {
+                    code: ErrorCode::ProtocolError,
+                    reason: "a frame stayed incomplete past the frame timeout",
+                });
+                return;
+            }
+            // Paused by a memory budget: we are the ones not reading, so the
+            // peer's frame is not late; its clock restarts.
+            let t = self.config.frame_timeout.unwrap_or_default();
+            self.frame_deadline = Some(deadline.max(now) + t);
+        }
+        if let Some(deadline) = self.idle_deadline(now) {
+            if deadline <= now {
+                self.die(Error::SessionClosed);
+                return;
+            }
+        }
         if self.budget_retry.is_some_and(|t| t <= now) {
             self.memory.settle(self.streams.len());
             self.budget_retry = self.memory.global_full().then(|| now + BUDGET_RETRY);
@@ -583,11 +625,30 @@ impl Session {
 
     /// When [`Session::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let linger = self.lingering.front().map(|&(t, _)| t);
-        match (linger, self.budget_retry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        if self.error.is_some() {
+            return None;
         }
+        let linger = self.lingering.front().map(|&(t, _)| t);
+        [
+            linger,
+            self.budget_retry,
+            self.frame_deadline,
+            self.last_input.and_then(|t| self.idle_deadline(t)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// When an idle session closes itself: `idle_timeout` after the last
+    /// input (or after `now`, the first time the clock is read), while no
+    /// stream is open.
+    fn idle_deadline(&self, now: Instant) -> Option<Instant> {
+        let t = self.config.idle_timeout?;
+        if !self.streams.is_empty() {
+            return None;
+        }
+        Some(self.last_input.unwrap_or(now) + t)
     }
 
     // ---- frame reading ----------------------------------------------------

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use model::{bench_config, EngineOpts, HeartbeatOpts, Mode, Placement, Scenario, System};
+use model::{EngineOpts, HeartbeatOpts, Mode, Placement, Scenario, System};
 use muxado::heartbeat::HeartbeatConfig;
 
 /// The muxado stream multiplexer on io_uring: a server and a benchmark.
@@ -158,6 +158,10 @@ enum Command {
         /// Engine cores (each accepts on the same address with SO_REUSEPORT).
         #[arg(long, default_value_t = 1)]
         cores: usize,
+        /// Memory budget shared by all sessions on all cores (e.g. 512M, 2G):
+        /// past it new streams are refused and sessions stop reading.
+        #[arg(long, value_name = "SIZE", value_parser = model::parse_size)]
+        max_memory: Option<usize>,
         #[command(flatten)]
         heartbeat: HeartbeatArgs,
     },
@@ -212,8 +216,9 @@ fn main() -> ExitCode {
             listen,
             mode,
             cores,
+            max_memory,
             heartbeat,
-        } => serve(listen, mode, cores, heartbeat.opts(), engine),
+        } => serve(listen, mode, cores, max_memory, heartbeat.opts(), engine),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -323,9 +328,11 @@ fn serve(
     listen: SocketAddr,
     mode: Mode,
     cores: usize,
+    max_memory: Option<usize>,
     heartbeat: Option<HeartbeatOpts>,
     engine: EngineOpts,
 ) -> Result<(), String> {
+    let config = serve::serve_config(max_memory);
     if cores == 0 {
         usage_error("--cores must be at least 1");
     }
@@ -344,18 +351,21 @@ fn serve(
         None => tracing::info!("muxado serve: {mode:?} on {listen} with {cores} core(s)"),
     }
     engine
-        .run(move |_core| async move {
-            match muxado::engine::net::TcpListener::bind(listen) {
-                Ok(listener) => {
-                    match heartbeat {
-                        Some(hb) => {
-                            serve::muxado_heartbeat_server(listener, mode, bench_config(), hb).await
+        .run(move |_core| {
+            let config = config.clone();
+            async move {
+                match muxado::engine::net::TcpListener::bind(listen) {
+                    Ok(listener) => {
+                        match heartbeat {
+                            Some(hb) => {
+                                serve::muxado_heartbeat_server(listener, mode, config, hb).await
+                            }
+                            None => serve::muxado_server(listener, mode, config).await,
                         }
-                        None => serve::muxado_server(listener, mode, bench_config()).await,
+                        Ok(())
                     }
-                    Ok(())
+                    Err(e) => Err(format!("listen on {listen}: {e}")),
                 }
-                Err(e) => Err(format!("listen on {listen}: {e}")),
             }
         })
         .map_err(|e| e.to_string())?
