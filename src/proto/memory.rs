@@ -27,11 +27,13 @@ pub const STREAM_COST: usize = 512;
 const CHUNK: usize = 64 * 1024;
 
 /// What every session may hold whatever the shared budget says: a session
-/// holding no more than this is never paused or refused streams by the
+/// holding no more than its floor is never paused or refused streams by the
 /// shared budget (only by its own limit). Without it, a few hostile sessions
 /// that fill the shared budget would lock every other session out, a
-/// well-behaved one included; with it, the shared budget can be exceeded by
-/// at most this much per session (bounded by the descriptor limit).
+/// well-behaved one included. The floor is this or 1/1024 of the shared
+/// limit, whichever is smaller (256 KiB from a 256 MiB budget up), so the
+/// shared budget can be exceeded by at most that much per session (and the
+/// number of sessions is bounded by the descriptor limit).
 pub const SESSION_FLOOR: usize = 256 * 1024;
 
 /// Spare receive buffers a session keeps for reuse (so that steady traffic
@@ -152,6 +154,14 @@ impl SessionMemory {
         }
     }
 
+    /// What this session may hold past a full shared budget (see
+    /// [`SESSION_FLOOR`]).
+    fn floor(&self) -> usize {
+        self.global
+            .as_ref()
+            .map_or(0, |g| (g.limit() / 1024).min(SESSION_FLOOR))
+    }
+
     /// What the session holds with `streams` streams alive.
     pub(crate) fn held(&self, streams: usize) -> usize {
         self.buffered + self.pool_bytes + streams * STREAM_COST
@@ -180,7 +190,7 @@ impl SessionMemory {
             return false;
         }
         match &self.global {
-            Some(global) if held > self.reserved => held <= SESSION_FLOOR || global.has_room(CHUNK),
+            Some(global) if held > self.reserved => held <= self.floor() || global.has_room(CHUNK),
             _ => true,
         }
     }
@@ -231,11 +241,12 @@ impl SessionMemory {
         if self.held(streams) > self.limit && !self.pool.is_empty() {
             self.drop_pool();
         }
+        let floor = self.floor();
         let Some(global) = &self.global else { return };
         let held = self.held(streams);
         if held > self.reserved {
             while held > self.reserved {
-                if self.reserved + CHUNK <= SESSION_FLOOR.max(CHUNK) && held <= SESSION_FLOOR {
+                if held <= floor {
                     global.charge(CHUNK);
                 } else if !global.try_charge(CHUNK) {
                     if !self.pool.is_empty() {
@@ -286,28 +297,19 @@ mod tests {
 
     #[test]
     fn shared_budget_is_charged_in_chunks_and_refuses_past_its_limit() {
-        const FLOOR_CHUNKS: usize = SESSION_FLOOR / CHUNK;
-        let budget = MemoryBudget::new(2 * SESSION_FLOOR);
+        let budget = MemoryBudget::new(3 * CHUNK);
         let mut a = SessionMemory::new(usize::MAX, Some(budget.clone()));
         let mut b = SessionMemory::new(usize::MAX, Some(budget.clone()));
-        a.add_buffered(SESSION_FLOOR + 1);
+        a.add_buffered(CHUNK + 1);
         a.settle(0);
-        let a_chunks = FLOOR_CHUNKS + 1;
-        assert_eq!(
-            (a.reserved(), budget.used()),
-            (a_chunks * CHUNK, a_chunks * CHUNK)
-        );
+        assert_eq!((a.reserved(), budget.used()), (2 * CHUNK, 2 * CHUNK));
         assert!(!a.over(0));
-        b.add_buffered(SESSION_FLOOR + CHUNK);
+        b.add_buffered(2 * CHUNK);
         b.settle(0);
         assert!(b.over(0), "the shared budget is used up");
         assert!(!b.admits_stream(0));
-        assert_eq!(
-            budget.used(),
-            2 * SESSION_FLOOR,
-            "sessions past their floor never charge past the limit"
-        );
-        a.sub_buffered(SESSION_FLOOR + 1);
+        assert_eq!(budget.used(), 3 * CHUNK, "never charged past the limit");
+        a.sub_buffered(CHUNK + 1);
         a.settle(0);
         assert_eq!(a.reserved(), CHUNK, "one chunk of slack is kept");
         b.settle(0);
@@ -321,9 +323,9 @@ mod tests {
     /// shared budget up: hostile sessions cannot lock a small one out.
     #[test]
     fn a_small_session_is_not_locked_out_by_a_full_budget() {
-        let budget = MemoryBudget::new(4 * CHUNK);
+        let budget = MemoryBudget::new(256 << 20);
         let mut hog = SessionMemory::new(usize::MAX, Some(budget.clone()));
-        hog.add_buffered(SESSION_FLOOR + 8 * CHUNK);
+        hog.add_buffered(budget.limit() + CHUNK);
         hog.settle(0);
         assert!(hog.over(0) && !hog.admits_stream(0));
         let mut small = SessionMemory::new(usize::MAX, Some(budget.clone()));
@@ -334,6 +336,16 @@ mod tests {
         small.add_buffered(SESSION_FLOOR);
         small.settle(1);
         assert!(small.over(1), "past its floor the full budget applies");
+        drop((hog, small));
+        assert_eq!(budget.used(), 0);
+
+        // A small budget has a small floor: 1/1024 of it.
+        let tiny = MemoryBudget::new(4 * CHUNK);
+        let mut hog = SessionMemory::new(usize::MAX, Some(tiny.clone()));
+        hog.add_buffered(8 * CHUNK);
+        hog.settle(0);
+        let small = SessionMemory::new(usize::MAX, Some(tiny.clone()));
+        assert!(!small.admits_stream(0), "STREAM_COST is over a 256 B floor");
     }
 
     #[test]

@@ -1131,4 +1131,102 @@ mod tests {
             assert_eq!(s.open(), Err(Error::StreamsExhausted));
         }
     }
+
+    fn goaway_code(s: &mut Session) -> Option<u32> {
+        let mut buf = BytesMut::new();
+        s.poll_transmit(&mut buf);
+        let mut b = &buf[..];
+        while let Ok(Decode::Frame(f, n)) = Frame::decode(b) {
+            if let Frame::GoAway { code, .. } = f {
+                return Some(code.to_u32());
+            }
+            b = &b[n..];
+        }
+        None
+    }
+
+    /// A header sent 5 bytes of 8 and then nothing: the session ends with
+    /// GOAWAY ProtocolError once the frame timeout passes, not before.
+    #[test]
+    fn a_partial_frame_ends_the_session_after_the_frame_timeout() {
+        let t = Duration::from_secs(10);
+        let mut s = Session::new(Role::Server, Config::default().with_frame_timeout(Some(t)));
+        let t0 = Instant::now();
+        assert_eq!(s.poll_timeout(), None);
+        s.handle_input(t0, &[0, 0, 100, 0, 0]);
+        assert_eq!(s.poll_timeout(), Some(t0 + t));
+        // More bytes of the same frame do not move the deadline.
+        s.handle_input(t0 + Duration::from_secs(5), &[0]);
+        assert_eq!(s.poll_timeout(), Some(t0 + t));
+        s.handle_timeout(t0 + Duration::from_secs(9));
+        assert!(!s.is_dead());
+        s.handle_timeout(t0 + t);
+        assert!(s.is_dead());
+        assert_eq!(goaway_code(&mut s), Some(ErrorCode::ProtocolError.to_u32()));
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    /// Whole frames leave no deadline behind; without the setting there is none.
+    #[test]
+    fn complete_frames_clear_the_frame_deadline() {
+        let t = Duration::from_secs(1);
+        let mut s = Session::new(Role::Server, Config::default().with_frame_timeout(Some(t)));
+        let mut wire = Vec::new();
+        frame::encode_data(&mut wire, 3, b"hello", FLAG_SYN).unwrap();
+        let t0 = Instant::now();
+        s.handle_input(t0, &wire[..10]);
+        assert!(s.poll_timeout().is_some());
+        s.handle_input(t0, &wire[10..]);
+        assert_eq!(s.poll_timeout(), None);
+        s.handle_timeout(t0 + 10 * t);
+        assert!(!s.is_dead());
+
+        let mut plain = Session::new(Role::Server, Config::default());
+        plain.handle_input(t0, &wire[..10]);
+        assert_eq!(plain.poll_timeout(), None, "no frame timeout by default");
+    }
+
+    /// While a memory budget pauses the session, its own not reading is not
+    /// the peer's fault: the frame's clock restarts instead of killing it.
+    #[test]
+    fn a_session_paused_by_its_budget_does_not_time_the_peer_out() {
+        let t = Duration::from_secs(1);
+        let mut s = Session::new(
+            Role::Server,
+            Config::default()
+                .with_frame_timeout(Some(t))
+                .with_max_session_memory(1024),
+        );
+        let mut wire = Vec::new();
+        frame::encode_data(&mut wire, 3, &[7; 4000], FLAG_SYN).unwrap();
+        let t0 = Instant::now();
+        s.handle_input(t0, &wire[..3000]);
+        assert!(!s.wants_input(), "over its 1 KiB budget");
+        s.handle_timeout(t0 + 2 * t);
+        assert!(!s.is_dead());
+        assert!(s.poll_timeout().is_some_and(|d| d > t0 + 2 * t));
+    }
+
+    /// No stream and no input for the idle timeout: GOAWAY NoError. A
+    /// session with a stream open is not idle.
+    #[test]
+    fn an_idle_session_closes_itself() {
+        let t = Duration::from_secs(30);
+        let mut s = Session::new(Role::Server, Config::default().with_idle_timeout(Some(t)));
+        let deadline = s.poll_timeout().expect("an idle deadline from the start");
+        s.handle_timeout(deadline - Duration::from_secs(1));
+        assert!(!s.is_dead());
+        s.handle_timeout(deadline);
+        assert!(s.is_dead());
+        assert_eq!(goaway_code(&mut s), Some(ErrorCode::NoError.to_u32()));
+
+        let mut busy = Session::new(Role::Server, Config::default().with_idle_timeout(Some(t)));
+        let mut wire = Vec::new();
+        frame::encode_data(&mut wire, 3, b"hi", FLAG_SYN).unwrap();
+        let t0 = Instant::now();
+        busy.handle_input(t0, &wire);
+        assert_eq!(busy.poll_timeout(), None, "a stream is open");
+        busy.handle_timeout(t0 + 10 * t);
+        assert!(!busy.is_dead());
+    }
 }

@@ -162,6 +162,14 @@ enum Command {
         /// past it new streams are refused and sessions stop reading.
         #[arg(long, value_name = "SIZE", value_parser = model::parse_size)]
         max_memory: Option<usize>,
+        /// A frame begun but not finished within this is a slowloris: the
+        /// session ends with GOAWAY ProtocolError (0: never).
+        #[arg(long, value_name = "SECS", default_value = "10", value_parser = model::parse_duration)]
+        frame_timeout: Duration,
+        /// A session with no stream that receives nothing for this long is
+        /// closed with GOAWAY NoError (0: never).
+        #[arg(long, value_name = "SECS", default_value = "300", value_parser = model::parse_duration)]
+        idle_timeout: Duration,
         #[command(flatten)]
         heartbeat: HeartbeatArgs,
     },
@@ -217,8 +225,13 @@ fn main() -> ExitCode {
             mode,
             cores,
             max_memory,
+            frame_timeout,
+            idle_timeout,
             heartbeat,
-        } => serve(listen, mode, cores, max_memory, heartbeat.opts(), engine),
+        } => {
+            let config = serve::serve_config(max_memory, frame_timeout, idle_timeout);
+            serve(listen, mode, cores, config, heartbeat.opts(), engine)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -328,11 +341,10 @@ fn serve(
     listen: SocketAddr,
     mode: Mode,
     cores: usize,
-    max_memory: Option<usize>,
+    config: muxado::Config,
     heartbeat: Option<HeartbeatOpts>,
     engine: EngineOpts,
 ) -> Result<(), String> {
-    let config = serve::serve_config(max_memory);
     if cores == 0 {
         usage_error("--cores must be at least 1");
     }

@@ -82,6 +82,21 @@ pub fn bench_config() -> muxado::Config {
         .with_accept_backlog(1 << 16)
 }
 
+/// Parses a duration such as `10`, `2.5`, `10s` or `500ms` (seconds unless
+/// `ms`); `0` means none.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else {
+        (t.strip_suffix('s').unwrap_or(t), 1.0)
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected seconds (e.g. 10, 2.5s, 500ms)"))?;
+    Duration::try_from_secs_f64(v * scale).map_err(|_| format!("invalid duration {s:?}"))
+}
+
 /// Parses a size such as `512M`, `2G`, `64K` or `1048576` (bytes; K, M, G
 /// are powers of 1024, an optional trailing `B`/`iB` is accepted).
 pub fn parse_size(s: &str) -> Result<usize, String> {

@@ -114,21 +114,21 @@ impl Drop for PooledBuf {
     }
 }
 
-/// How long a frame may stay incomplete in `muxado serve` (slowloris).
-pub const SERVE_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a `muxado serve` session with no stream may stay silent.
-pub const SERVE_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
 /// The session settings of `muxado serve`: the bench's, with the timeouts
-/// a server facing untrusted peers needs and, with `--max-memory`, one
+/// a server facing untrusted peers needs (zero: none; the defaults are 10 s
+/// for a frame, 5 min for an idle session) and, with `--max-memory`, one
 /// budget shared by every session on every core. Of `max_memory`, half is
 /// the sessions' budget (received bytes not yet echoed, stream state), an
 /// eighth the echo buffers' limit; the rest is left for what neither
 /// counts (tasks, socket bookkeeping, the allocator's slack).
-pub fn serve_config(max_memory: Option<usize>) -> Config {
+pub fn serve_config(
+    max_memory: Option<usize>,
+    frame_timeout: Duration,
+    idle_timeout: Duration,
+) -> Config {
     let config = crate::model::bench_config()
-        .with_frame_timeout(Some(SERVE_FRAME_TIMEOUT))
-        .with_idle_timeout(Some(SERVE_IDLE_TIMEOUT));
+        .with_frame_timeout(Some(frame_timeout).filter(|t| !t.is_zero()))
+        .with_idle_timeout(Some(idle_timeout).filter(|t| !t.is_zero()));
     match max_memory {
         Some(m) => {
             set_echo_limit(m / 8);
