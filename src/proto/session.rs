@@ -280,6 +280,7 @@ impl Session {
     /// while [`Session::wants_input`] says so.
     pub fn handle_input(&mut self, now: Instant, mut data: &[u8]) {
         self.stats.bytes_in += data.len() as u64;
+        let headers_before = self.stats.frames_in;
         if !data.is_empty() {
             self.last_input = Some(now);
         }
@@ -303,9 +304,15 @@ impl Session {
         if self.memory.global_full() && self.budget_retry.is_none() {
             self.budget_retry = Some(now + BUDGET_RETRY);
         }
+        // The deadline belongs to the frame in progress: it is kept only
+        // while no new header was read (the same frame is still incomplete);
+        // a stream of frames where every read ends inside one is not late.
         self.frame_deadline = match self.config.frame_timeout {
             Some(t) if self.reader.mid_frame() && self.error.is_none() => {
-                Some(self.frame_deadline.unwrap_or(now + t))
+                match self.frame_deadline {
+                    Some(d) if self.stats.frames_in == headers_before => Some(d),
+                    _ => Some(now + t),
+                }
             }
             _ => None,
         };
@@ -1164,6 +1171,35 @@ mod tests {
         assert!(s.is_dead());
         assert_eq!(goaway_code(&mut s), Some(ErrorCode::ProtocolError.to_u32()));
         assert_eq!(s.poll_timeout(), None);
+    }
+
+    /// Steady traffic where every read ends inside a frame lives on: each
+    /// frame is complete well within the timeout, though the session is
+    /// never between frames when a read ends.
+    #[test]
+    fn steady_traffic_ending_mid_frame_is_not_timed_out() {
+        let t = Duration::from_secs(1);
+        let mut s = Session::new(Role::Server, Config::default().with_frame_timeout(Some(t)));
+        let mut wire = Vec::new();
+        frame::encode_data(&mut wire, 3, &[1; 100], FLAG_SYN).unwrap();
+        for _ in 0..100 {
+            frame::encode_data(&mut wire, 3, &[1; 100], 0).unwrap();
+        }
+        let key = {
+            let t0 = Instant::now();
+            s.handle_input(t0, &wire[..50]);
+            s.accept().unwrap().unwrap()
+        };
+        let t0 = Instant::now();
+        let mut buf = [0u8; 4096];
+        // 150-byte reads, 0.4 s apart: every read ends mid-frame, 40 s in all.
+        for (i, piece) in wire[50..].chunks(150).enumerate() {
+            let now = t0 + Duration::from_millis(400 * i as u64);
+            s.handle_timeout(now);
+            s.handle_input(now, piece);
+            assert!(!s.is_dead(), "killed at piece {i}");
+            while s.read(key, &mut buf).unwrap().is_some_and(|n| n > 0) {}
+        }
     }
 
     /// Whole frames leave no deadline behind; without the setting there is none.

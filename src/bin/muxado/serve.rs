@@ -307,7 +307,12 @@ static SESSION_ENDED: AtomicBool = AtomicBool::new(false);
 /// `malloc_trim` releases the free pages of every arena (the top of the heap
 /// and, with `MADV_DONTNEED`, whole free pages inside it); it takes a few
 /// milliseconds, hence once a second at most and only after sessions end.
+///
+/// `MUXADO_NO_TRIM=1` turns it off, to measure what it buys.
 async fn trimmer() {
+    if std::env::var_os("MUXADO_NO_TRIM").is_some_and(|v| v == "1") {
+        return;
+    }
     // Whichever core sees the flag trims, and once more a second later, for
     // what the ended session's last streams freed after it.
     let mut again = false;
