@@ -11,7 +11,7 @@
 # on an undisturbed stream, or descriptors not back to the idle count.
 #
 # Environment: SOAK_SEED (a number), SOAK_SESSIONS (sessions at a time per
-# client thread, default 8).
+# client thread, default 8), SOAK_JSON (write the figures there as JSON too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes="${1:-5}"

@@ -619,7 +619,28 @@ async fn clock(shared: Rc<Shared>) {
         })
         .await;
         let Some(deadline) = next else { return };
-        engine::sleep_until(deadline).await;
+        // The sleep also ends when the session dies (so that a long timer,
+        // such as an idle timeout, does not keep the transport open) or
+        // when an earlier deadline appears; handle_timeout ignores early calls.
+        let mut sleep = std::pin::pin!(engine::sleep_until(deadline));
+        let dead = poll_fn(|cx| {
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            let mut st = shared.state.borrow_mut();
+            if st.proto.is_dead() {
+                return Poll::Ready(true);
+            }
+            if st.proto.poll_timeout().is_some_and(|t| t < deadline) {
+                return Poll::Ready(false);
+            }
+            register(&mut st.clock, cx);
+            Poll::Pending
+        })
+        .await;
+        if dead {
+            return;
+        }
         let mut st = shared.state.borrow_mut();
         st.proto.handle_timeout(Instant::now());
         st.dispatch(&shared.span);

@@ -1,7 +1,5 @@
 //! The memory targets of issue 8, against `muxado serve` with default
-//! settings. They do not hold yet (see the ignore reasons); run them with
-//! `cargo test --release --test hostile_memory -- --ignored --nocapture`
-//! to see today's figures.
+//! settings (`--nocapture` shows the figures).
 //!
 //! - a SYN flood of 100,000 streams on one connection, and one batched up to
 //!   the stream limit: the server's peak RSS stays under 256 MB;
@@ -72,7 +70,6 @@ fn check_after(s: &Serve, what: &str, base_fds: usize, hwm: u64) {
 }
 
 #[test]
-#[ignore = "pending: memory budgets of issue 8"]
 fn syn_flood_100k_streams_one_connection() {
     let _g = lock();
     let mut s = Serve::start("echo", &[]);
@@ -117,7 +114,6 @@ fn syn_flood_100k_streams_one_connection() {
 /// of 4,096, each wave echoed before the next, so the accept backlog
 /// (16,384 in `muxado serve`) never refuses any either.
 #[test]
-#[ignore = "pending: memory budgets of issue 8"]
 fn syn_batches_up_to_the_stream_limit() {
     let _g = lock();
     let mut s = Serve::start("echo", &[]);
@@ -192,7 +188,6 @@ fn never_reading_session(addr: std::net::SocketAddr, streams: u32) -> Raw {
 }
 
 #[test]
-#[ignore = "pending: memory budgets of issue 8"]
 fn never_reading_peer_2000_streams() {
     let _g = lock();
     let mut s = Serve::start("echo", &[]);
@@ -213,7 +208,6 @@ fn never_reading_peer_2000_streams() {
 }
 
 #[test]
-#[ignore = "pending: memory budgets of issue 8 (`serve --max-memory` does not exist yet)"]
 fn ten_never_reading_sessions_under_max_memory() {
     let _g = lock();
     let mut s = Serve::start("echo", &["--max-memory", "512M"]);
@@ -247,10 +241,8 @@ fn ten_never_reading_sessions_under_max_memory() {
 
 /// The same flood three times on one server, each session ended before the
 /// next: if the memory a flood takes were leaked rather than kept for reuse
-/// by the allocator, RSS would grow with each round. Heavy today (about
-/// 1 GB per round), hence ignored with the others.
+/// by the allocator, RSS would grow with each round.
 #[test]
-#[ignore = "pending: memory budgets of issue 8 (each round takes ~1 GB today)"]
 fn repeated_syn_floods_do_not_accumulate() {
     let _g = lock();
     let mut s = Serve::start("echo", &[]);

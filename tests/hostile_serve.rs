@@ -128,7 +128,8 @@ fn wndinc_overflow_past_i31_is_harmless() {
 /// A DATA header announcing 0xFFFFFF bytes (64 times the window), a few bytes
 /// of it, then silence. The stream is reset with FlowControlError as soon as
 /// the header is read (§4), the rest is drained without being buffered, and
-/// the session otherwise waits: there is no idle timeout.
+/// the session otherwise waits (for up to the frame timeout, 10 s by
+/// default, which this test stays well within).
 #[test]
 fn max_length_header_then_silence() {
     let mut s = Serve::start("echo", &[]);
@@ -159,7 +160,7 @@ fn max_length_header_then_silence() {
     let held = s.wait_fds(base + 3, Duration::from_secs(5));
     assert_eq!(held, base + 3, "the three silent connections are held open");
     eprintln!(
-        "0xFFFFFF then silence: connections held open (no idle timeout); RSS {} -> {} KiB",
+        "0xFFFFFF then silence: connections held open (within the frame timeout); RSS {} -> {} KiB",
         rss0,
         s.rss_kib()
     );
@@ -188,8 +189,8 @@ fn max_length_header_then_silence() {
 
 /// Slowloris: connections that send 5 of a header's 8 bytes and hold. They
 /// cost the server a descriptor each and nothing else; other clients are
-/// served meanwhile. (Observed today: no handshake or idle timeout closes
-/// them; they stay until the peer goes.)
+/// served meanwhile. Within the frame timeout (10 s by default) they are
+/// held; [`slowloris_ended_by_the_frame_timeout`] shows what comes after.
 #[test]
 fn half_written_headers_held_open() {
     raise_fd_limit();
@@ -235,6 +236,75 @@ fn half_written_headers_held_open() {
     drop(conns);
     s.assert_alive();
     s.assert_fds_back(base, "after the half-header peers left");
+}
+
+/// Slowloris against `--frame-timeout 1`: half headers, and a DATA frame
+/// stopped midway, end their sessions with GOAWAY ProtocolError once the
+/// frame has been incomplete for 1 s, and the descriptors are given back;
+/// a connection idle between whole frames (a stream open) is kept.
+#[test]
+fn slowloris_ended_by_the_frame_timeout() {
+    let mut s = Serve::start("echo", &["--frame-timeout", "1"]);
+    let base = s.fds();
+    const N: usize = 50;
+    let started = Instant::now();
+    let mut conns: Vec<Raw> = (0..N)
+        .map(|i| {
+            let mut c = Raw::connect(s.addr);
+            if i % 2 == 0 {
+                c.send(&raw_header(100, 1, 0, 3)[..5]);
+            } else {
+                // A whole stream, then half of a DATA frame's payload.
+                c.send(&syn(3, b"hi"));
+                c.send(&raw_header(100, 1, 0, 3));
+                c.send(&[7; 50]);
+            }
+            c
+        })
+        .collect();
+    let mut patient = Raw::connect(s.addr);
+    assert_eq!(
+        patient.echo(5, b"whole frames only", T),
+        b"whole frames only"
+    );
+    patient.send(&syn(7, b"open, then quiet"));
+    for (i, c) in conns.iter_mut().enumerate() {
+        let (code_seen, debug) = c.expect_goaway(Duration::from_secs(10));
+        assert_eq!(
+            code_seen,
+            code(ErrorCode::ProtocolError),
+            "conn {i}: {debug}"
+        );
+    }
+    let waited = started.elapsed();
+    eprintln!("frame timeout 1 s: {N} slowloris sessions ended within {waited:?}");
+    assert!(waited >= Duration::from_secs(1), "ended before the timeout");
+    drop(conns);
+    // The patient connection got its echo and is still served.
+    assert_eq!(patient.echo(9, b"still here", T), b"still here");
+    s.assert_alive();
+    drop(patient);
+    s.assert_fds_back(base, "after the slowloris sessions ended");
+}
+
+/// `--idle-timeout 1`: a connection that never sends a byte is closed with
+/// GOAWAY NoError after a second; one with a stream open is not.
+#[test]
+fn idle_sessions_closed_by_the_idle_timeout() {
+    let mut s = Serve::start("echo", &["--idle-timeout", "1"]);
+    let base = s.fds();
+    let started = Instant::now();
+    let mut silent = Raw::connect(s.addr);
+    let mut with_stream = Raw::connect(s.addr);
+    with_stream.send(&syn(3, b"open"));
+    let (c, debug) = silent.expect_goaway(Duration::from_secs(10));
+    assert_eq!(c, code(ErrorCode::NoError), "{debug}");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(with_stream.echo(5, b"not idle", T), b"not idle");
+    drop((silent, with_stream));
+    s.assert_alive();
+    s.assert_fds_back(base, "after the idle sessions");
 }
 
 /// 5,000 connections each open a stream and reset it, then leave (every

@@ -29,6 +29,9 @@ use muxado::engine::{self, net::TcpStream};
 use muxado::{Config, Error, ErrorCode, Session, Stream};
 use rawpeer::*;
 
+/// Wait before an idle RSS sample (see where it is used).
+const SETTLE: Duration = Duration::from_millis(2500);
+
 /// A stream that takes longer than this is a failure (a hang).
 const STREAM_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -409,6 +412,10 @@ fn soak() {
     let warm = (secs / 10.0).clamp(1.0, 30.0);
     let mut stats = run_load(s.addr, warm, seed ^ 1, per_thread);
     let fds_start = s.wait_fds(fds_idle, Duration::from_secs(10));
+    // The server hands freed memory back to the system within two of its
+    // one-second trim ticks after sessions end: sample after them, at start
+    // and end alike, so that both samples see the same settled state.
+    thread::sleep(SETTLE);
     let rss_start = s.rss_kib();
     let started = Instant::now();
     // RSS every tenth of the run (under load), to tell a plateau from a leak.
@@ -427,7 +434,7 @@ fn soak() {
     let samples = sampler.join().expect("RSS sampler");
     s.assert_alive();
     let fds_end = s.wait_fds(fds_idle, Duration::from_secs(10));
-    thread::sleep(Duration::from_millis(500));
+    thread::sleep(SETTLE);
     let rss_end = s.rss_kib();
     let hwm = s.hwm_kib();
     let drift = (rss_end as f64 - rss_start as f64) / rss_start as f64 * 100.0;
@@ -458,6 +465,26 @@ fn soak() {
     println!("soak: server RSS under load, every tenth of the run (MiB): {samples:?}");
     println!("soak: server fds idle {fds_idle}, start {fds_start}, end {fds_end}");
     println!("soak: server RSS start {rss_start} KiB, end {rss_end} KiB ({drift:+.1}%), peak {hwm} KiB{flag}");
+    // SOAK_JSON=PATH: the same figures as JSON, for perf/.
+    if let Ok(path) = std::env::var("SOAK_JSON") {
+        let json = serde_json::json!({
+            "seconds": elapsed.as_secs_f64(),
+            "warmup_seconds": warm,
+            "seed": seed,
+            "sessions_per_thread": per_thread,
+            "bytes_verified": stats.bytes_verified,
+            "streams_whole": stats.streams_ok,
+            "sessions": stats.sessions,
+            "expected_errors": stats.expected,
+            "failures": stats.failures,
+            "first_failures": stats.first_failures,
+            "rss_under_load_mib": samples,
+            "fds": { "idle": fds_idle, "start": fds_start, "end": fds_end },
+            "rss_kib": { "start": rss_start, "end": rss_end, "peak": hwm, "drift_percent": drift },
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap() + "\n")
+            .unwrap_or_else(|e| panic!("writing SOAK_JSON {path}: {e}"));
+    }
     assert!(
         stats.failures.is_empty(),
         "soak failures: {:?}\n{:#?}",

@@ -24,12 +24,14 @@ use super::memory::MemoryBudget;
 /// | [`max_streams`](Config::max_streams) | 4096 | a new stream: RST StreamRefused (a local `open` fails with `TooManyStreams`) |
 /// | [`accept_backlog`](Config::accept_backlog) | 128 | a new stream while that many wait for `accept`: RST AcceptQueueFull |
 /// | [`max_session_memory`](Config::max_session_memory) | 64 MiB | new streams: RST StreamRefused; the session stops reading its transport (TCP backpressure) until the application drains its streams |
-/// | [`memory_budget`](Config::memory_budget) (all sessions sharing it) | none | as `max_session_memory`, for every session charging it |
+/// | [`memory_budget`](Config::memory_budget) (all sessions sharing it) | none | as `max_session_memory`, for every session charging it that holds more than [`SESSION_FLOOR`](super::SESSION_FLOOR) (256 KiB): a small session is never locked out by big ones, so the budget can be exceeded by up to that much per session |
 /// | [`max_send_buffer`](Config::max_send_buffer) | 512 KiB | local writers wait; nothing on the wire |
 /// | [`max_control_backlog`](Config::max_control_backlog) | 1 MiB | a peer that makes us queue replies (WNDINC, RST) but does not read them: GOAWAY EnhanceYourCalm, the session ends |
 /// | [`max_goaway_debug`](Config::max_goaway_debug) | 1 MiB | the rest of a GOAWAY's debug data is read and discarded |
 /// | [`reset_linger`](Config::reset_linger) | 5 s | frames for a stream reset longer ago than this: RST StreamClosed |
 /// | `max_auto_window`, `auto_window_budget` | 4 MiB, 16 MiB | a stream's window stops growing; nothing on the wire |
+/// | [`frame_timeout`](Config::frame_timeout) | none (`muxado serve`: 10 s) | a frame begun but not completed within it, while the session reads (slowloris): GOAWAY ProtocolError, the session ends |
+/// | [`idle_timeout`](Config::idle_timeout) | none (`muxado serve`: 5 min) | no stream open and no byte received for that long: GOAWAY NoError, the session ends |
 ///
 /// What one session can be made to hold is bounded by `max_session_memory`:
 /// received bytes not yet read, a few spare buffers, and
@@ -103,6 +105,18 @@ pub struct Config {
     /// A budget shared with other sessions (on any thread), charged in
     /// 64 KiB chunks; `None` (the default) for no shared limit.
     pub memory_budget: Option<MemoryBudget>,
+    /// How long a frame may stay incomplete once its first byte has arrived
+    /// (a header written a byte at a time, a payload that stops midway).
+    /// The clock runs only while the session reads its transport: time spent
+    /// paused by a memory budget does not count against the peer. Past it
+    /// the session ends with GOAWAY ProtocolError. `None` (the default, as
+    /// in Go) waits forever; a server facing untrusted peers should set it.
+    pub frame_timeout: Option<Duration>,
+    /// How long a session with no stream open may receive nothing before it
+    /// closes itself (GOAWAY NoError): a connection that never sends (or
+    /// stopped) would otherwise hold its descriptor and memory for ever.
+    /// `None` (the default) keeps idle sessions.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -121,6 +135,8 @@ impl Default for Config {
             reset_linger: Duration::from_secs(5),
             max_session_memory: 64 << 20,
             memory_budget: None,
+            frame_timeout: None,
+            idle_timeout: None,
         }
     }
 }
@@ -214,6 +230,20 @@ impl Config {
     #[must_use]
     pub fn with_memory_budget(mut self, memory_budget: Option<MemoryBudget>) -> Self {
         self.memory_budget = memory_budget;
+        self
+    }
+
+    /// Sets [`frame_timeout`](Config::frame_timeout).
+    #[must_use]
+    pub fn with_frame_timeout(mut self, frame_timeout: Option<Duration>) -> Self {
+        self.frame_timeout = frame_timeout;
+        self
+    }
+
+    /// Sets [`idle_timeout`](Config::idle_timeout).
+    #[must_use]
+    pub fn with_idle_timeout(mut self, idle_timeout: Option<Duration>) -> Self {
+        self.idle_timeout = idle_timeout;
         self
     }
 

@@ -26,6 +26,16 @@ pub const STREAM_COST: usize = 512;
 /// touches the shared atomic once per this many bytes, not once per frame.
 const CHUNK: usize = 64 * 1024;
 
+/// What every session may hold whatever the shared budget says: a session
+/// holding no more than its floor is never paused or refused streams by the
+/// shared budget (only by its own limit). Without it, a few hostile sessions
+/// that fill the shared budget would lock every other session out, a
+/// well-behaved one included. The floor is this or 1/1024 of the shared
+/// limit, whichever is smaller (256 KiB from a 256 MiB budget up), so the
+/// shared budget can be exceeded by at most that much per session (and the
+/// number of sessions is bounded by the descriptor limit).
+pub const SESSION_FLOOR: usize = 256 * 1024;
+
 /// Spare receive buffers a session keeps for reuse (so that steady traffic
 /// allocates nothing while idle streams hold no buffer at all), at most this
 /// many and [`POOL_BYTES`] together.
@@ -96,6 +106,11 @@ impl MemoryBudget {
         self.used().saturating_add(n) <= self.inner.limit
     }
 
+    /// Takes `n` bytes even past the limit (a session within its floor).
+    fn charge(&self, n: usize) {
+        self.inner.used.fetch_add(n, Ordering::Relaxed);
+    }
+
     fn release(&self, n: usize) {
         self.inner.used.fetch_sub(n, Ordering::Relaxed);
     }
@@ -139,6 +154,14 @@ impl SessionMemory {
         }
     }
 
+    /// What this session may hold past a full shared budget (see
+    /// [`SESSION_FLOOR`]).
+    fn floor(&self) -> usize {
+        self.global
+            .as_ref()
+            .map_or(0, |g| (g.limit() / 1024).min(SESSION_FLOOR))
+    }
+
     /// What the session holds with `streams` streams alive.
     pub(crate) fn held(&self, streams: usize) -> usize {
         self.buffered + self.pool_bytes + streams * STREAM_COST
@@ -167,7 +190,7 @@ impl SessionMemory {
             return false;
         }
         match &self.global {
-            Some(global) if held > self.reserved => global.has_room(CHUNK),
+            Some(global) if held > self.reserved => held <= self.floor() || global.has_room(CHUNK),
             _ => true,
         }
     }
@@ -218,11 +241,14 @@ impl SessionMemory {
         if self.held(streams) > self.limit && !self.pool.is_empty() {
             self.drop_pool();
         }
+        let floor = self.floor();
         let Some(global) = &self.global else { return };
         let held = self.held(streams);
         if held > self.reserved {
             while held > self.reserved {
-                if !global.try_charge(CHUNK) {
+                if held <= floor {
+                    global.charge(CHUNK);
+                } else if !global.try_charge(CHUNK) {
                     if !self.pool.is_empty() {
                         self.drop_pool();
                         return self.settle(streams);
@@ -291,6 +317,35 @@ mod tests {
         drop(b);
         drop(a);
         assert_eq!(budget.used(), 0, "everything is given back on drop");
+    }
+
+    /// A session within its floor is served even when others used the
+    /// shared budget up: hostile sessions cannot lock a small one out.
+    #[test]
+    fn a_small_session_is_not_locked_out_by_a_full_budget() {
+        let budget = MemoryBudget::new(256 << 20);
+        let mut hog = SessionMemory::new(usize::MAX, Some(budget.clone()));
+        hog.add_buffered(budget.limit() + CHUNK);
+        hog.settle(0);
+        assert!(hog.over(0) && !hog.admits_stream(0));
+        let mut small = SessionMemory::new(usize::MAX, Some(budget.clone()));
+        assert!(small.admits_stream(0));
+        small.add_buffered(4096);
+        small.settle(1);
+        assert!(!small.over(1), "a small session reads on");
+        small.add_buffered(SESSION_FLOOR);
+        small.settle(1);
+        assert!(small.over(1), "past its floor the full budget applies");
+        drop((hog, small));
+        assert_eq!(budget.used(), 0);
+
+        // A small budget has a small floor: 1/1024 of it.
+        let tiny = MemoryBudget::new(4 * CHUNK);
+        let mut hog = SessionMemory::new(usize::MAX, Some(tiny.clone()));
+        hog.add_buffered(8 * CHUNK);
+        hog.settle(0);
+        let small = SessionMemory::new(usize::MAX, Some(tiny.clone()));
+        assert!(!small.admits_stream(0), "STREAM_COST is over a 256 B floor");
     }
 
     #[test]

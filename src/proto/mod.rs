@@ -23,6 +23,6 @@ mod stream;
 
 pub use config::Config;
 pub use ids::Role;
-pub use memory::{MemoryBudget, STREAM_COST};
+pub use memory::{MemoryBudget, SESSION_FLOOR, STREAM_COST};
 pub use session::{Event, Session, Stats, MAX_WINDOW};
 pub use stream::StreamKey;

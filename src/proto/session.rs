@@ -126,6 +126,12 @@ pub struct Session {
     /// sessions that free memory may live on other threads and cannot wake
     /// this one).
     budget_retry: Option<Instant>,
+    /// While a frame is incomplete: when it must be complete
+    /// ([`Config::frame_timeout`]).
+    frame_deadline: Option<Instant>,
+    /// When the last input arrived (or the session began), for
+    /// [`Config::idle_timeout`].
+    last_input: Option<Instant>,
     goaway_event_queued: bool,
     pending_goaway: (u32, ErrorCode),
 
@@ -159,6 +165,10 @@ impl Session {
             want_accept: false,
             lingering: VecDeque::new(),
             budget_retry: None,
+            frame_deadline: None,
+            // The one clock read outside the `now` arguments: an idle
+            // session must time out even if it never receives a byte.
+            last_input: config.idle_timeout.map(|_| Instant::now()),
             goaway_event_queued: false,
             pending_goaway: (0, ErrorCode::NoError),
             out: BytesMut::new(),
@@ -270,6 +280,10 @@ impl Session {
     /// while [`Session::wants_input`] says so.
     pub fn handle_input(&mut self, now: Instant, mut data: &[u8]) {
         self.stats.bytes_in += data.len() as u64;
+        let headers_before = self.stats.frames_in;
+        if !data.is_empty() {
+            self.last_input = Some(now);
+        }
         while self.error.is_none() {
             let Some(step) = self.reader.next(&mut data) else {
                 break;
@@ -290,6 +304,18 @@ impl Session {
         if self.memory.global_full() && self.budget_retry.is_none() {
             self.budget_retry = Some(now + BUDGET_RETRY);
         }
+        // The deadline belongs to the frame in progress: it is kept only
+        // while no new header was read (the same frame is still incomplete);
+        // a stream of frames where every read ends inside one is not late.
+        self.frame_deadline = match self.config.frame_timeout {
+            Some(t) if self.reader.mid_frame() && self.error.is_none() => {
+                match self.frame_deadline {
+                    Some(d) if self.stats.frames_in == headers_before => Some(d),
+                    _ => Some(now + t),
+                }
+            }
+            _ => None,
+        };
     }
 
     /// The transport reached end-of-file: the session dies with PeerEOF.
@@ -309,6 +335,29 @@ impl Session {
     /// Advances the clock: streams reset long enough ago are forgotten, and a
     /// session paused by the shared memory budget asks it again.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.error.is_some() {
+            return;
+        }
+        if let Some(deadline) = self.frame_deadline.filter(|&t| t <= now) {
+            if self.wants_input() {
+                self.frame_deadline = None;
+                self.die(Error::Protocol {
+                    code: ErrorCode::ProtocolError,
+                    reason: "a frame stayed incomplete past the frame timeout",
+                });
+                return;
+            }
+            // Paused by a memory budget: we are the ones not reading, so the
+            // peer's frame is not late; its clock restarts.
+            let t = self.config.frame_timeout.unwrap_or_default();
+            self.frame_deadline = Some(deadline.max(now) + t);
+        }
+        if let Some(deadline) = self.idle_deadline(now) {
+            if deadline <= now {
+                self.die(Error::SessionClosed);
+                return;
+            }
+        }
         if self.budget_retry.is_some_and(|t| t <= now) {
             self.memory.settle(self.streams.len());
             self.budget_retry = self.memory.global_full().then(|| now + BUDGET_RETRY);
@@ -583,11 +632,30 @@ impl Session {
 
     /// When [`Session::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let linger = self.lingering.front().map(|&(t, _)| t);
-        match (linger, self.budget_retry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        if self.error.is_some() {
+            return None;
         }
+        let linger = self.lingering.front().map(|&(t, _)| t);
+        [
+            linger,
+            self.budget_retry,
+            self.frame_deadline,
+            self.last_input.and_then(|t| self.idle_deadline(t)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// When an idle session closes itself: `idle_timeout` after the last
+    /// input (or after `now`, the first time the clock is read), while no
+    /// stream is open.
+    fn idle_deadline(&self, now: Instant) -> Option<Instant> {
+        let t = self.config.idle_timeout?;
+        if !self.streams.is_empty() {
+            return None;
+        }
+        Some(self.last_input.unwrap_or(now) + t)
     }
 
     // ---- frame reading ----------------------------------------------------
@@ -1069,5 +1137,132 @@ mod tests {
             assert!(!s.is_dead());
             assert_eq!(s.open(), Err(Error::StreamsExhausted));
         }
+    }
+
+    fn goaway_code(s: &mut Session) -> Option<u32> {
+        let mut buf = BytesMut::new();
+        s.poll_transmit(&mut buf);
+        let mut b = &buf[..];
+        while let Ok(Decode::Frame(f, n)) = Frame::decode(b) {
+            if let Frame::GoAway { code, .. } = f {
+                return Some(code.to_u32());
+            }
+            b = &b[n..];
+        }
+        None
+    }
+
+    /// A header sent 5 bytes of 8 and then nothing: the session ends with
+    /// GOAWAY ProtocolError once the frame timeout passes, not before.
+    #[test]
+    fn a_partial_frame_ends_the_session_after_the_frame_timeout() {
+        let t = Duration::from_secs(10);
+        let mut s = Session::new(Role::Server, Config::default().with_frame_timeout(Some(t)));
+        let t0 = Instant::now();
+        assert_eq!(s.poll_timeout(), None);
+        s.handle_input(t0, &[0, 0, 100, 0, 0]);
+        assert_eq!(s.poll_timeout(), Some(t0 + t));
+        // More bytes of the same frame do not move the deadline.
+        s.handle_input(t0 + Duration::from_secs(5), &[0]);
+        assert_eq!(s.poll_timeout(), Some(t0 + t));
+        s.handle_timeout(t0 + Duration::from_secs(9));
+        assert!(!s.is_dead());
+        s.handle_timeout(t0 + t);
+        assert!(s.is_dead());
+        assert_eq!(goaway_code(&mut s), Some(ErrorCode::ProtocolError.to_u32()));
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    /// Steady traffic where every read ends inside a frame lives on: each
+    /// frame is complete well within the timeout, though the session is
+    /// never between frames when a read ends.
+    #[test]
+    fn steady_traffic_ending_mid_frame_is_not_timed_out() {
+        let t = Duration::from_secs(1);
+        let mut s = Session::new(Role::Server, Config::default().with_frame_timeout(Some(t)));
+        let mut wire = Vec::new();
+        frame::encode_data(&mut wire, 3, &[1; 100], FLAG_SYN).unwrap();
+        for _ in 0..100 {
+            frame::encode_data(&mut wire, 3, &[1; 100], 0).unwrap();
+        }
+        let key = {
+            let t0 = Instant::now();
+            s.handle_input(t0, &wire[..50]);
+            s.accept().unwrap().unwrap()
+        };
+        let t0 = Instant::now();
+        let mut buf = [0u8; 4096];
+        // 150-byte reads, 0.4 s apart: every read ends mid-frame, 40 s in all.
+        for (i, piece) in wire[50..].chunks(150).enumerate() {
+            let now = t0 + Duration::from_millis(400 * i as u64);
+            s.handle_timeout(now);
+            s.handle_input(now, piece);
+            assert!(!s.is_dead(), "killed at piece {i}");
+            while s.read(key, &mut buf).unwrap().is_some_and(|n| n > 0) {}
+        }
+    }
+
+    /// Whole frames leave no deadline behind; without the setting there is none.
+    #[test]
+    fn complete_frames_clear_the_frame_deadline() {
+        let t = Duration::from_secs(1);
+        let mut s = Session::new(Role::Server, Config::default().with_frame_timeout(Some(t)));
+        let mut wire = Vec::new();
+        frame::encode_data(&mut wire, 3, b"hello", FLAG_SYN).unwrap();
+        let t0 = Instant::now();
+        s.handle_input(t0, &wire[..10]);
+        assert!(s.poll_timeout().is_some());
+        s.handle_input(t0, &wire[10..]);
+        assert_eq!(s.poll_timeout(), None);
+        s.handle_timeout(t0 + 10 * t);
+        assert!(!s.is_dead());
+
+        let mut plain = Session::new(Role::Server, Config::default());
+        plain.handle_input(t0, &wire[..10]);
+        assert_eq!(plain.poll_timeout(), None, "no frame timeout by default");
+    }
+
+    /// While a memory budget pauses the session, its own not reading is not
+    /// the peer's fault: the frame's clock restarts instead of killing it.
+    #[test]
+    fn a_session_paused_by_its_budget_does_not_time_the_peer_out() {
+        let t = Duration::from_secs(1);
+        let mut s = Session::new(
+            Role::Server,
+            Config::default()
+                .with_frame_timeout(Some(t))
+                .with_max_session_memory(1024),
+        );
+        let mut wire = Vec::new();
+        frame::encode_data(&mut wire, 3, &[7; 4000], FLAG_SYN).unwrap();
+        let t0 = Instant::now();
+        s.handle_input(t0, &wire[..3000]);
+        assert!(!s.wants_input(), "over its 1 KiB budget");
+        s.handle_timeout(t0 + 2 * t);
+        assert!(!s.is_dead());
+        assert!(s.poll_timeout().is_some_and(|d| d > t0 + 2 * t));
+    }
+
+    /// No stream and no input for the idle timeout: GOAWAY NoError. A
+    /// session with a stream open is not idle.
+    #[test]
+    fn an_idle_session_closes_itself() {
+        let t = Duration::from_secs(30);
+        let mut s = Session::new(Role::Server, Config::default().with_idle_timeout(Some(t)));
+        let deadline = s.poll_timeout().expect("an idle deadline from the start");
+        s.handle_timeout(deadline - Duration::from_secs(1));
+        assert!(!s.is_dead());
+        s.handle_timeout(deadline);
+        assert!(s.is_dead());
+        assert_eq!(goaway_code(&mut s), Some(ErrorCode::NoError.to_u32()));
+
+        let mut busy = Session::new(Role::Server, Config::default().with_idle_timeout(Some(t)));
+        let mut wire = Vec::new();
+        frame::encode_data(&mut wire, 3, b"hi", FLAG_SYN).unwrap();
+        let t0 = Instant::now();
+        busy.handle_input(t0, &wire);
+        assert_eq!(busy.poll_timeout(), None, "a stream is open");
+        busy.handle_timeout(t0 + 10 * t);
+        assert!(!busy.is_dead());
     }
 }

@@ -19,10 +19,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use model::{
-    bench_config, Driver, DriverChoice, EngineOpts, HeartbeatOpts, Mode, Placement, Scenario,
-    System,
-};
+use model::{Driver, DriverChoice, EngineOpts, HeartbeatOpts, Mode, Placement, Scenario, System};
 use muxado::heartbeat::HeartbeatConfig;
 
 /// The muxado stream multiplexer on io_uring: a server and a benchmark.
@@ -206,6 +203,18 @@ enum Command {
         /// on the tokio driver, worker threads.
         #[arg(long, default_value_t = 1)]
         cores: usize,
+        /// Memory budget shared by all sessions on all cores (e.g. 512M, 2G):
+        /// past it new streams are refused and sessions stop reading.
+        #[arg(long, value_name = "SIZE", value_parser = model::parse_size)]
+        max_memory: Option<usize>,
+        /// A frame begun but not finished within this is a slowloris: the
+        /// session ends with GOAWAY ProtocolError (0: never).
+        #[arg(long, value_name = "SECS", default_value = "10", value_parser = model::parse_duration)]
+        frame_timeout: Duration,
+        /// A session with no stream that receives nothing for this long is
+        /// closed with GOAWAY NoError (0: never).
+        #[arg(long, value_name = "SECS", default_value = "300", value_parser = model::parse_duration)]
+        idle_timeout: Duration,
         #[command(flatten)]
         heartbeat: HeartbeatArgs,
         #[command(flatten)]
@@ -273,6 +282,9 @@ fn main() -> ExitCode {
             listen,
             mode,
             cores,
+            max_memory,
+            frame_timeout,
+            idle_timeout,
             heartbeat,
             driver,
         } => {
@@ -280,14 +292,15 @@ fn main() -> ExitCode {
                 usage_error("--cores must be at least 1");
             }
             let heartbeat = heartbeat.opts();
+            let config = serve::serve_config(max_memory, frame_timeout, idle_timeout);
             driver.resolve().and_then(|driver| match driver {
-                Driver::Uring => serve(listen, mode, cores, heartbeat, engine),
+                Driver::Uring => serve(listen, mode, cores, config, heartbeat, engine),
                 Driver::Tokio if heartbeat.is_some() => Err(
                     "--heartbeat needs the io_uring driver (the typed and heartbeat layers \
                      run on the engine only)"
                         .into(),
                 ),
-                Driver::Tokio => serve_tokio::serve(listen, mode, cores),
+                Driver::Tokio => serve_tokio::serve(listen, mode, cores, config),
             })
         }
     };
@@ -407,6 +420,7 @@ fn serve(
     listen: SocketAddr,
     mode: Mode,
     cores: usize,
+    config: muxado::Config,
     heartbeat: Option<HeartbeatOpts>,
     engine: EngineOpts,
 ) -> Result<(), String> {
@@ -425,18 +439,21 @@ fn serve(
         None => tracing::info!("muxado serve: {mode:?} on {listen} with {cores} core(s)"),
     }
     engine
-        .run(move |_core| async move {
-            match muxado::engine::net::TcpListener::bind(listen) {
-                Ok(listener) => {
-                    match heartbeat {
-                        Some(hb) => {
-                            serve::muxado_heartbeat_server(listener, mode, bench_config(), hb).await
+        .run(move |_core| {
+            let config = config.clone();
+            async move {
+                match muxado::engine::net::TcpListener::bind(listen) {
+                    Ok(listener) => {
+                        match heartbeat {
+                            Some(hb) => {
+                                serve::muxado_heartbeat_server(listener, mode, config, hb).await
+                            }
+                            None => serve::muxado_server(listener, mode, config).await,
                         }
-                        None => serve::muxado_server(listener, mode, bench_config()).await,
+                        Ok(())
                     }
-                    Ok(())
+                    Err(e) => Err(format!("listen on {listen}: {e}")),
                 }
-                Err(e) => Err(format!("listen on {listen}: {e}")),
             }
         })
         .map_err(|e| e.to_string())?

@@ -98,11 +98,55 @@ impl EngineOpts {
 }
 
 /// The session settings of the bench (both ends) and of `muxado serve`:
-/// room for the 1,024-stream cases and for bursts of opens.
+/// room for the 1,024-stream cases and for bursts of opens. The accept
+/// backlog equals the stream cap: every stream the cap admits may wait for
+/// `accept` (a queued stream costs a few bytes), so a burst within the cap is
+/// never refused with AcceptQueueFull.
 pub fn bench_config() -> muxado::Config {
     muxado::Config::default()
         .with_max_streams(1 << 16)
-        .with_accept_backlog(1 << 14)
+        .with_accept_backlog(1 << 16)
+}
+
+/// Parses a duration such as `10`, `2.5`, `10s` or `500ms` (seconds unless
+/// `ms`); `0` means none.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else {
+        (t.strip_suffix('s').unwrap_or(t), 1.0)
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected seconds (e.g. 10, 2.5s, 500ms)"))?;
+    Duration::try_from_secs_f64(v * scale).map_err(|_| format!("invalid duration {s:?}"))
+}
+
+/// Parses a size such as `512M`, `2G`, `64K` or `1048576` (bytes; K, M, G
+/// are powers of 1024, an optional trailing `B`/`iB` is accepted).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 10),
+        Some('M') => (&t[..t.len() - 1], 20),
+        Some('G') => (&t[..t.len() - 1], 30),
+        _ => (t, 0),
+    };
+    let n: usize = digits.parse().map_err(|_| {
+        format!("invalid size {s:?}: expected a number with an optional K, M or G (e.g. 512M)")
+    })?;
+    let bytes = n
+        .checked_mul(1usize << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))?;
+    if bytes < 1 << 20 {
+        return Err(format!("size {s:?} is too small: at least 1M"));
+    }
+    Ok(bytes)
 }
 
 /// A workload.

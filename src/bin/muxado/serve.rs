@@ -7,8 +7,9 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use muxado::engine::{self, net::TcpListener, net::TcpStream};
 use muxado::heartbeat::{Heartbeat, HeartbeatEvent};
@@ -19,8 +20,35 @@ use crate::model::{HeartbeatOpts, Mode, TAG_SINK};
 
 /// Size of the buffers streams are served with.
 pub const BUF_SIZE: usize = 64 * 1024;
-/// Buffers a pool keeps at most (64 MiB).
-const POOL_MAX: usize = 1024;
+/// Buffers a pool keeps at most (4 MiB per pool, one pool per core): what a
+/// burst of bulk streams warmed up is not held for ever after it.
+const POOL_MAX: usize = 64;
+/// Reads of at most this many bytes are echoed through a buffer of their own
+/// size, so that a stream that receives a few bytes (or is merely open)
+/// holds no 64 KiB buffer: 65,536 open streams must not cost 4 GB.
+const SMALL_READ: usize = 4 * 1024;
+
+/// Bytes of 64 KiB echo buffers in use at once in the whole process (they
+/// hold data read from streams but not yet written back: a peer that does
+/// not read its echoes makes them pile up). Past [`echo_limit`], reads are
+/// echoed [`SMALL_READ`] bytes at a time instead.
+static ECHO_IN_USE: AtomicUsize = AtomicUsize::new(0);
+static ECHO_LIMIT: AtomicUsize = AtomicUsize::new(64 << 20);
+
+/// Sets the most bytes of 64 KiB echo buffers in use at once (default 64 MiB).
+fn set_echo_limit(bytes: usize) {
+    ECHO_LIMIT.store(bytes, Ordering::Relaxed);
+}
+
+/// Charges one echo buffer if the process-wide limit allows it.
+fn try_charge_echo() -> bool {
+    let limit = ECHO_LIMIT.load(Ordering::Relaxed);
+    ECHO_IN_USE
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+            (used + BUF_SIZE <= limit).then_some(used + BUF_SIZE)
+        })
+        .is_ok()
+}
 
 /// Buffers of finished streams, reused by the next ones: a server taking
 /// many short streams should not allocate and zero 64 KiB for each. Every
@@ -51,6 +79,21 @@ impl BufPool {
     }
 }
 
+/// A 64 KiB echo buffer charged to the process-wide echo limit: `None`
+/// when the limit is reached.
+fn take_echo(pool: &BufPool) -> Option<EchoBuf> {
+    try_charge_echo().then(|| EchoBuf(pool.take(false)))
+}
+
+/// A pooled buffer charged to [`ECHO_IN_USE`] until dropped.
+struct EchoBuf(PooledBuf);
+
+impl Drop for EchoBuf {
+    fn drop(&mut self) {
+        ECHO_IN_USE.fetch_sub(BUF_SIZE, Ordering::Relaxed);
+    }
+}
+
 /// A buffer of a [`BufPool`].
 pub struct PooledBuf {
     pub buf: Vec<u8>,
@@ -59,6 +102,9 @@ pub struct PooledBuf {
 
 impl Drop for PooledBuf {
     fn drop(&mut self) {
+        if self.buf.capacity() != BUF_SIZE {
+            return;
+        }
         let buf = std::mem::take(&mut self.buf);
         if let Ok(mut pool) = self.pool.0.lock() {
             if pool.len() < POOL_MAX {
@@ -68,14 +114,43 @@ impl Drop for PooledBuf {
     }
 }
 
+/// The session settings of `muxado serve`: the bench's, with the timeouts
+/// a server facing untrusted peers needs (zero: none; the defaults are 10 s
+/// for a frame, 5 min for an idle session) and, with `--max-memory`, one
+/// budget shared by every session on every core. Of `max_memory`, half is
+/// the sessions' budget (received bytes not yet echoed, stream state), an
+/// eighth the echo buffers' limit; the rest is left for what neither
+/// counts (tasks, socket bookkeeping, the allocator's slack).
+pub fn serve_config(
+    max_memory: Option<usize>,
+    frame_timeout: Duration,
+    idle_timeout: Duration,
+) -> Config {
+    let config = crate::model::bench_config()
+        .with_frame_timeout(Some(frame_timeout).filter(|t| !t.is_zero()))
+        .with_idle_timeout(Some(idle_timeout).filter(|t| !t.is_zero()));
+    match max_memory {
+        Some(m) => {
+            set_echo_limit(m / 8);
+            let session_max = config.max_session_memory.min(m / 2);
+            config
+                .with_max_session_memory(session_max)
+                .with_memory_budget(Some(muxado::proto::MemoryBudget::new(m / 2)))
+        }
+        None => config,
+    }
+}
+
 /// Accepts connections forever, running a muxado server session on each.
 pub async fn muxado_server(listener: TcpListener, mode: Mode, config: Config) {
     let pool = BufPool::default();
+    let mut accept_errors = AcceptErrors::default();
+    engine::spawn(trimmer());
     loop {
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
             Err(e) => {
-                tracing::warn!("accept failed: {e}");
+                accept_errors.failed(&e);
                 engine::sleep(Duration::from_millis(10)).await;
                 continue;
             }
@@ -86,6 +161,8 @@ pub async fn muxado_server(listener: TcpListener, mode: Mode, config: Config) {
             while let Ok(stream) = session.accept().await {
                 engine::spawn(serve_stream(stream, mode, pool.clone()));
             }
+            drop(session);
+            SESSION_ENDED.store(true, Ordering::Relaxed);
         });
     }
 }
@@ -123,11 +200,13 @@ pub async fn muxado_heartbeat_server(
     hb: HeartbeatOpts,
 ) {
     let pool = BufPool::default();
+    let mut accept_errors = AcceptErrors::default();
+    engine::spawn(trimmer());
     loop {
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
             Err(e) => {
-                tracing::warn!("accept failed: {e}");
+                accept_errors.failed(&e);
                 engine::sleep(Duration::from_millis(10)).await;
                 continue;
             }
@@ -145,6 +224,8 @@ pub async fn muxado_heartbeat_server(
             while let Ok(stream) = heartbeat.accept_typed().await {
                 engine::spawn(serve_stream(stream.into_stream(), mode, pool.clone()));
             }
+            drop(heartbeat);
+            SESSION_ENDED.store(true, Ordering::Relaxed);
         });
     }
 }
@@ -174,20 +255,114 @@ async fn serve_stream(mut stream: Stream, mut mode: Mode, pool: BufPool) {
         }
         return;
     }
-    let mut pooled = pool.take(true);
-    let buf = &mut pooled.buf[..BUF_SIZE];
+    // What is read is copied out (the borrowed bytes cannot be held across
+    // the write) into a buffer the size of the read: a few bytes for small
+    // reads, a pooled 64 KiB buffer for bulk ones while the process-wide echo
+    // limit allows. Either is given back as soon as it is written, so an
+    // idle or merely open stream holds no buffer at all.
+    let mut small = Vec::new();
     loop {
-        match stream.read(buf).await {
+        let mut big: Option<EchoBuf> = None;
+        let read = stream
+            .read_with(|bytes| {
+                if bytes.len() > SMALL_READ {
+                    if let Some(mut b) = take_echo(&pool) {
+                        let n = bytes.len().min(BUF_SIZE);
+                        b.0.buf.clear();
+                        b.0.buf.extend_from_slice(&bytes[..n]);
+                        big = Some(b);
+                        return n;
+                    }
+                }
+                let n = bytes.len().min(SMALL_READ);
+                small.clear();
+                small.extend_from_slice(&bytes[..n]);
+                n
+            })
+            .await;
+        match read {
             Ok(0) => break,
-            Ok(n) => {
-                if stream.write_all(&buf[..n]).await.is_err() {
+            Ok(_) => {
+                let data = big.as_ref().map_or(&small[..], |b| &b.0.buf[..]);
+                if stream.write_all(data).await.is_err() {
                     return;
+                }
+                if small.capacity() > 256 {
+                    small = Vec::new();
                 }
             }
             Err(_) => return,
         }
     }
     let _ = stream.close_write();
+}
+
+/// Set when a session ends: the trimmer then hands freed memory back to the
+/// operating system.
+static SESSION_ENDED: AtomicBool = AtomicBool::new(false);
+/// Every second, if a session ended since the last look, asks the allocator
+/// to return its free memory to the system (one core does it for the
+/// process). glibc's malloc keeps freed memory in its arenas: after a flood
+/// of 65,536 streams ends, the process would otherwise stay at its peak RSS.
+/// `malloc_trim` releases the free pages of every arena (the top of the heap
+/// and, with `MADV_DONTNEED`, whole free pages inside it); it takes a few
+/// milliseconds, hence once a second at most and only after sessions end.
+///
+/// `MUXADO_NO_TRIM=1` turns it off, to measure what it buys.
+async fn trimmer() {
+    if std::env::var_os("MUXADO_NO_TRIM").is_some_and(|v| v == "1") {
+        return;
+    }
+    // Whichever core sees the flag trims, and once more a second later, for
+    // what the ended session's last streams freed after it.
+    let mut again = false;
+    loop {
+        engine::sleep(Duration::from_secs(1)).await;
+        let ended = SESSION_ENDED.swap(false, Ordering::Relaxed);
+        if ended || again {
+            trim_allocator();
+        }
+        again = ended;
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_allocator() {
+    // SAFETY: malloc_trim only walks and releases the allocator's own free
+    // memory; it takes the arena locks itself and is safe at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_allocator() {}
+
+/// Accept failures (out of descriptors, mostly), logged at most once a
+/// second with how many there were rather than every 10 ms.
+#[derive(Default)]
+struct AcceptErrors {
+    count: u64,
+    last_log: Option<Instant>,
+}
+
+impl AcceptErrors {
+    fn failed(&mut self, e: &std::io::Error) {
+        self.count += 1;
+        let now = Instant::now();
+        if self
+            .last_log
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        tracing::warn!(
+            "accept failed: {e} ({} failure(s) in the last second)",
+            self.count
+        );
+        self.count = 0;
+        self.last_log = Some(now);
+    }
 }
 
 /// Accepts plain TCP connections forever and serves each as one stream: the

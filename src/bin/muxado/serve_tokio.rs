@@ -12,13 +12,13 @@ use muxado::tokio::Session;
 use muxado::Config;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::model::{bench_config, Mode, TAG_SINK};
+use crate::model::{Mode, TAG_SINK};
 use crate::serve::{BufPool, BUF_SIZE};
 
 /// Runs `muxado serve` on a multi-thread tokio runtime of `workers` threads
 /// until the process is stopped; an error if the runtime or the listener
 /// cannot be set up.
-pub fn serve(listen: SocketAddr, mode: Mode, workers: usize) -> Result<(), String> {
+pub fn serve(listen: SocketAddr, mode: Mode, workers: usize, config: Config) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name("muxado-serve")
@@ -33,7 +33,7 @@ pub fn serve(listen: SocketAddr, mode: Mode, workers: usize) -> Result<(), Strin
             "muxado serve: {mode:?} on {listen} with {workers} tokio worker thread(s) \
              (the tokio driver)"
         );
-        muxado_server(listener, mode, bench_config()).await;
+        muxado_server(listener, mode, config).await;
         Ok(())
     })
 }
