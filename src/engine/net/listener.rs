@@ -2,13 +2,14 @@
 
 use std::io;
 use std::mem;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use io_uring::{opcode, types};
 
-use super::addr::{cvt, from_sockaddr, new_socket, resolve, set_opt, sock_name, to_sockaddr};
+use super::addr::{cvt, from_sockaddr, new_socket, set_opt, sock_name, to_sockaddr};
+use super::resolve::ToAddrs;
 use super::stream::{Socket, TcpStream};
 use crate::engine::op::Op;
 use crate::engine::ring::Completion;
@@ -24,16 +25,23 @@ pub struct TcpListener {
 }
 
 impl TcpListener {
-    /// Binds and listens (backlog 1024). Does not need an engine core.
-    pub fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+    /// Binds and listens (backlog 1024) on the first address that binds. Does not need an
+    /// engine core.
+    ///
+    /// Synchronous, meant for startup: a numeric address (a `SocketAddr`, `"127.0.0.1:0"`…) is
+    /// parsed inline, but a host name (`"localhost:0"`) is looked up inline too, blocking the
+    /// calling thread for the lookup — on an engine core, the whole core. Bind before the
+    /// cores start, or pass numeric addresses, to keep a core from waiting on DNS.
+    pub fn bind(addr: impl ToAddrs) -> io::Result<TcpListener> {
+        let addrs = addr.to_target()?.resolve_inline()?;
         let mut last = None;
-        for a in resolve(addr)? {
-            match Self::bind_one(&a) {
+        for a in addrs.as_slice() {
+            match Self::bind_one(a) {
                 Ok(l) => return Ok(l),
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.expect("resolve gives at least one address"))
+        Err(last.expect("a resolved target has at least one address"))
     }
 
     fn bind_one(addr: &SocketAddr) -> io::Result<TcpListener> {

@@ -7,7 +7,8 @@
 
 //!
 //! Parts: `buf` (the owned-buffer traits), `addr` (socket addresses and the plain socket
-//! syscalls), `listener`, `stream`, `multishot` (multishot receive into the provided-buffer
+//! syscalls), `resolve` ([`ToAddrs`]: what connect and bind accept; host names looked up off the
+//! core), `listener`, `stream`, `multishot` (multishot receive into the provided-buffer
 //! ring), `unix` (Unix listener and stream: a path or an abstract name; once connected, the same
 //! operations as a TCP stream). Every operation in flight holds a reference to its socket, so a descriptor is closed
 //! only after the last completion naming it was reaped.
@@ -16,11 +17,13 @@ mod addr;
 mod buf;
 mod listener;
 mod multishot;
+mod resolve;
 mod stream;
 mod unix;
 
 pub use buf::{IoBuf, IoBufMut};
 pub use listener::TcpListener;
 pub use multishot::{MultiRecv, RecvBuf};
+pub use resolve::{Target, ToAddrs, MAX_LOOKUPS_IN_FLIGHT};
 pub use stream::TcpStream;
 pub use unix::{UnixAddr, UnixListener, UnixStream};

@@ -2,15 +2,16 @@
 //! starts here and lives in `multishot`.
 
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 
 use io_uring::{opcode, types};
 
-use super::addr::{cvt, new_socket, resolve, set_opt, sock_name, to_sockaddr};
+use super::addr::{cvt, new_socket, set_opt, sock_name, to_sockaddr};
 use super::buf::{IoBuf, IoBufMut};
 use super::multishot::MultiRecv;
+use super::resolve::ToAddrs;
 use crate::engine::core_loop;
 use crate::engine::op::Op;
 
@@ -52,16 +53,25 @@ impl TcpStream {
         })
     }
 
-    /// Connects (`IORING_OP_CONNECT`), trying each resolved address in turn. `TCP_NODELAY` is on.
-    pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
+    /// Connects (`IORING_OP_CONNECT`), trying each address in turn until one answers.
+    /// `TCP_NODELAY` is on.
+    ///
+    /// Never blocks the core: a numeric address (a `SocketAddr`, `"127.0.0.1:80"`,
+    /// `("::1", 80)`…) is parsed inline, with no lookup and no thread; a host name
+    /// (`"localhost:80"`) is looked up on a short-lived thread of its own while this task waits
+    /// and the core runs its other tasks (see [`ToAddrs`]). At most
+    /// [`MAX_LOOKUPS_IN_FLIGHT`](super::MAX_LOOKUPS_IN_FLIGHT) lookups run at once in the
+    /// process; beyond that the connect fails at once.
+    pub async fn connect(addr: impl ToAddrs) -> io::Result<TcpStream> {
+        let addrs = addr.to_target()?.resolve().await?;
         let mut last = None;
-        for a in resolve(addr)? {
-            match Self::connect_one(&a).await {
+        for a in addrs.as_slice() {
+            match Self::connect_one(a).await {
                 Ok(s) => return Ok(s),
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.expect("resolve gives at least one address"))
+        Err(last.expect("a resolved target has at least one address"))
     }
 
     async fn connect_one(addr: &SocketAddr) -> io::Result<TcpStream> {
