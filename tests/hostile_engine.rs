@@ -61,9 +61,14 @@ async fn echo(mut stream: Stream) {
 
 impl EngineServer {
     fn start(config: Config, conns: usize) -> EngineServer {
-        // Said here, in the test's own thread: a failure inside the server
-        // thread would only show as a closed channel.
-        engine::probe().expect("io_uring unavailable: this engine test cannot run");
+        // Said here, where the test fails: a failure inside the server thread
+        // would only show as a closed channel. The probe's ring lives on a
+        // thread of its own, so its teardown (kernel task work) never
+        // interrupts this thread's blocking socket reads with EINTR.
+        thread::spawn(engine::probe)
+            .join()
+            .expect("probe thread")
+            .expect("io_uring unavailable: this engine test cannot run");
         let (tx, ends) = mpsc::channel();
         let (addr_tx, addr_rx) = mpsc::channel();
         let accepting = Arc::new(AtomicBool::new(true));
