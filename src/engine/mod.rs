@@ -174,9 +174,16 @@ pub struct Features {
 /// The error names the cause: [`EngineError::Unavailable`] with EPERM (a seccomp filter such as
 /// Docker's default profile, or `kernel.io_uring_disabled`), ENOSYS (no io_uring in this kernel)
 /// or ENOMEM (`RLIMIT_MEMLOCK` too low), or [`EngineError::MissingOpcode`] (kernel too old). It
-/// creates and closes a small ring; nothing stays behind.
+/// creates and closes a small ring, on a short-lived thread of its own; nothing stays behind.
 pub fn probe() -> Result<(), EngineError> {
-    ring::probe()
+    // Not on the caller's thread: the kernel finishes tearing a ring down with task work on the
+    // thread that created it, which can interrupt that thread's next blocking system call with
+    // EINTR (seen as a failed blocking socket read right after a probe).
+    std::thread::Builder::new()
+        .name("muxado-probe".into())
+        .spawn(ring::probe)?
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the io_uring probe panicked").into()))
 }
 
 /// The features of the current core, `None` outside a core.
