@@ -68,6 +68,10 @@ pub struct Driver<T> {
     out: BytesMut,
     written: usize,
     needs_flush: bool,
+    /// The session's memory budget was spent at the last look: re-checked
+    /// (under the lock) only while set, so a running session pays no extra
+    /// lock per read.
+    input_paused: bool,
     /// The protocol's timer while running, the grace or linger deadline
     /// after. Made on first use, inside the runtime (one allocation).
     sleep: Option<Pin<Box<Sleep>>>,
@@ -87,6 +91,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             out: BytesMut::with_capacity(READ_CHUNK),
             written: 0,
             needs_flush: false,
+            input_paused: false,
             sleep: None,
             sleep_at: None,
         }
@@ -127,15 +132,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         }
         // Past its memory budget the session takes no more input until its
         // streams drain: leaving the transport unread is the backpressure.
-        let paused = self.shared.with(|st| {
-            st.input_paused = !st.proto.wants_input() && !st.proto.is_dead();
-            if st.input_paused {
-                st.wait_driver(cx);
+        if self.input_paused {
+            self.input_paused = self.shared.with(|st| pause_input(st, cx));
+            if self.input_paused {
+                return false;
             }
-            st.input_paused
-        });
-        if paused {
-            return false;
         }
         let mut buf = ReadBuf::new(&mut self.rbuf);
         match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
@@ -146,7 +147,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 // After the session's death input is still read but dropped:
                 // a socket closed with unread input answers with RST, and the
                 // peer could lose the last bytes we sent (our GOAWAY among them).
-                self.shared.with(|st| {
+                self.input_paused = self.shared.with(|st| {
                     if !st.proto.is_dead() {
                         st.recvs += 1;
                         if n == 0 {
@@ -155,6 +156,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                             st.proto.handle_input(Instant::now(), data);
                         }
                     }
+                    pause_input(st, cx)
                 });
                 if n == 0 {
                     self.read_closed = true;
@@ -329,4 +331,15 @@ impl<T> Drop for Driver<T> {
             }
         });
     }
+}
+
+/// Past its memory budget the session takes no more input until its streams
+/// drain: leaving the transport unread is the backpressure. Returns whether
+/// input is paused; if so the driver is woken when input is wanted again.
+fn pause_input(st: &mut super::shared::State, cx: &Context<'_>) -> bool {
+    st.input_paused = !st.proto.wants_input() && !st.proto.is_dead();
+    if st.input_paused {
+        st.wait_driver(cx);
+    }
+    st.input_paused
 }
