@@ -37,9 +37,11 @@ const CHUNK: usize = 64 * 1024;
 pub const SESSION_FLOOR: usize = 256 * 1024;
 
 /// Spare receive buffers a session keeps for reuse (so that steady traffic
-/// allocates nothing while idle streams hold no buffer at all), at most this
-/// many and [`POOL_BYTES`] together.
-const POOL_BUFFERS: usize = 64;
+/// allocates nothing while idle streams hold no large buffer), at most this
+/// many and [`POOL_BYTES`] together. The count is high enough for a session
+/// of a thousand streams trading mid-sized messages; the byte cap is what
+/// bounds memory.
+const POOL_BUFFERS: usize = 1024;
 
 /// Most bytes of spare buffers a session keeps.
 const POOL_BYTES: usize = 2 << 20;

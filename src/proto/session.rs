@@ -30,6 +30,10 @@ use crate::frame::{self, FrameType, Header, FLAG_FIN, FLAG_SYN, GOAWAY_FIXED_LEN
 /// How often a session paused by the shared memory budget asks it again.
 const BUDGET_RETRY: Duration = Duration::from_millis(10);
 
+/// Largest drained receive buffer a stream keeps (a larger one goes back
+/// to the session's spares): well within [`STREAM_COST`](super::STREAM_COST).
+const KEEP_RECV_BUF: usize = 256;
+
 /// Largest receive window: credit must fit a WNDINC's 31 bits with room to spare.
 pub const MAX_WINDOW: u32 = 1 << 30;
 
@@ -479,10 +483,21 @@ impl Session {
             let n = consume(&s.recv_buf).min(s.recv_buf.len());
             s.recv_buf.advance(n);
             let drained = s.recv_buf.is_empty();
-            self.memory.sub_buffered(n);
             if drained {
-                // An idle stream holds no buffer: the drained one goes back
-                // to the session's spares for the next stream that receives.
+                // Reclaim the consumed front (never allocates) to see the
+                // buffer's whole size.
+                s.recv_buf.clear();
+                let _ = s.recv_buf.try_reclaim(s.recv_buf.capacity() + 1);
+            }
+            let large = s.recv_buf.capacity() > KEEP_RECV_BUF;
+            self.memory.sub_buffered(n);
+            // A small drained buffer stays with its stream (its size is
+            // within the per-stream estimate, STREAM_COST): a stream trading
+            // small messages would otherwise cycle one through the pool on
+            // every message. A large one goes back to the session's spares
+            // for the next stream that receives: an idle stream holds no
+            // large buffer.
+            if drained && large {
                 self.recycle_recv_buf(key.slot as usize);
             }
             self.credit(key, n);
