@@ -165,6 +165,7 @@ impl SessionMemory {
     }
 
     /// What the session holds with `streams` streams alive.
+    #[inline]
     pub(crate) fn held(&self, streams: usize) -> usize {
         self.buffered + self.pool_bytes + streams * STREAM_COST
     }
@@ -175,6 +176,7 @@ impl SessionMemory {
     }
 
     /// True while the session holds more than a budget lets it.
+    #[inline]
     pub(crate) fn over(&self, streams: usize) -> bool {
         self.global_full || self.held(streams) > self.limit
     }
@@ -239,7 +241,18 @@ impl SessionMemory {
     /// chunks, with a chunk of slack each way so that a session hovering at a
     /// chunk boundary does not touch the atomic on every frame. Past a budget
     /// the spare buffers go first.
+    #[inline]
     pub(crate) fn settle(&mut self, streams: usize) {
+        // The common case, called after every read and every input: no
+        // shared budget, and within the session's own.
+        if self.global.is_none() && self.held(streams) <= self.limit {
+            return;
+        }
+        self.settle_slow(streams);
+    }
+
+    #[cold]
+    fn settle_slow(&mut self, streams: usize) {
         if self.held(streams) > self.limit && !self.pool.is_empty() {
             self.drop_pool();
         }
@@ -253,7 +266,7 @@ impl SessionMemory {
                 } else if !global.try_charge(CHUNK) {
                     if !self.pool.is_empty() {
                         self.drop_pool();
-                        return self.settle(streams);
+                        return self.settle_slow(streams);
                     }
                     self.global_full = true;
                     return;

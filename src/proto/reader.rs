@@ -75,6 +75,7 @@ impl FrameReader {
 
     /// The next step found in `data` (which is advanced past it), or `None`
     /// once `data` is used up without completing one.
+    #[inline]
     pub(crate) fn next<'a>(&mut self, data: &mut &'a [u8]) -> Option<Step<'a>> {
         if data.is_empty() {
             return None;

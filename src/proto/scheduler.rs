@@ -59,6 +59,7 @@ impl Scheduler {
     /// How many of `len` bytes stream `s` may queue now, with `room` bytes
     /// left in the send buffer; `Err` says why none, and a stream stalled on
     /// the buffer is queued to be woken.
+    #[inline]
     pub(crate) fn admit(
         &mut self,
         key: StreamKey,

@@ -260,6 +260,7 @@ impl Session {
     /// as the application reads or resets its streams (check it after every
     /// call). Meanwhile new peer streams are refused with RST StreamRefused.
     /// A dead session always wants input (it is drained and dropped).
+    #[inline]
     pub fn wants_input(&self) -> bool {
         self.error.is_some() || !self.memory.over(self.streams.len())
     }
@@ -646,20 +647,25 @@ impl Session {
     }
 
     /// When [`Session::handle_timeout`] should next be called.
+    #[inline]
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.error.is_some() {
             return None;
         }
-        let linger = self.lingering.front().map(|&(t, _)| t);
-        [
-            linger,
+        // Drivers ask after every call: the common answers (none, or only
+        // a frame deadline) take no more than a few compares.
+        let mut next = self.frame_deadline;
+        for t in [
+            self.lingering.front().map(|&(t, _)| t),
             self.budget_retry,
-            self.frame_deadline,
             self.last_input.and_then(|t| self.idle_deadline(t)),
         ]
         .into_iter()
         .flatten()
-        .min()
+        {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
+        next
     }
 
     /// When an idle session closes itself: `idle_timeout` after the last
@@ -1046,6 +1052,7 @@ impl Session {
 
     /// A peer that sends frames demanding replies but never reads them would
     /// grow the outgoing buffer without bound: past the limit, give up.
+    #[inline]
     fn check_control_backlog(&mut self) {
         let limit = self.config.max_send_buffer + self.config.max_control_backlog;
         if self.out.len() > limit && self.error.is_none() {
