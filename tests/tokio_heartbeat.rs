@@ -184,7 +184,13 @@ async fn tokio_tcp(listener: Option<StdListener>, addr: SocketAddr) -> tokio::ne
     let tcp = match listener {
         Some(l) => {
             let l = tokio::net::TcpListener::from_std(l).unwrap();
-            l.accept().await.unwrap().0
+            // Bounded: if the engine side could not start (io_uring
+            // blocked), its panic is the failure, not a hang here.
+            tokio::time::timeout(LIMIT, l.accept())
+                .await
+                .expect("the engine side connects within the limit")
+                .unwrap()
+                .0
         }
         None => tokio::net::TcpStream::connect(addr).await.unwrap(),
     };
@@ -341,6 +347,9 @@ fn interop_ngrok_timeout_once_and_rearm_tokio_is_server() {
 /// no timeout, and exactly the other's application stream; then the client
 /// closes.
 fn vs_engine(tokio_is_client: bool) {
+    // The engine side runs on a thread of its own: say why it cannot run
+    // here rather than fail on a closed channel or a missing peer.
+    muxado::engine::probe().expect("io_uring available");
     use muxado::engine::{self, net};
     use std::cell::RefCell;
     use std::rc::Rc;

@@ -386,7 +386,13 @@ async fn tokio_tcp(listener: Option<StdListener>, addr: SocketAddr) -> tokio::ne
     let tcp = match listener {
         Some(l) => {
             let l = tokio::net::TcpListener::from_std(l).unwrap();
-            l.accept().await.unwrap().0
+            // Bounded: if the engine side could not start (io_uring
+            // blocked), its panic is the failure, not a hang here.
+            tokio::time::timeout(LIMIT, l.accept())
+                .await
+                .expect("the engine side connects within the limit")
+                .unwrap()
+                .0
         }
         None => tokio::net::TcpStream::connect(addr).await.unwrap(),
     };
@@ -502,6 +508,9 @@ async fn engine_side(typed: muxado::TypedSession, closes: bool, done: Done) {
 /// The tokio side in this thread against the engine's on an engine core;
 /// the client closes once both sides are done.
 fn vs_engine(tokio_is_client: bool) {
+    // The engine side runs on a thread of its own: say why it cannot run
+    // here rather than fail on a closed channel or a missing peer.
+    muxado::engine::probe().expect("io_uring available");
     use muxado::engine::{self, net};
     let done = Done::default();
     let (addr_tx, addr_rx) = mpsc::channel();
