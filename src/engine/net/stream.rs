@@ -21,6 +21,11 @@ enum SendKind {
     Copy,
     /// `IORING_OP_SEND` with `MSG_MORE`: more (or a FIN) follows at once.
     CopyMore,
+    /// `IORING_OP_SEND` with `MSG_WAITALL`: on a short send the kernel waits for room and goes
+    /// on by itself, instead of completing and being submitted again. A session's sender,
+    /// whose socket has `TCP_NOTSENT_LOWAT` set, would otherwise come back for every few
+    /// hundred KiB of a large buffer.
+    CopyAll,
     /// `IORING_OP_SEND_ZC`: two CQEs; the buffer is busy until the notification.
     ZeroCopy,
 }
@@ -222,6 +227,9 @@ impl TcpStream {
                     SendKind::Copy => opcode::Send::new(types::Fd(fd), ptr, len)
                         .flags(libc::MSG_NOSIGNAL)
                         .build(),
+                    SendKind::CopyAll => opcode::Send::new(types::Fd(fd), ptr, len)
+                        .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
+                        .build(),
                     SendKind::CopyMore => opcode::Send::new(types::Fd(fd), ptr, len)
                         .flags(libc::MSG_NOSIGNAL | libc::MSG_MORE)
                         .build(),
@@ -271,7 +279,7 @@ impl TcpStream {
         while done < total {
             let kind = match zc_min {
                 Some(min) if total - done >= min => SendKind::ZeroCopy,
-                _ => SendKind::Copy,
+                _ => SendKind::CopyAll,
             };
             let (r, b) = self.send_with(buf, done, kind).await;
             buf = b;
