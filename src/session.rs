@@ -1,9 +1,10 @@
 //! Async [`Session`] and [`Stream`] handles: the engine driving the sans-IO core.
 //!
-//! A session lives on the core that created it and never moves. Three small
-//! tasks drive it there: a reader (multishot receive → [`proto::Session::handle_input`]),
+//! A session lives on the core that created it and never moves. Small tasks
+//! drive it there: a reader (multishot receive → [`proto::Session::handle_input`]),
 //! a writer (one send in flight; everything the turn's tasks queued goes out in
-//! it) and a clock for the protocol's timers. Handles share the session
+//! it) and, once the protocol first has a deadline, a clock for its timers.
+//! Handles share the session
 //! through an `Rc`: they are `!Send`, tied to their core, and cost no atomics.
 //!
 //! The session reaches its socket only through a [`Transport`] (receive
