@@ -1,9 +1,10 @@
 //! Async [`Session`] and [`Stream`] handles: the engine driving the sans-IO core.
 //!
-//! A session lives on the core that created it and never moves. Three small
-//! tasks drive it there: a reader (multishot receive → [`proto::Session::handle_input`]),
+//! A session lives on the core that created it and never moves. Small tasks
+//! drive it there: a reader (multishot receive → [`proto::Session::handle_input`]),
 //! a writer (one send in flight; everything the turn's tasks queued goes out in
-//! it) and a clock for the protocol's timers. Handles share the session
+//! it) and, once the protocol first has a deadline, a clock for its timers.
+//! Handles share the session
 //! through an `Rc`: they are `!Send`, tied to their core, and cost no atomics.
 //!
 //! The session reaches its socket only through a [`Transport`] (receive
@@ -44,7 +45,7 @@
 //! .expect("echo over muxado");
 //! ```
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
@@ -62,6 +63,17 @@ use crate::transport::Transport;
 
 /// How long a dying session tries to deliver its GOAWAY (Go: 250 ms).
 const GOAWAY_GRACE: Duration = Duration::from_millis(250);
+
+/// `TCP_NOTSENT_LOWAT` of a session's TCP socket, set once a send first
+/// carries [`NOTSENT_LOWAT_AFTER`] bytes. A bulk stream otherwise fills the
+/// kernel's send buffer (autotuned to MBs: 3.4 MB unsent was seen in the
+/// bench's `mixed` case), and a small frame of another stream queues behind
+/// all of it; rpc p50 beside a bulk stream fell from ms to ~250 µs.
+const NOTSENT_LOWAT: u32 = 128 * 1024;
+
+/// A session whose sends stay below this (control traffic, rpc) never pays
+/// the system call that sets [`NOTSENT_LOWAT`].
+const NOTSENT_LOWAT_AFTER: usize = 64 * 1024;
 
 /// How long a dead session waits for the peer to close its side before it
 /// shuts the transport down in both directions.
@@ -119,11 +131,21 @@ struct Shared {
     transport: Transport,
     /// Session handles and streams alive; the session closes when it drops to 0.
     users: Cell<usize>,
-    local_addr: Option<SocketAddr>,
+    /// Asked of the socket on first use only: a `getsockname` per session was a
+    /// measurable part of a short session's cost, and few ask.
+    local_addr: OnceCell<Option<SocketAddr>>,
+    /// Known without a system call for TCP (the address connected to or
+    /// accepted from).
     peer_addr: Option<SocketAddr>,
+    /// Role and transport kind, for the session's span.
+    role: Role,
+    kind: &'static str,
     /// The session's span (role, peer address, transport): its start and end
-    /// are logged in it.
-    span: tracing::Span,
+    /// are logged in it. Made only when one of those lines is to be logged:
+    /// with a formatting subscriber, a span costs its fields' formatting and
+    /// a slot even if never entered, a few per cent of a short session's
+    /// cycles (profiled on the bench's connect case).
+    span: OnceCell<tracing::Span>,
 }
 
 #[derive(Default)]
@@ -154,12 +176,15 @@ struct State {
     recvs: u64,
     /// The session's end was logged.
     end_logged: bool,
+    /// The clock task runs: it is started only once the protocol first has a
+    /// deadline, so a session without timers costs one task less.
+    clock_started: bool,
 }
 
 impl State {
     /// Wakes whoever the protocol's events concern, and the writer if there
     /// is something to send. Called after every handle or mutate.
-    fn dispatch(&mut self, span: &tracing::Span) {
+    fn dispatch(&mut self, shared: &Rc<Shared>) {
         while let Some(event) = self.proto.poll_event() {
             match event {
                 Event::Readable(k) => wake(self.slot(k).read.take()),
@@ -167,7 +192,7 @@ impl State {
                 Event::Accept => self.acceptors.drain(..).for_each(Waker::wake),
                 Event::GoAway => {}
                 Event::Dead => {
-                    self.log_end(span);
+                    self.log_end(shared);
                     self.acceptors.drain(..).for_each(Waker::wake);
                     self.waiters.drain(..).for_each(Waker::wake);
                     self.flush_waiters.drain(..).for_each(Waker::wake);
@@ -180,6 +205,11 @@ impl State {
             wake(self.writer.take());
         }
         if self.proto.poll_timeout().is_some() {
+            if !std::mem::replace(&mut self.clock_started, true) {
+                // Off a core (a handle dropped at engine shutdown) nothing
+                // would run it anyway.
+                let _ = engine::try_spawn_detached(clock(shared.clone()));
+            }
             wake(self.clock.take());
         }
         if self.proto.wants_input() {
@@ -188,25 +218,35 @@ impl State {
     }
 
     /// Logs once why the session ended: info for an error, debug for a clean close.
-    fn log_end(&mut self, span: &tracing::Span) {
+    fn log_end(&mut self, shared: &Shared) {
         if std::mem::replace(&mut self.end_logged, true) {
             return;
         }
-        let _in = span.enter();
         let Some(error) = self.proto.error() else {
             return;
         };
+        let clean = matches!(error, Error::SessionClosed | Error::PeerEof(_));
+        let wanted = if clean {
+            tracing::enabled!(tracing::Level::DEBUG)
+        } else {
+            tracing::enabled!(tracing::Level::INFO)
+        };
+        if !wanted {
+            return;
+        }
+        let _in = shared.span().enter();
         let remote = self.proto.remote_goaway().map(|(code, _)| code);
         let stats = self.proto.stats();
-        match error {
-            Error::SessionClosed | Error::PeerEof(_) => tracing::debug!(
+        if clean {
+            tracing::debug!(
                 %error, remote_goaway = ?remote, frames_in = stats.frames_in,
                 frames_out = stats.frames_out, "session ended"
-            ),
-            _ => tracing::info!(
+            );
+        } else {
+            tracing::info!(
                 %error, remote_goaway = ?remote, frames_in = stats.frames_in,
                 frames_out = stats.frames_out, "session ended"
-            ),
+            );
         }
     }
 
@@ -256,12 +296,8 @@ impl Session {
     }
 
     fn start(transport: Transport, role: Role, config: Config) -> Session {
-        let local_addr = transport.local_addr();
         let peer_addr = transport.peer_addr();
         let kind = transport.kind();
-        let span =
-            tracing::info_span!("muxado_session", ?role, peer = ?peer_addr, transport = kind);
-        span.in_scope(|| tracing::debug!(local = ?local_addr, "session started"));
         let shared = Rc::new(Shared {
             state: RefCell::new(State {
                 proto: proto::Session::new(role, config),
@@ -278,25 +314,36 @@ impl Session {
                 flush_waiters: Vec::new(),
                 recvs: 0,
                 end_logged: false,
+                clock_started: false,
             }),
-            local_addr,
+            local_addr: OnceCell::new(),
             peer_addr,
-            span,
+            role,
+            kind,
+            span: OnceCell::new(),
             transport,
             users: Cell::new(1),
         });
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            // The local address is looked up only if the line is logged.
+            let local = shared.local_addr();
+            shared
+                .span()
+                .in_scope(|| tracing::debug!(local = ?local, "session started"));
+        }
         // The tasks are not instrumented with the span: entering it on every
         // poll cost ~6% of the cycles of a short session (profiled on the
-        // bench's connect case). The session's own log lines (start, end)
-        // enter it explicitly, so they still carry role, peer and transport.
-        let started = engine::try_spawn(reader(shared.clone()))
-            .and_then(|_| engine::try_spawn(writer(shared.clone())))
-            .and_then(|_| engine::try_spawn(clock(shared.clone())));
+        // bench's connect case).
+        // Nobody joins these tasks: detached, they cost no join state. The
+        // clock is started when first needed (see `State::dispatch`).
+        let started = engine::try_spawn_detached(reader(shared.clone()))
+            .and_then(|_| engine::try_spawn_detached(writer(shared.clone())));
+        let mut st = shared.state.borrow_mut();
         if let Err(e) = started {
-            let mut st = shared.state.borrow_mut();
             st.proto.handle_transport_error(&e.to_string());
-            st.dispatch(&shared.span);
         }
+        st.dispatch(&shared);
+        drop(st);
         Session { shared }
     }
 
@@ -337,7 +384,7 @@ impl Session {
             return Err(Error::SessionClosed);
         }
         st.proto.close_session();
-        st.dispatch(&self.shared.span);
+        st.dispatch(&self.shared);
         Ok(())
     }
 
@@ -346,7 +393,7 @@ impl Session {
     pub fn go_away(&self, code: ErrorCode, debug: &[u8]) -> Result<(), Error> {
         let mut st = self.shared.state.borrow_mut();
         st.proto.go_away(code, debug)?;
-        st.dispatch(&self.shared.span);
+        st.dispatch(&self.shared);
         Ok(())
     }
 
@@ -368,7 +415,7 @@ impl Session {
         let target = {
             let mut st = self.shared.state.borrow_mut();
             st.proto.go_away(code, debug)?;
-            st.dispatch(&self.shared.span);
+            st.dispatch(&self.shared);
             // The next send takes every byte queued so far, the GOAWAY included.
             st.sends + 1
         };
@@ -416,7 +463,7 @@ impl Session {
 
     /// The transport's local address.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.shared.local_addr
+        self.shared.local_addr()
     }
 
     /// The transport's remote address.
@@ -441,11 +488,26 @@ impl Clone for Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.shared.release_user();
+        release_user(&self.shared);
     }
 }
 
 impl Shared {
+    fn local_addr(&self) -> Option<SocketAddr> {
+        *self.local_addr.get_or_init(|| self.transport.local_addr())
+    }
+
+    fn span(&self) -> &tracing::Span {
+        self.span.get_or_init(|| {
+            tracing::info_span!(
+                "muxado_session",
+                role = ?self.role,
+                peer = ?self.peer_addr,
+                transport = self.kind
+            )
+        })
+    }
+
     fn stats(&self) -> SessionStats {
         let st = self.state.borrow();
         SessionStats {
@@ -460,16 +522,17 @@ impl Shared {
     fn acquire(&self) {
         self.users.set(self.users.get() + 1);
     }
+}
 
-    /// The last handle is gone: nobody can use the session any more, close it.
-    fn release_user(&self) {
-        let left = self.users.get() - 1;
-        self.users.set(left);
-        if left == 0 {
-            if let Ok(mut st) = self.state.try_borrow_mut() {
-                st.proto.close_session();
-                st.dispatch(&self.span);
-            }
+/// One handle fewer; after the last, nobody can use the session any more:
+/// close it.
+fn release_user(shared: &Rc<Shared>) {
+    let left = shared.users.get() - 1;
+    shared.users.set(left);
+    if left == 0 {
+        if let Ok(mut st) = shared.state.try_borrow_mut() {
+            st.proto.close_session();
+            st.dispatch(shared);
         }
     }
 }
@@ -505,7 +568,7 @@ async fn reader(shared: Rc<Shared>) {
                 Ok(None) => st.proto.handle_eof(),
                 Err(e) => st.proto.handle_transport_error(&e.to_string()),
             }
-            st.dispatch(&shared.span);
+            st.dispatch(&shared);
         }
         if ended {
             st.reader_done = true;
@@ -519,7 +582,11 @@ async fn reader(shared: Rc<Shared>) {
 /// dies, flushes its GOAWAY (bounded by [`GOAWAY_GRACE`]) and ends the
 /// transport gracefully.
 async fn writer(shared: Rc<Shared>) {
-    let mut spare = BytesMut::with_capacity(64 * 1024);
+    // Empty until the first send: the protocol's buffer and this one trade
+    // places at every send, and grow to what the traffic needs. (A 64 KiB
+    // buffer per session was a measurable part of a short session's cost.)
+    let mut spare = BytesMut::new();
+    let mut lowat_set = false;
     loop {
         let ready = poll_fn(|cx| {
             let mut st = shared.state.borrow_mut();
@@ -538,14 +605,16 @@ async fn writer(shared: Rc<Shared>) {
         if !ready {
             break;
         }
-        // Let the other tasks woken this turn queue their frames first, so
-        // they leave in this send.
-        engine::yield_now().await;
+        // No yield to the other tasks of this turn before taking the frames:
+        // the executor polls a task woken during a turn only in the next one,
+        // after every task that was ready before it, so the frames those
+        // tasks queue in this turn are already in. A yield cost every send
+        // one more loop turn (a system call, and latency).
         let dying = {
             let mut st = shared.state.borrow_mut();
             if st.proto.poll_transmit(&mut spare) {
                 st.sends += 1;
-                st.dispatch(&shared.span);
+                st.dispatch(&shared);
                 Some(st.proto.is_dead())
             } else {
                 None
@@ -557,19 +626,34 @@ async fn writer(shared: Rc<Shared>) {
             if let Err(e) = shared.transport.flush().await {
                 let mut st = shared.state.borrow_mut();
                 st.proto.handle_transport_error(&e.to_string());
-                st.dispatch(&shared.span);
+                st.dispatch(&shared);
                 break;
             }
             continue;
         };
-        let send = shared.transport.send_all(spare);
+        if !lowat_set && spare.len() >= NOTSENT_LOWAT_AFTER {
+            lowat_set = true;
+            if let Transport::Tcp(tcp) = &shared.transport {
+                // Best effort: without it, only latency suffers.
+                let _ = tcp.set_notsent_lowat(NOTSENT_LOWAT);
+            }
+        }
         let (result, buf) = if dying {
+            let send = async {
+                match &shared.transport {
+                    // The last bytes (the GOAWAY) wait in the socket for the
+                    // FIN that follows at once, and leave with it in one
+                    // segment.
+                    Transport::Tcp(tcp) => tcp.send_all_more(spare).await,
+                    _ => shared.transport.send_all(spare).await,
+                }
+            };
             match engine::timeout(GOAWAY_GRACE, send).await {
                 Ok(done) => done,
                 Err(_) => break,
             }
         } else {
-            send.await
+            shared.transport.send_all(spare).await
         };
         spare = buf;
         if result.is_ok() {
@@ -580,7 +664,7 @@ async fn writer(shared: Rc<Shared>) {
         if let Err(e) = result {
             let mut st = shared.state.borrow_mut();
             st.proto.handle_transport_error(&e.to_string());
-            st.dispatch(&shared.span);
+            st.dispatch(&shared);
             break;
         }
     }
@@ -597,8 +681,12 @@ async fn writer(shared: Rc<Shared>) {
             Poll::Pending
         }
     });
-    let _ = engine::timeout(CLOSE_LINGER, reader_done).await;
-    let _ = shared.transport.shutdown_both();
+    // Only a reader still waiting needs the shutdown to end its receive; after
+    // the peer's FIN the call would only fail (ENOTCONN) at the cost of a
+    // system call per session.
+    if engine::timeout(CLOSE_LINGER, reader_done).await.is_err() {
+        let _ = shared.transport.shutdown_both();
+    }
 }
 
 /// Runs the protocol's timers (reset linger) on the engine's clock.
@@ -643,7 +731,7 @@ async fn clock(shared: Rc<Shared>) {
         }
         let mut st = shared.state.borrow_mut();
         st.proto.handle_timeout(Instant::now());
-        st.dispatch(&shared.span);
+        st.dispatch(&shared);
     }
 }
 
@@ -676,7 +764,7 @@ impl Stream {
     /// The session transport's local address (Go's `LocalAddr`); `None` if
     /// the socket could not tell.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.shared.local_addr
+        self.shared.local_addr()
     }
 
     /// The session transport's remote address (Go's `RemoteAddr`); `None` if
@@ -780,7 +868,7 @@ impl Stream {
     ) -> Result<T, Error> {
         let mut st = self.shared.state.borrow_mut();
         let r = f(&mut st, self.key);
-        st.dispatch(&self.shared.span);
+        st.dispatch(&self.shared);
         r
     }
 
@@ -817,7 +905,7 @@ impl Stream {
                 }
                 Err(e) => Poll::Ready(Err(e)),
             };
-            st.dispatch(&self.shared.span);
+            st.dispatch(&self.shared);
             out
         })
         .await
@@ -839,7 +927,7 @@ impl Stream {
             }
             Err(e) => Poll::Ready(Err(e)),
         };
-        st.dispatch(&self.shared.span);
+        st.dispatch(&self.shared);
         out
     }
 
@@ -857,7 +945,7 @@ impl Stream {
             }
             r => Poll::Ready(r),
         };
-        st.dispatch(&self.shared.span);
+        st.dispatch(&self.shared);
         out
     }
 }
@@ -883,9 +971,9 @@ impl Drop for Stream {
             w.read = None;
             w.write = None;
             st.proto.release(self.key);
-            st.dispatch(&self.shared.span);
+            st.dispatch(&self.shared);
         }
-        self.shared.release_user();
+        release_user(&self.shared);
     }
 }
 

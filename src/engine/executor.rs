@@ -196,6 +196,22 @@ where
     Ok(JoinHandle { state, header })
 }
 
+/// Spawns a task nobody will join, or fails with [`EngineError::NotOnCore`]: like
+/// [`try_spawn`] without the join state (one allocation fewer per task, which a short-lived
+/// session's tasks notice). A panic in it ends only the task, as with a dropped [`JoinHandle`].
+pub(crate) fn try_spawn_detached<F>(future: F) -> Result<(), EngineError>
+where
+    F: Future<Output = ()> + 'static,
+{
+    let core = core_loop::current().ok_or(EngineError::NotOnCore)?;
+    let task = async move {
+        // The payload is dropped, as a dropped JoinHandle drops it.
+        let _ = CatchUnwind(future).await;
+    };
+    core.exec.spawn(&core, Box::pin(task));
+    Ok(())
+}
+
 /// Yields once to the other ready tasks of this core.
 pub async fn yield_now() {
     let mut yielded = false;

@@ -72,6 +72,7 @@ use std::future::Future;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 
+pub(crate) use executor::try_spawn_detached;
 pub use executor::{spawn, try_spawn, yield_now, Join, JoinError, JoinHandle, RemoteJoinHandle};
 pub use time::{sleep, sleep_until, timeout, timeout_at, Elapsed, Sleep};
 

@@ -165,7 +165,9 @@ impl Session {
             ids: IdAllocator::new(role),
             ids_exhausted: false,
             remote_last_id: role.initial_remote_last_id(),
-            accept_queue: VecDeque::with_capacity(config.accept_backlog.min(1024)),
+            // Grows on demand: a backlog-sized buffer per session was a
+            // measurable cost of short sessions.
+            accept_queue: VecDeque::new(),
             want_accept: false,
             lingering: VecDeque::new(),
             budget_retry: None,
@@ -324,12 +326,24 @@ impl Session {
     }
 
     /// The transport reached end-of-file: the session dies with PeerEOF.
+    ///
+    /// After the peer's GOAWAY, an EOF is its orderly close: it reads no more
+    /// (Go closes the whole connection), so our own GOAWAY would only cost a
+    /// send, and a reset if the peer's socket is already closed. The session
+    /// dies without it.
     pub fn handle_eof(&mut self) {
+        let quiet =
+            self.remote_goaway.is_some() && !self.reader.mid_frame() && self.error.is_none();
+        let mark = self.out.len();
         self.die(Error::PeerEof(if self.reader.mid_frame() {
             "unexpected EOF from remote peer in the middle of a frame"
         } else {
             "read EOF from remote peer"
         }));
+        if quiet {
+            self.out.truncate(mark);
+            self.stats.frames_out -= 1;
+        }
     }
 
     /// The transport failed: the session dies with ErrorUnknown (0xFF).

@@ -100,9 +100,13 @@ impl TcpListener {
         let new_fd = c.io_result()? as RawFd;
         // SAFETY: the kernel returned a fresh descriptor that we now own.
         let owned = unsafe { OwnedFd::from_raw_fd(new_fd) };
-        let stream = TcpStream::from_owned(owned)?;
         let (storage, len) = &*data.addr;
-        let peer = from_sockaddr(storage, *len).or_else(|_| stream.peer_addr())?;
+        let known = from_sockaddr(storage, *len).ok();
+        let stream = TcpStream::from_owned(owned, known)?;
+        let peer = match known {
+            Some(addr) => addr,
+            None => stream.peer_addr()?,
+        };
         Ok((stream, peer))
     }
 }

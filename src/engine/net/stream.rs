@@ -19,6 +19,13 @@ use crate::engine::op::Op;
 enum SendKind {
     /// `IORING_OP_SEND`: the kernel copies the bytes into socket buffers.
     Copy,
+    /// `IORING_OP_SEND` with `MSG_MORE`: more (or a FIN) follows at once.
+    CopyMore,
+    /// `IORING_OP_SEND` with `MSG_WAITALL`: on a short send the kernel waits for room and goes
+    /// on by itself, instead of completing and being submitted again. A session's sender,
+    /// whose socket has `TCP_NOTSENT_LOWAT` set, would otherwise come back for every few
+    /// hundred KiB of a large buffer.
+    CopyAll,
     /// `IORING_OP_SEND_ZC`: two CQEs; the buffer is busy until the notification.
     ZeroCopy,
 }
@@ -38,18 +45,24 @@ pub(super) struct Socket {
 #[derive(Debug, Clone)]
 pub struct TcpStream {
     sock: Rc<Socket>,
+    /// The peer's address when it is known without asking the kernel (the address connected
+    /// to, or the one accept returned): a session asks for it on every start, and a
+    /// `getpeername` per connection was a measurable part of a short session's cost.
+    peer: Option<SocketAddr>,
 }
 
 impl TcpStream {
     /// Another handle to an open socket.
     pub(super) fn from_socket(sock: Rc<Socket>) -> TcpStream {
-        TcpStream { sock }
+        TcpStream { sock, peer: None }
     }
 
-    pub(super) fn from_owned(fd: OwnedFd) -> io::Result<TcpStream> {
+    /// A connected socket whose peer is `peer` (if known); sets `TCP_NODELAY`.
+    pub(super) fn from_owned(fd: OwnedFd, peer: Option<SocketAddr>) -> io::Result<TcpStream> {
         set_opt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
         Ok(TcpStream {
             sock: Rc::new(Socket { fd }),
+            peer,
         })
     }
 
@@ -94,7 +107,7 @@ impl TcpStream {
         .map_err(|(e, _)| e)?;
         let (c, (_, fd)) = op.await;
         c.io_result()?;
-        TcpStream::from_owned(fd)
+        TcpStream::from_owned(fd, Some(*addr))
     }
 
     /// The descriptor (still owned by the stream).
@@ -107,9 +120,25 @@ impl TcpStream {
         sock_name(self.as_raw_fd(), false)
     }
 
-    /// Peer address.
+    /// Peer address: the one connected to or accepted from (no system call), else asked of
+    /// the kernel.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        sock_name(self.as_raw_fd(), true)
+        match self.peer {
+            Some(addr) => Ok(addr),
+            None => sock_name(self.as_raw_fd(), true),
+        }
+    }
+
+    /// Sets `TCP_NOTSENT_LOWAT`: the kernel takes more bytes for this socket only while fewer
+    /// than `bytes` of those it holds are still unsent. A bulk sender then queues no more in
+    /// the kernel than that, so a small frame sent after it waits behind less.
+    pub fn set_notsent_lowat(&self, bytes: u32) -> io::Result<()> {
+        set_opt(
+            self.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            bytes.min(i32::MAX as u32) as i32,
+        )
     }
 
     /// Sets or clears `TCP_NODELAY` (on by default).
@@ -198,6 +227,12 @@ impl TcpStream {
                     SendKind::Copy => opcode::Send::new(types::Fd(fd), ptr, len)
                         .flags(libc::MSG_NOSIGNAL)
                         .build(),
+                    SendKind::CopyAll => opcode::Send::new(types::Fd(fd), ptr, len)
+                        .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
+                        .build(),
+                    SendKind::CopyMore => opcode::Send::new(types::Fd(fd), ptr, len)
+                        .flags(libc::MSG_NOSIGNAL | libc::MSG_MORE)
+                        .build(),
                     SendKind::ZeroCopy => opcode::SendZc::new(types::Fd(fd), ptr, len)
                         .flags(libc::MSG_NOSIGNAL)
                         .build(),
@@ -213,6 +248,25 @@ impl TcpStream {
         }
     }
 
+    /// Sends all of `buf` with `MSG_MORE`: the kernel may hold a last partial segment back
+    /// until more data or a FIN follows. For the last bytes before [`shutdown`](Self::shutdown)
+    /// (`Write`), which then leave with the FIN in one segment. Call the shutdown right after.
+    pub(crate) async fn send_all_more<B: IoBuf>(&self, mut buf: B) -> (io::Result<()>, B) {
+        let total = buf.bytes_init();
+        let mut done = 0;
+        while done < total {
+            let (r, b) = self.send_with(buf, done, SendKind::CopyMore).await;
+            buf = b;
+            match r {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
     /// Sends all of `buf` like [`send_all`](Self::send_all), but with `SEND_ZC` when the
     /// core's settings say so for what is left ([`Builder::send_zero_copy`]). Session writers
     /// send this way.
@@ -225,7 +279,7 @@ impl TcpStream {
         while done < total {
             let kind = match zc_min {
                 Some(min) if total - done >= min => SendKind::ZeroCopy,
-                _ => SendKind::Copy,
+                _ => SendKind::CopyAll,
             };
             let (r, b) = self.send_with(buf, done, kind).await;
             buf = b;
