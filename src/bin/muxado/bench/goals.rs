@@ -129,7 +129,29 @@ pub fn goals(rows: &[Row], busy_poll: bool) -> Vec<Goal> {
         }
     }
     tokio_goals(rows, &mut out);
+    tls_goals(rows, &mut out);
     out
+}
+
+/// muxado over TLS on the engine (rustls sans-IO) against ngrok's crate over
+/// tokio-rustls, with the same certificate and rustls configuration:
+/// bulk/1 ≥ 1.3× (issue 9).
+fn tls_goals(rows: &[Row], out: &mut Vec<Goal>) {
+    for r in rows.iter().filter(|r| r.system == System::MuxadoTls) {
+        let min = match (r.case.scenario, r.case.streams) {
+            (Scenario::Bulk, 1) => 1.3,
+            _ => continue,
+        };
+        let head = r.headline();
+        if let Some(o) = find(rows, r, System::NgrokMuxadoTls) {
+            out.push(judge(
+                &r.case.label(),
+                format!("muxado+tls ≥ {min}× {}", o.system.name()),
+                paired(r, head, o, head),
+                Check::AtLeast(min),
+            ));
+        }
+    }
 }
 
 /// muxado-tokio (our core on the tokio driver) against the other muxado-like
