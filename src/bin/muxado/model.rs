@@ -436,6 +436,8 @@ pub struct CaseRun {
     pub engine: EngineOpts,
     /// The TLS settings, for the `+tls` systems.
     pub tls: Option<Arc<BenchTls>>,
+    /// Only the client half runs, against a server elsewhere (`--connect`).
+    pub remote: bool,
 }
 
 /// What the client half of one case measured.

@@ -229,6 +229,7 @@ fn case_run(
         heartbeat: opts.heartbeat.filter(|_| system.plain() == System::Muxado),
         engine: opts.engine,
         tls: tls.clone().filter(|_| system.tls()),
+        remote: opts.connect.is_some(),
     }
 }
 

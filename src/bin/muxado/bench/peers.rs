@@ -76,9 +76,18 @@ fn yamux_config() -> yamux::Config {
 /// stalled ngrok's sessions in every try here (1 MiB ran; its default
 /// 256 KiB stalls too, now and then, in very short runs), so those cases
 /// get 1 MiB.
+///
+/// Against a server elsewhere (`--connect`/`--unix`) it gets the protocol's
+/// initial window, 256 KiB: ngrok's crate takes its own setting as the
+/// peer's initial window too, which holds only when both ends are ngrok's
+/// with the same setting; any other server (ours, Go's) would see it send
+/// past the window and reset the stream with FLOW_CONTROL_ERROR.
 fn ngrok_window(run: &CaseRun) -> usize {
+    const PROTOCOL_INITIAL_WINDOW: usize = 256 * 1024;
     let ours = bench_config().max_auto_window as usize;
-    if run.case.scenario.is_bulk() && run.case.streams >= 64 {
+    if run.remote {
+        PROTOCOL_INITIAL_WINDOW
+    } else if run.case.scenario.is_bulk() && run.case.streams >= 64 {
         ours.min(1 << 20)
     } else {
         ours
