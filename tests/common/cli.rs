@@ -95,7 +95,17 @@ pub struct Server {
 impl Server {
     /// Starts `muxado serve --unix <path> <args…>` and waits (10 s at most)
     /// until it accepts connections on the path.
+    ///
+    /// A socket a server killed a moment ago left at `path` may still accept
+    /// connections (its listener closes when the kernel tears that server's
+    /// ring down): it is waited out first, so that readiness is the new
+    /// server's.
     pub fn start_unix(path: &Path, args: &[&str]) -> Server {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(path).is_ok() {
+            assert!(Instant::now() < deadline, "{path:?} is still served");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--unix", arg(path)]).args(args);
         let p = path.to_owned();

@@ -176,25 +176,41 @@ impl Listener {
 
 /// Removes a Unix socket file no server answers on (what a killed server
 /// leaves behind), so that `bind` can take the path again.
+///
+/// A server killed a moment ago may still answer for a while: its listening
+/// socket is closed only when the kernel tears its io_uring down, after the
+/// process is gone, and until then connections to it are queued (then
+/// reset). So a path that answers is tried again for up to
+/// [`STALE_SOCKET_GRACE`] before it is called in use.
 pub fn remove_stale_socket(path: &Path) -> io::Result<()> {
     use std::os::unix::fs::FileTypeExt as _;
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return Ok(());
-    };
-    if !meta.file_type().is_socket() {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            "the path exists and is not a socket",
-        ));
-    }
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            "a server is already listening on this socket",
-        )),
-        Err(_) => std::fs::remove_file(path),
+    let deadline = Instant::now() + STALE_SOCKET_GRACE;
+    loop {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return Ok(());
+        };
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket",
+            ));
+        }
+        match std::os::unix::net::UnixStream::connect(path) {
+            Err(_) => return std::fs::remove_file(path),
+            Ok(_) if Instant::now() >= deadline => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "a server is already listening on this socket",
+                ))
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
     }
 }
+
+/// How long a Unix socket that answers may take to go away (see
+/// [`remove_stale_socket`]).
+const STALE_SOCKET_GRACE: Duration = Duration::from_secs(2);
 
 /// An accepted connection, before its TLS handshake (if any).
 enum Accepted {
