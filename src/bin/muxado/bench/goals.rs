@@ -258,6 +258,35 @@ mod tests {
         assert!(best.met);
     }
 
+    #[test]
+    fn the_tls_goal_compares_the_tls_rows() {
+        let goal = "muxado+tls ≥ 1.3× ngrok-muxado+tls";
+        let rows = vec![
+            row(System::MuxadoTls, Some(6.5)),
+            row(System::NgrokMuxadoTls, Some(5.0)),
+            // The plain rows do not stand in for the TLS ones.
+            row(System::NgrokMuxado, Some(100.0)),
+        ];
+        let g = goals(&rows, false);
+        let tls = g.iter().find(|g| g.what == goal).expect("goal shown");
+        assert!(tls.met, "{}", tls.measured);
+        assert_eq!(tls.measured, "1.30×");
+        let slow = vec![
+            row(System::MuxadoTls, Some(6.0)),
+            row(System::NgrokMuxadoTls, Some(5.0)),
+        ];
+        assert!(
+            !goals(&slow, false)
+                .iter()
+                .find(|g| g.what == goal)
+                .unwrap()
+                .met
+        );
+        // Without the peer's TLS row the goal is not shown.
+        let alone = vec![row(System::MuxadoTls, Some(6.0))];
+        assert!(!goals(&alone, false).iter().any(|g| g.what == goal));
+    }
+
     fn rpc1(system: System, p50_ns: u64) -> Row {
         let case = Case {
             scenario: Scenario::Rpc,
