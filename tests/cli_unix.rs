@@ -210,11 +210,9 @@ fn a_stale_socket_is_replaced_and_a_live_one_or_a_file_refused() {
     assert!(!r.ok && r.stderr.contains("connect"), "{}", r.stderr);
 }
 
-#[test]
-fn heartbeat_serve_on_tokio() {
-    // The tokio driver now runs the typed and heartbeat layers too; the
-    // client of `bench --connect --heartbeat` is the engine's.
-    require_uring("the engine's heartbeat client of bench --connect --heartbeat");
+/// `bench --connect --heartbeat` with the clients of `client_args` against
+/// a `serve --driver tokio --heartbeat`: both ends' heartbeats answered.
+fn heartbeat_against_tokio(client_args: &[&str]) {
     let server = Server::start(&[
         "--driver",
         "tokio",
@@ -223,11 +221,12 @@ fn heartbeat_serve_on_tokio() {
         "0.05",
         "-v",
     ]);
-    let r = muxado(
+    let addr = server.addr.to_string();
+    let args = [
         &[
             "bench",
             "--connect",
-            &server.addr.to_string(),
+            &addr,
             "--heartbeat",
             "--heartbeat-interval",
             "0.05",
@@ -240,17 +239,32 @@ fn heartbeat_serve_on_tokio() {
             "--repeat",
             "1",
             "--json",
-        ],
-        LIMIT,
-    );
+            "-v",
+        ][..],
+        client_args,
+    ]
+    .concat();
+    let r = muxado(&args, LIMIT);
     assert!(
         r.ok,
         "bench --heartbeat against a tokio server failed:\n{}",
         r.stderr
     );
     assert_eq!(r.stdout.lines().count(), 2, "{}", r.stdout);
+    // The client's heartbeat was answered by the server (-v: latencies).
+    assert!(r.stderr.contains("heartbeat latency"), "{}", r.stderr);
     let log = server.stop();
-    // The server's own heartbeat measured the client's answers (-v).
+    // The server's own heartbeat measured the client's answers.
     assert!(log.contains("heartbeat latency"), "{log}");
     assert!(!log.contains("heartbeat timeout"), "{log}");
+}
+
+#[test]
+fn heartbeat_serve_on_tokio() {
+    // The tokio driver runs the typed and heartbeat layers, server and
+    // client: no io_uring needed.
+    heartbeat_against_tokio(&["--driver", "tokio"]);
+    // The engine's heartbeat client against it.
+    require_uring("the engine's heartbeat client of bench --connect --heartbeat");
+    heartbeat_against_tokio(&["--driver", "uring"]);
 }

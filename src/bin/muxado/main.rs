@@ -458,15 +458,14 @@ fn bench_options(a: BenchArgs) -> Result<bench::Options, String> {
     if remote && a.heartbeat.is_some() && a.systems.iter().any(|s| s.plain() == System::NgrokMuxado)
     {
         usage_error(
-            "--heartbeat with --connect is only supported by the muxado system \
-             (drop ngrok-muxado from --systems)",
+            "--heartbeat with --connect is only supported by our systems, muxado and \
+             muxado-tokio (drop ngrok-muxado from --systems)",
         );
     }
     let tokio = a.driver == Driver::Tokio;
-    if remote && tokio && a.heartbeat.is_some() {
-        usage_error("--heartbeat with --connect needs the io_uring driver (the muxado system)");
-    }
-    let default_systems: &[System] = if remote && a.heartbeat.is_some() {
+    let default_systems: &[System] = if remote && a.heartbeat.is_some() && tokio {
+        &[System::MuxadoTokio]
+    } else if remote && a.heartbeat.is_some() {
         &[System::Muxado]
     } else if remote && tokio {
         &[System::MuxadoTokio, System::NgrokMuxado]

@@ -431,7 +431,7 @@ pub struct CaseRun {
     /// The measured time.
     pub duration: Duration,
     pub progress: Arc<Progress>,
-    /// `--heartbeat`, for the `muxado` system (and `muxado+tls`) only.
+    /// `--heartbeat`, for our systems (`muxado`, `muxado-tokio`, their `+tls` rows) only.
     pub heartbeat: Option<HeartbeatOpts>,
     pub engine: EngineOpts,
     /// The TLS settings, for the `+tls` systems.

@@ -56,8 +56,9 @@ pub struct Options {
     pub remote_tls: Option<BenchTls>,
     /// A saved results.json to compare with (`--baseline`).
     pub baseline: Option<PathBuf>,
-    /// `--heartbeat`: the `muxado` system's sessions are wrapped in the typed
-    /// and heartbeat layers (other systems ignore it).
+    /// `--heartbeat`: the sessions of our systems (`muxado`, `muxado-tokio`
+    /// and their `+tls` rows) are wrapped in the typed and heartbeat layers
+    /// (the other systems ignore it).
     pub heartbeat: Option<HeartbeatOpts>,
     pub engine: EngineOpts,
     /// On [`Driver::Tokio`] the systems that need io_uring are skipped.
@@ -226,7 +227,9 @@ fn case_run(
         payload: payload(case.size),
         duration: opts.duration.unwrap_or(DEFAULT_DURATION),
         progress: Arc::new(Progress::default()),
-        heartbeat: opts.heartbeat.filter(|_| system.plain() == System::Muxado),
+        heartbeat: opts
+            .heartbeat
+            .filter(|_| matches!(system.plain(), System::Muxado | System::MuxadoTokio)),
         engine: opts.engine,
         tls: tls.clone().filter(|_| system.tls()),
         remote: opts.connect.is_some(),
@@ -251,8 +254,8 @@ fn tls_description(t: &BenchTls) -> String {
         "the server's certificate (--tls-ca)"
     };
     format!(
-        "rustls 0.23 (ring), TLS 1.3 preferred, first cipher suite {}; {cert}; \
-         the engine's TlsStream and tokio-rustls share one rustls configuration",
+        "rustls 0.23 (ring), TLS 1.3, cipher suite {} (the first of the one rustls \
+         configuration every end shares: the engine's TlsStream and tokio-rustls alike); {cert}",
         suites.join(", ")
     )
 }

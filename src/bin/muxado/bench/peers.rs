@@ -209,6 +209,67 @@ impl Client for MuxadoTokioClient {
     }
 }
 
+/// `--heartbeat` on the tokio driver: the session wrapped as
+/// Heartbeat(TypedSession(session)) with its heartbeat started, as the
+/// engine's `muxado` client does; the peer's heartbeats are answered by an
+/// accept loop; the workload's streams are typed streams of type 1.
+pub struct MuxadoTokioHbClient {
+    heartbeat: muxado::tokio::Heartbeat,
+    accept_loop: tokio::task::JoinHandle<()>,
+}
+
+impl Client for MuxadoTokioHbClient {
+    type Stream = Tok<muxado::tokio::Stream>;
+
+    async fn connect(to: &Endpoint, run: &CaseRun) -> io::Result<Self> {
+        use muxado::tokio::{Heartbeat, Session, TypedSession};
+        let opts = run
+            .heartbeat
+            .ok_or_else(|| io::Error::other("heartbeat settings not set"))?;
+        let conn = tokio_connect(to, run).await?;
+        let peer = match to {
+            Endpoint::Tcp(addr) => Some(*addr),
+            Endpoint::Unix(_) => None,
+        };
+        let session = with_conn!(conn, io => Session::client(io, bench_config()));
+        let heartbeat = Heartbeat::new(TypedSession::new(session), opts.config);
+        let reporter = crate::serve::heartbeat_reporter(peer, opts);
+        heartbeat.start(reporter).await.map_err(io::Error::from)?;
+        let acceptor = heartbeat.clone();
+        let accept_loop =
+            tokio::spawn(async move { while acceptor.accept_typed().await.is_ok() {} });
+        Ok(MuxadoTokioHbClient {
+            heartbeat,
+            accept_loop,
+        })
+    }
+
+    async fn open(&self) -> io::Result<Self::Stream> {
+        let stream = self
+            .heartbeat
+            .open_typed(WORKLOAD_TYPE)
+            .await
+            .map_err(io::Error::from)?;
+        Ok(Tok(stream.into_stream()))
+    }
+
+    async fn sleep(d: Duration) {
+        tokio::time::sleep(d).await
+    }
+}
+
+impl Drop for MuxadoTokioHbClient {
+    fn drop(&mut self) {
+        // The accept loop holds a clone of the heartbeat: stop it so that
+        // the session closes with the client.
+        self.accept_loop.abort();
+        let _ = self.heartbeat.close();
+    }
+}
+
+/// The stream type of the workload's streams under `--heartbeat` (as on the engine).
+const WORKLOAD_TYPE: u32 = 1;
+
 type YamuxStream = tokio_util::compat::Compat<yamux::Stream>;
 type OpenRequest = oneshot::Sender<yamux::Result<yamux::Stream>>;
 
@@ -486,10 +547,11 @@ fn block_on<T>(system: System, make: impl FnOnce() -> LocalFuture<T>) -> T {
 }
 
 fn server_future(run: &CaseRun, listener: std::net::TcpListener) -> LocalFuture<()> {
-    let (system, mode, window) = (
+    let (system, mode, window, hb) = (
         run.system,
         run.case.scenario.server_mode(),
         ngrok_window(run),
+        run.heartbeat,
     );
     let tls = run
         .tls
@@ -507,7 +569,7 @@ fn server_future(run: &CaseRun, listener: std::net::TcpListener) -> LocalFuture<
         match system.plain() {
             System::MuxadoTokio => {
                 let listener = serve_tokio::Listener::Tcp(listener);
-                serve_tokio::muxado_server(listener, tls, mode, bench_config(), None).await
+                serve_tokio::muxado_server(listener, tls, mode, bench_config(), hb).await
             }
             System::NgrokMuxado => ngrok_server(listener, mode, window, tls).await,
             System::Yamux => yamux_server(listener, mode).await,
@@ -520,6 +582,9 @@ fn client_future(to: Endpoint, run: CaseRun) -> LocalFuture<Result<Measurement, 
     Box::pin(async move {
         let to = &to;
         match run.system.plain() {
+            System::MuxadoTokio if run.heartbeat.is_some() => {
+                workload::drive::<MuxadoTokioHbClient>(to, &run).await
+            }
             System::MuxadoTokio => workload::drive::<MuxadoTokioClient>(to, &run).await,
             System::NgrokMuxado => workload::drive::<NgrokClient>(to, &run).await,
             System::Yamux => workload::drive::<YamuxClient>(to, &run).await,

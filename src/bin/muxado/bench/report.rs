@@ -219,6 +219,15 @@ const NOTES: &[&str] = &[
     "plain-TCP systems carry each stream on its own connection (mixed: two connections)",
 ];
 
+/// Named next to the table when it has `+tls` rows.
+const TLS_NOTE: &str = "+tls: the system over TLS 1.3 (rustls with ring; one self-signed certificate and one rustls configuration for every end: the engine's sans-IO TlsStream for muxado+tls, tokio-rustls for the others), with the same windows and buffers as its plain row; the handshake is part of connecting, outside the measured time except in connect";
+
+/// The notes for these rows.
+fn notes(rows: &[Row]) -> impl Iterator<Item = &'static str> {
+    let tls = rows.iter().any(|r| r.system.tls());
+    NOTES.iter().copied().chain(tls.then_some(TLS_NOTE))
+}
+
 /// The summary table on stdout, then the goal check.
 pub fn print_table(rows: &[Row], meta: &Meta, remote: Option<&Endpoint>) {
     let table: Vec<[String; 12]> = std::iter::once(HEADER.map(String::from))
@@ -243,7 +252,7 @@ pub fn print_table(rows: &[Row], meta: &Meta, remote: Option<&Endpoint>) {
         println!("{}", s.trim_end());
     }
     println!("placement: {}", meta.placement);
-    for n in NOTES {
+    for n in notes(rows) {
         println!("{n}");
     }
     let goals = goals(rows, meta.busy_poll);
@@ -267,7 +276,7 @@ fn markdown(rows: &[Row], meta: &Meta, remote: Option<&Endpoint>) -> String {
     for (k, v) in &meta.fields {
         let _ = writeln!(md, "- {k}: {v}");
     }
-    for n in NOTES {
+    for n in notes(rows) {
         let _ = writeln!(md, "- {n}");
     }
     md.push_str("- regenerate with `scripts/bench.sh`\n\n## Results\n\n");
