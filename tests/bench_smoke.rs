@@ -165,3 +165,98 @@ fn whole_suite_reports_every_row_and_goal() {
         assert!(json.contains(key), "{key} missing from results.json");
     }
 }
+
+/// `muxado bench --tls`: each TLS-capable system gets a `+tls` row beside its
+/// own (one certificate made at start for all), the TLS goal is reported,
+/// and the results file says what the TLS rows ran over.
+#[test]
+fn tls_rows_beside_the_plain_ones() {
+    let dir = std::env::temp_dir().join(format!("muxado-bench-smoke-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = cli::muxado(
+        &[
+            "bench",
+            // muxado+tls runs on the engine: without io_uring this fails
+            // with the clear "io_uring unavailable" error.
+            "--driver",
+            "uring",
+            "--tls",
+            "--systems",
+            "muxado,muxado-tokio,ngrok-muxado",
+            "--scenario",
+            "bulk,rpc",
+            // One stream: ngrok's crate stalls now and then with 64 bulk
+            // streams (each stall costs the case's 20 s watchdog).
+            "--streams",
+            "1",
+            "--duration",
+            "0.03",
+            "--repeat",
+            "2",
+            "--out",
+            dir.to_str().expect("utf-8 temp dir"),
+        ],
+        Duration::from_secs(300),
+    );
+    assert!(
+        !r.stderr.contains("io_uring unavailable"),
+        "cannot run the TLS rows here:\n{}",
+        r.stderr
+    );
+    let md = std::fs::read_to_string(dir.join("results.md"));
+    let json = std::fs::read_to_string(dir.join("results.json"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (md, json) = (md.expect("results.md"), json.expect("results.json"));
+    // Our systems, plain and over TLS, must run every time; a peer's failed
+    // run is reported (and fails the exit status), not hidden.
+    let failed: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("  ") && l.contains(" round "))
+        .collect();
+    for f in &failed {
+        assert!(
+            f.contains(" ngrok-muxado"),
+            "our system failed: {f}\n{}",
+            r.stderr
+        );
+        eprintln!("a peer's run failed (reported by the bench as it should): {f}");
+    }
+    assert_eq!(
+        r.ok,
+        failed.is_empty(),
+        "exit status vs failures:\n{}",
+        r.stderr
+    );
+    let systems = [
+        "muxado",
+        "muxado+tls",
+        "muxado-tokio",
+        "muxado-tokio+tls",
+        "ngrok-muxado",
+        "ngrok-muxado+tls",
+    ];
+    for case in ["bulk/1", "rpc/1"] {
+        for system in systems {
+            let row = format!("| {case} | {system} | split |");
+            assert!(
+                md.lines().any(|l| l.starts_with(&row)),
+                "no row {row} in results.md:\n{md}"
+            );
+        }
+    }
+    let goal = "| bulk/1 | muxado+tls ≥ 1.3× ngrok-muxado+tls |";
+    assert!(md.contains(goal), "no goal {goal} in results.md:\n{md}");
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.contains("bulk/1") && l.contains("muxado+tls ≥ 1.3× ngrok-muxado+tls")),
+        "no TLS goal in the console:\n{}",
+        r.stdout
+    );
+    assert!(
+        json.contains("\"tls\":"),
+        "no TLS description in results.json"
+    );
+    assert!(json.contains("\"system\":\"muxado+tls\""), "{json}");
+}

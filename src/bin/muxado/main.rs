@@ -19,8 +19,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use model::{Driver, DriverChoice, EngineOpts, HeartbeatOpts, Mode, Placement, Scenario, System};
+use model::{
+    Driver, DriverChoice, Endpoint, EngineOpts, HeartbeatOpts, Mode, Placement, Scenario, System,
+};
 use muxado::heartbeat::HeartbeatConfig;
+use muxado::transport::{TlsClientConfig, TlsServerConfig};
 
 /// The muxado stream multiplexer on io_uring: a server and a benchmark.
 #[derive(Parser, Debug)]
@@ -183,6 +186,24 @@ enum Command {
         /// (on the tokio driver: muxado-tokio,ngrok-muxado).
         #[arg(long, value_name = "ADDR")]
         connect: Option<SocketAddr>,
+        /// Like --connect, to a server listening on the Unix socket PATH.
+        #[arg(long, value_name = "PATH", conflicts_with = "connect")]
+        unix: Option<PathBuf>,
+        /// With --connect/--unix: speak TLS to the server, trusting the CA
+        /// certificate(s) in this PEM file; the rows are then muxado+tls,
+        /// muxado-tokio+tls and ngrok-muxado+tls.
+        #[arg(long, value_name = "FILE")]
+        tls_ca: Option<PathBuf>,
+        /// With --tls-ca: the name the server's certificate must carry
+        /// (default: the IP address of --connect; localhost with --unix).
+        #[arg(long, value_name = "NAME", requires = "tls_ca")]
+        tls_name: Option<String>,
+        /// Local suite: also run every selected system that can over TLS
+        /// (muxado, muxado-tokio, ngrok-muxado → rows muxado+tls,
+        /// muxado-tokio+tls, ngrok-muxado+tls), all with one self-signed
+        /// certificate made at start and the same rustls configuration.
+        #[arg(long, conflicts_with_all = ["connect", "unix"])]
+        tls: bool,
         // Only the muxado system uses it: its client (and, without
         // --connect, its server) wraps the session in the typed and heartbeat
         // layers and opens typed streams of type 1.
@@ -196,6 +217,16 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7000")]
         listen: SocketAddr,
+        /// Listen on this Unix socket path instead (a stale socket file left
+        /// by a server that is gone is replaced).
+        #[arg(long, value_name = "PATH", conflicts_with = "listen")]
+        unix: Option<PathBuf>,
+        /// Serve over TLS with this certificate chain (PEM, leaf first).
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// What to do with each stream.
         #[arg(long, value_enum, default_value_t = Mode::Echo)]
         mode: Mode,
@@ -255,11 +286,20 @@ fn main() -> ExitCode {
             json,
             out,
             connect,
+            unix,
+            tls_ca,
+            tls_name,
+            tls,
             heartbeat,
             driver,
         } => driver
             .resolve()
             .and_then(|driver| {
+                let connect = match (connect, unix) {
+                    (Some(addr), _) => Some(Endpoint::Tcp(addr)),
+                    (None, Some(path)) => Some(Endpoint::Unix(path)),
+                    (None, None) => None,
+                };
                 bench_options(BenchArgs {
                     scenarios: scenario,
                     systems,
@@ -272,6 +312,9 @@ fn main() -> ExitCode {
                     json,
                     out,
                     connect,
+                    tls_ca,
+                    tls_name,
+                    tls,
                     heartbeat: heartbeat.opts(),
                     engine,
                     driver,
@@ -280,6 +323,9 @@ fn main() -> ExitCode {
             .and_then(|opts| bench::run(&opts)),
         Command::Serve {
             listen,
+            unix,
+            tls_cert,
+            tls_key,
             mode,
             cores,
             max_memory,
@@ -293,14 +339,20 @@ fn main() -> ExitCode {
             }
             let heartbeat = heartbeat.opts();
             let config = serve::serve_config(max_memory, frame_timeout, idle_timeout);
-            driver.resolve().and_then(|driver| match driver {
-                Driver::Uring => serve(listen, mode, cores, config, heartbeat, engine),
-                Driver::Tokio if heartbeat.is_some() => Err(
-                    "--heartbeat needs the io_uring driver (the typed and heartbeat layers \
-                     run on the engine only)"
-                        .into(),
-                ),
-                Driver::Tokio => serve_tokio::serve(listen, mode, cores, config),
+            let listen = unix.map_or(Endpoint::Tcp(listen), Endpoint::Unix);
+            // Certificate problems are reported before anything listens.
+            server_tls(tls_cert, tls_key).and_then(|tls| {
+                driver.resolve().and_then(|driver| match driver {
+                    Driver::Uring => serve(listen, tls, mode, cores, config, heartbeat, engine),
+                    Driver::Tokio => serve_tokio::serve(serve_tokio::ServeOpts {
+                        listen,
+                        mode,
+                        workers: cores,
+                        config,
+                        tls,
+                        heartbeat,
+                    }),
+                })
             })
         }
     };
@@ -324,10 +376,46 @@ struct BenchArgs {
     size: Option<usize>,
     json: bool,
     out: Option<PathBuf>,
-    connect: Option<SocketAddr>,
+    connect: Option<Endpoint>,
+    tls_ca: Option<PathBuf>,
+    tls_name: Option<String>,
+    tls: bool,
     heartbeat: Option<HeartbeatOpts>,
     engine: EngineOpts,
     driver: Driver,
+}
+
+/// `serve --tls-cert F --tls-key F`: the server's TLS configuration, or an
+/// error naming the file and what is wrong with it.
+fn server_tls(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<TlsServerConfig>, String> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => TlsServerConfig::from_pem_files(&cert, &key)
+            .map(Some)
+            .map_err(|e| format!("--tls-cert/--tls-key: {e}")),
+        _ => Ok(None),
+    }
+}
+
+/// `bench --tls-ca F` (with --connect/--unix): what the `+tls` clients trust
+/// and the name they check.
+fn remote_tls(
+    ca: &std::path::Path,
+    name: Option<String>,
+    to: &Endpoint,
+) -> Result<model::BenchTls, String> {
+    let client = TlsClientConfig::from_ca_pem_file(ca).map_err(|e| format!("--tls-ca: {e}"))?;
+    let server_name = name.unwrap_or_else(|| match to {
+        Endpoint::Tcp(addr) => addr.ip().to_string(),
+        Endpoint::Unix(_) => "localhost".into(),
+    });
+    Ok(model::BenchTls {
+        client,
+        server: None,
+        server_name,
+    })
 }
 
 fn bench_options(a: BenchArgs) -> Result<bench::Options, String> {
@@ -348,6 +436,14 @@ fn bench_options(a: BenchArgs) -> Result<bench::Options, String> {
         usage_error("--streams must be in 1..=100000");
     }
     let remote = a.connect.is_some();
+    if a.tls_ca.is_some() && !remote {
+        usage_error(
+            "--tls-ca needs --connect or --unix (the local suite makes its own certificate: --tls)",
+        );
+    }
+    if remote && a.tls_ca.is_none() && a.systems.iter().any(|s| s.tls()) {
+        usage_error("the +tls systems with --connect/--unix need --tls-ca");
+    }
     if remote && a.systems.iter().any(|s| !s.speaks_muxado()) {
         usage_error("with --connect, --systems can only be muxado, muxado-tokio and ngrok-muxado");
     }
@@ -359,17 +455,17 @@ fn bench_options(a: BenchArgs) -> Result<bench::Options, String> {
     } else {
         model::ALL_SCENARIOS
     };
-    if remote && a.heartbeat.is_some() && a.systems.contains(&System::NgrokMuxado) {
+    if remote && a.heartbeat.is_some() && a.systems.iter().any(|s| s.plain() == System::NgrokMuxado)
+    {
         usage_error(
-            "--heartbeat with --connect is only supported by the muxado system \
-             (drop ngrok-muxado from --systems)",
+            "--heartbeat with --connect is only supported by our systems, muxado and \
+             muxado-tokio (drop ngrok-muxado from --systems)",
         );
     }
     let tokio = a.driver == Driver::Tokio;
-    if remote && tokio && a.heartbeat.is_some() {
-        usage_error("--heartbeat with --connect needs the io_uring driver (the muxado system)");
-    }
-    let default_systems: &[System] = if remote && a.heartbeat.is_some() {
+    let default_systems: &[System] = if remote && a.heartbeat.is_some() && tokio {
+        &[System::MuxadoTokio]
+    } else if remote && a.heartbeat.is_some() {
         &[System::Muxado]
     } else if remote && tokio {
         &[System::MuxadoTokio, System::NgrokMuxado]
@@ -378,9 +474,34 @@ fn bench_options(a: BenchArgs) -> Result<bench::Options, String> {
     } else {
         model::ALL_SYSTEMS
     };
+    let mut systems = or_all(a.systems, default_systems);
+    let remote_tls = match (&a.tls_ca, &a.connect) {
+        (Some(ca), Some(to)) => {
+            // Against a TLS server every client speaks TLS: the rows say so.
+            systems = or_all(
+                systems.iter().map(|s| s.over_tls().unwrap_or(*s)).collect(),
+                &[],
+            );
+            Some(remote_tls(ca, a.tls_name, to)?)
+        }
+        _ => None,
+    };
+    if a.tls {
+        // Each TLS-capable system gets its +tls row right after its own.
+        let mut with_tls = Vec::new();
+        for s in systems {
+            with_tls.push(s);
+            with_tls.extend(s.over_tls().filter(|t| *t != s));
+        }
+        systems = or_all(with_tls, &[]);
+        if !systems.iter().any(|s| s.tls()) {
+            usage_error("--tls: none of the selected systems runs over TLS (muxado, muxado-tokio and ngrok-muxado do)");
+        }
+    }
     Ok(bench::Options {
         scenarios: or_all(a.scenarios, default_scenarios),
-        systems: or_all(a.systems, default_systems),
+        systems,
+        remote_tls,
         placements: or_all(a.placements, &[Placement::Split]),
         duration: a.duration.map(Duration::from_secs_f64),
         streams: a.streams,
@@ -417,38 +538,45 @@ fn usage_error(msg: &str) -> ! {
 }
 
 fn serve(
-    listen: SocketAddr,
+    listen: Endpoint,
+    tls: Option<TlsServerConfig>,
     mode: Mode,
     cores: usize,
     config: muxado::Config,
     heartbeat: Option<HeartbeatOpts>,
     engine: EngineOpts,
 ) -> Result<(), String> {
+    if matches!(listen, Endpoint::Unix(_)) && cores > 1 {
+        // One socket path has one listener: the other cores would fail to bind it.
+        usage_error("--unix serves on one core (--cores 1)");
+    }
     let engine = engine
         .builder()
         .cores(cores)
         .build()
         .map_err(|e| e.to_string())?;
+    let over = if tls.is_some() { " (TLS)" } else { "" };
     match heartbeat {
         Some(hb) => tracing::info!(
-            "muxado serve: {mode:?} on {listen} with {cores} core(s), heartbeat every {:?} \
+            "muxado serve: {mode:?} on {listen}{over} with {cores} core(s), heartbeat every {:?} \
              (tolerance {:?})",
             hb.config.interval,
             hb.config.tolerance
         ),
-        None => tracing::info!("muxado serve: {mode:?} on {listen} with {cores} core(s)"),
+        None => tracing::info!("muxado serve: {mode:?} on {listen}{over} with {cores} core(s)"),
     }
     engine
         .run(move |_core| {
-            let config = config.clone();
+            let (config, tls, listen) = (config.clone(), tls.clone(), listen.clone());
             async move {
-                match muxado::engine::net::TcpListener::bind(listen) {
+                match serve::Listener::bind(&listen) {
                     Ok(listener) => {
                         match heartbeat {
                             Some(hb) => {
-                                serve::muxado_heartbeat_server(listener, mode, config, hb).await
+                                serve::muxado_heartbeat_server(listener, tls, mode, config, hb)
+                                    .await
                             }
-                            None => serve::muxado_server(listener, mode, config).await,
+                            None => serve::muxado_server(listener, tls, mode, config).await,
                         }
                         Ok(())
                     }

@@ -6,12 +6,16 @@
 //! imports it, so imports only go downward (main → bench → model, serve →
 //! model) and no two modules need each other.
 
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use muxado::heartbeat::HeartbeatConfig;
+use muxado::transport::{TlsClientConfig, TlsServerConfig};
 
 /// What a server does with each stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -48,6 +52,46 @@ pub enum DriverChoice {
 pub enum Driver {
     Uring,
     Tokio,
+}
+
+/// Where a server listens or a client connects: a TCP address or a Unix
+/// socket path (`--unix PATH`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => write!(f, "{a}"),
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// The TLS settings of the bench's `+tls` systems, one set for all of them
+/// (the same certificate, the same rustls configurations, hence the same
+/// cipher suite): the engine's `TlsStream` and tokio-rustls are both built
+/// from these rustls configurations.
+#[derive(Clone)]
+pub struct BenchTls {
+    pub client: TlsClientConfig,
+    /// The local suite's servers; `None` with `--connect` (the server is
+    /// elsewhere).
+    pub server: Option<TlsServerConfig>,
+    /// The name the server's certificate is checked against.
+    pub server_name: String,
+}
+
+impl fmt::Debug for BenchTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BenchTls")
+            .field("server", &self.server.is_some())
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The heartbeat settings of `--heartbeat` (serve and bench).
@@ -242,6 +286,15 @@ pub enum System {
     NgrokMuxado,
     /// rust-yamux on tokio.
     Yamux,
+    /// `muxado` over TLS: rustls driven sans-IO on our engine (`TlsStream`).
+    #[value(name = "muxado+tls")]
+    MuxadoTls,
+    /// `muxado-tokio` over tokio-rustls.
+    #[value(name = "muxado-tokio+tls")]
+    MuxadoTokioTls,
+    /// `ngrok-muxado` over tokio-rustls.
+    #[value(name = "ngrok-muxado+tls")]
+    NgrokMuxadoTls,
 }
 
 pub const ALL_SYSTEMS: &[System] = &[
@@ -267,18 +320,46 @@ impl System {
             System::TcpTokioUring => "tcp-tokio-uring",
             System::NgrokMuxado => "ngrok-muxado",
             System::Yamux => "yamux",
+            System::MuxadoTls => "muxado+tls",
+            System::MuxadoTokioTls => "muxado-tokio+tls",
+            System::NgrokMuxadoTls => "ngrok-muxado+tls",
+        }
+    }
+
+    /// Runs over TLS.
+    pub fn tls(self) -> bool {
+        self.plain() != self
+    }
+
+    /// The same system without TLS (itself if it has none).
+    pub fn plain(self) -> System {
+        match self {
+            System::MuxadoTls => System::Muxado,
+            System::MuxadoTokioTls => System::MuxadoTokio,
+            System::NgrokMuxadoTls => System::NgrokMuxado,
+            s => s,
+        }
+    }
+
+    /// The same system over TLS, if it has a TLS variant (or is one).
+    pub fn over_tls(self) -> Option<System> {
+        match self.plain() {
+            System::Muxado => Some(System::MuxadoTls),
+            System::MuxadoTokio => Some(System::MuxadoTokioTls),
+            System::NgrokMuxado => Some(System::NgrokMuxadoTls),
+            _ => None,
         }
     }
 
     /// Runs on our engine (else on tokio or tokio-uring).
     pub fn on_engine(self) -> bool {
-        matches!(self, System::Muxado | System::TcpUring)
+        matches!(self.plain(), System::Muxado | System::TcpUring)
     }
 
     /// Speaks muxado (can be a `--connect` client).
     pub fn speaks_muxado(self) -> bool {
         matches!(
-            self,
+            self.plain(),
             System::Muxado | System::MuxadoTokio | System::NgrokMuxado
         )
     }
@@ -286,7 +367,7 @@ impl System {
     /// Needs io_uring (our engine or tokio-uring): not run on the tokio driver.
     pub fn needs_uring(self) -> bool {
         matches!(
-            self,
+            self.plain(),
             System::Muxado | System::TcpUring | System::TcpTokioUring
         )
     }
@@ -350,9 +431,13 @@ pub struct CaseRun {
     /// The measured time.
     pub duration: Duration,
     pub progress: Arc<Progress>,
-    /// `--heartbeat`, for the `muxado` system only.
+    /// `--heartbeat`, for our systems (`muxado`, `muxado-tokio`, their `+tls` rows) only.
     pub heartbeat: Option<HeartbeatOpts>,
     pub engine: EngineOpts,
+    /// The TLS settings, for the `+tls` systems.
+    pub tls: Option<Arc<BenchTls>>,
+    /// Only the client half runs, against a server elsewhere (`--connect`).
+    pub remote: bool,
 }
 
 /// What the client half of one case measured.

@@ -5,18 +5,23 @@
 //! byte count as a big-endian u64 and half-close. The bench's servers on our
 //! engine are these same functions.
 
+use std::cell::RefCell;
+use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use muxado::engine::{self, net::TcpListener, net::TcpStream};
+use muxado::engine::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use muxado::engine::{self};
 use muxado::heartbeat::{Heartbeat, HeartbeatEvent};
+use muxado::transport::{Socket, TlsError, TlsServerConfig, TlsStream, Transport};
 use muxado::typed::TypedSession;
 use muxado::{Config, Session, Stream};
 
-use crate::model::{HeartbeatOpts, Mode, TAG_SINK};
+use crate::model::{Endpoint, HeartbeatOpts, Mode, TAG_SINK};
 
 /// Size of the buffers streams are served with.
 pub const BUF_SIZE: usize = 64 * 1024;
@@ -141,23 +146,143 @@ pub fn serve_config(
     }
 }
 
-/// Accepts connections forever, running a muxado server session on each.
-pub async fn muxado_server(listener: TcpListener, mode: Mode, config: Config) {
+/// What a server listens on: a TCP address or a Unix socket path.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    /// Listens at `at`. A Unix socket path left by a server that is gone is
+    /// replaced; one that a live server answers on, or a file that is no
+    /// socket, is an error.
+    pub fn bind(at: &Endpoint) -> io::Result<Listener> {
+        match at {
+            Endpoint::Tcp(addr) => TcpListener::bind(*addr).map(Listener::Tcp),
+            Endpoint::Unix(path) => {
+                remove_stale_socket(path)?;
+                UnixListener::bind(path).map(Listener::Unix)
+            }
+        }
+    }
+
+    async fn accept(&self) -> io::Result<Accepted> {
+        match self {
+            Listener::Tcp(l) => l.accept().await.map(|(s, a)| Accepted::Tcp(s, a)),
+            Listener::Unix(l) => l.accept().await.map(Accepted::Unix),
+        }
+    }
+}
+
+/// Removes a Unix socket file no server answers on (what a killed server
+/// leaves behind), so that `bind` can take the path again.
+///
+/// A server killed a moment ago may still answer for a while: its listening
+/// socket is closed only when the kernel tears its io_uring down, after the
+/// process is gone, and until then connections to it are queued (then
+/// reset). So a path that answers is tried again for up to
+/// [`STALE_SOCKET_GRACE`] before it is called in use.
+pub fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let deadline = Instant::now() + STALE_SOCKET_GRACE;
+    loop {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return Ok(());
+        };
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket",
+            ));
+        }
+        match std::os::unix::net::UnixStream::connect(path) {
+            Err(_) => return std::fs::remove_file(path),
+            Ok(_) if Instant::now() >= deadline => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "a server is already listening on this socket",
+                ))
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// How long a Unix socket that answers may take to go away (see
+/// [`remove_stale_socket`]).
+const STALE_SOCKET_GRACE: Duration = Duration::from_secs(2);
+
+/// An accepted connection, before its TLS handshake (if any).
+enum Accepted {
+    Tcp(TcpStream, SocketAddr),
+    Unix(UnixStream),
+}
+
+impl Accepted {
+    fn peer(&self) -> Option<SocketAddr> {
+        match self {
+            Accepted::Tcp(_, a) => Some(*a),
+            Accepted::Unix(_) => None,
+        }
+    }
+
+    /// The session's transport: the socket itself, or TLS over it once the
+    /// handshake (bounded by the configuration's timeout) succeeded.
+    async fn transport(self, tls: Option<&TlsServerConfig>) -> Result<Transport, TlsError> {
+        let Some(tls) = tls else {
+            return Ok(match self {
+                Accepted::Tcp(s, _) => s.into(),
+                Accepted::Unix(s) => s.into(),
+            });
+        };
+        let socket: Socket = match self {
+            Accepted::Tcp(s, _) => s.into(),
+            Accepted::Unix(s) => s.into(),
+        };
+        TlsStream::accept(socket, tls).await.map(Transport::from)
+    }
+}
+
+/// A failed TLS handshake: logged (at most once a second with a count, as
+/// accept errors), the connection dropped.
+fn handshake_failed(peer: Option<SocketAddr>, e: &TlsError) {
+    thread_local! {
+        static LOG: RefCell<AcceptErrors> = RefCell::new(AcceptErrors::default());
+    }
+    let peer = peer.map_or_else(|| "a unix peer".to_string(), |a| a.to_string());
+    LOG.with(|l| {
+        l.borrow_mut()
+            .log(&format!("TLS handshake with {peer} failed: {e}"))
+    });
+}
+
+/// Accepts connections forever, running a muxado server session on each
+/// (over TLS with `tls`: each handshake runs in the connection's own task).
+pub async fn muxado_server(
+    listener: Listener,
+    tls: Option<TlsServerConfig>,
+    mode: Mode,
+    config: Config,
+) {
     let pool = BufPool::default();
     let mut accept_errors = AcceptErrors::default();
     engine::spawn(trimmer());
     loop {
-        let tcp = match listener.accept().await {
-            Ok((tcp, _)) => tcp,
+        let conn = match listener.accept().await {
+            Ok(conn) => conn,
             Err(e) => {
                 accept_errors.failed(&e);
                 engine::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
-        let session = Session::server(tcp, config.clone());
-        let pool = pool.clone();
+        let (pool, config, tls) = (pool.clone(), config.clone(), tls.clone());
         engine::spawn(async move {
+            let peer = conn.peer();
+            let session = match conn.transport(tls.as_ref()).await {
+                Ok(t) => Session::server(t, config),
+                Err(e) => return handshake_failed(peer, &e),
+            };
             while let Ok(stream) = session.accept().await {
                 engine::spawn(serve_stream(stream, mode, pool.clone()));
             }
@@ -168,11 +293,12 @@ pub async fn muxado_server(listener: TcpListener, mode: Mode, config: Config) {
 }
 
 /// The heartbeat's event callback: latencies at debug level (stderr with
-/// `-v`), timeouts as warnings.
+/// `-v`), timeouts as warnings. `Send`, so that the tokio driver's
+/// heartbeat can run it too.
 pub fn heartbeat_reporter(
     peer: Option<SocketAddr>,
     opts: HeartbeatOpts,
-) -> impl FnMut(HeartbeatEvent) + 'static {
+) -> impl FnMut(HeartbeatEvent) + Send + 'static {
     let peer = peer.map_or_else(|| "?".to_string(), |a| a.to_string());
     move |event| match event {
         HeartbeatEvent::Latency(d) => {
@@ -194,7 +320,8 @@ fn fmt_duration(d: Duration) -> String {
 /// heartbeats are answered (the accept loop keeps running), and typed
 /// streams of any type are served (their 4 type bytes are not data).
 pub async fn muxado_heartbeat_server(
-    listener: TcpListener,
+    listener: Listener,
+    tls: Option<TlsServerConfig>,
     mode: Mode,
     config: Config,
     hb: HeartbeatOpts,
@@ -203,21 +330,26 @@ pub async fn muxado_heartbeat_server(
     let mut accept_errors = AcceptErrors::default();
     engine::spawn(trimmer());
     loop {
-        let tcp = match listener.accept().await {
-            Ok((tcp, _)) => tcp,
+        let conn = match listener.accept().await {
+            Ok(conn) => conn,
             Err(e) => {
                 accept_errors.failed(&e);
                 engine::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
-        let heartbeat = Heartbeat::new(
-            TypedSession::new(Session::server(tcp, config.clone())),
-            hb.config,
-        );
-        let pool = pool.clone();
+        let (pool, config, tls) = (pool.clone(), config.clone(), tls.clone());
         engine::spawn(async move {
-            let reporter = heartbeat_reporter(heartbeat.peer_addr(), hb);
+            let peer = conn.peer();
+            let transport = match conn.transport(tls.as_ref()).await {
+                Ok(t) => t,
+                Err(e) => return handshake_failed(peer, &e),
+            };
+            let heartbeat = Heartbeat::new(
+                TypedSession::new(Session::server(transport, config)),
+                hb.config,
+            );
+            let reporter = heartbeat_reporter(peer, hb);
             if let Err(e) = heartbeat.start(reporter).await {
                 tracing::warn!("heartbeat not started: {e}");
             }
@@ -348,6 +480,12 @@ struct AcceptErrors {
 
 impl AcceptErrors {
     fn failed(&mut self, e: &std::io::Error) {
+        self.log(&format!("accept failed: {e}"));
+    }
+
+    /// Logs `what` as a warning, unless one was logged less than a second
+    /// ago (then it is only counted).
+    fn log(&mut self, what: &str) {
         self.count += 1;
         let now = Instant::now();
         if self
@@ -356,10 +494,7 @@ impl AcceptErrors {
         {
             return;
         }
-        tracing::warn!(
-            "accept failed: {e} ({} failure(s) in the last second)",
-            self.count
-        );
+        tracing::warn!("{what} ({} failure(s) in the last second)", self.count);
         self.count = 0;
         self.last_log = Some(now);
     }

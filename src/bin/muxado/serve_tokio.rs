@@ -5,46 +5,216 @@
 //! the peers') serve their streams with [`serve_stream`] too, so that every
 //! tokio system echoes and sinks the same way.
 
+use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use muxado::tokio::Session;
+use muxado::tokio::{Heartbeat, Session, TypedSession};
+use muxado::transport::{TlsClientConfig, TlsServerConfig, DEFAULT_HANDSHAKE_TIMEOUT};
 use muxado::Config;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::model::{Mode, TAG_SINK};
-use crate::serve::{BufPool, BUF_SIZE};
+use crate::model::{Endpoint, HeartbeatOpts, Mode, TAG_SINK};
+use crate::serve::{heartbeat_reporter, remove_stale_socket, BufPool, BUF_SIZE};
+
+/// A connection on tokio, with or without TLS (tokio-rustls). Sessions are
+/// started on the concrete type of each variant (see [`with_conn!`]), so
+/// the plain ones pay no dispatch per read or write.
+pub enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    TlsTcp(Box<tokio_rustls::TlsStream<TcpStream>>),
+    TlsUnix(Box<tokio_rustls::TlsStream<UnixStream>>),
+}
+
+/// `with_conn!(conn, io => expr)`: `expr` with `io` bound to the connection
+/// of whichever [`Conn`] variant `conn` is (one monomorphised copy each).
+macro_rules! with_conn {
+    ($conn:expr, $io:ident => $body:expr) => {
+        match $conn {
+            $crate::serve_tokio::Conn::Tcp($io) => $body,
+            $crate::serve_tokio::Conn::Unix($io) => $body,
+            $crate::serve_tokio::Conn::TlsTcp($io) => $body,
+            $crate::serve_tokio::Conn::TlsUnix($io) => $body,
+        }
+    };
+}
+pub(crate) use with_conn;
+
+/// The TLS side of a client connection: rustls' configuration (the one the
+/// engine's `TlsStream` uses too) and the name to check the certificate against.
+pub struct ClientTls<'a> {
+    pub config: &'a TlsClientConfig,
+    pub server_name: &'a str,
+}
+
+/// Bounds a handshake like the engine's `TlsStream` does.
+async fn handshake<T>(
+    what: &str,
+    f: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match tokio::time::timeout(DEFAULT_HANDSHAKE_TIMEOUT, f).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(io::Error::new(
+            e.kind(),
+            format!("TLS handshake failed ({what}): {e}"),
+        )),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "TLS handshake failed ({what}): no answer within {DEFAULT_HANDSHAKE_TIMEOUT:?}"
+            ),
+        )),
+    }
+}
+
+/// Connects to `to` (TCP with `TCP_NODELAY`, or a Unix socket), then
+/// handshakes with `tls` if given.
+pub async fn connect(to: &Endpoint, tls: Option<ClientTls<'_>>) -> io::Result<Conn> {
+    let plain = match to {
+        Endpoint::Tcp(addr) => {
+            let tcp = TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            Conn::Tcp(tcp)
+        }
+        Endpoint::Unix(path) => Conn::Unix(UnixStream::connect(path).await?),
+    };
+    let Some(tls) = tls else {
+        return Ok(plain);
+    };
+    let name =
+        muxado::transport::rustls::pki_types::ServerName::try_from(tls.server_name.to_owned())
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("invalid TLS server name {:?}", tls.server_name),
+                )
+            })?;
+    let connector = TlsConnector::from(tls.config.rustls().clone());
+    Ok(match plain {
+        Conn::Tcp(s) => Conn::TlsTcp(Box::new(
+            handshake("client", connector.connect(name, s))
+                .await?
+                .into(),
+        )),
+        Conn::Unix(s) => Conn::TlsUnix(Box::new(
+            handshake("client", connector.connect(name, s))
+                .await?
+                .into(),
+        )),
+        tls @ (Conn::TlsTcp(_) | Conn::TlsUnix(_)) => tls,
+    })
+}
+
+/// What a tokio server listens on.
+pub enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listener {
+    /// Listens at `at` (a stale Unix socket file is replaced, as on the engine).
+    pub async fn bind(at: &Endpoint) -> io::Result<Listener> {
+        match at {
+            Endpoint::Tcp(addr) => tokio::net::TcpListener::bind(addr).await.map(Listener::Tcp),
+            Endpoint::Unix(path) => {
+                remove_stale_socket(path)?;
+                tokio::net::UnixListener::bind(path).map(Listener::Unix)
+            }
+        }
+    }
+
+    async fn accept(&self) -> io::Result<(Conn, Option<SocketAddr>)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (tcp, peer) = l.accept().await?;
+                let _ = tcp.set_nodelay(true);
+                Ok((Conn::Tcp(tcp), Some(peer)))
+            }
+            Listener::Unix(l) => Ok((Conn::Unix(l.accept().await?.0), None)),
+        }
+    }
+}
+
+/// The server side of TLS: the handshake of an accepted connection.
+async fn accept_tls(conn: Conn, acceptor: &TlsAcceptor) -> io::Result<Conn> {
+    Ok(match conn {
+        Conn::Tcp(s) => Conn::TlsTcp(Box::new(
+            handshake("server", acceptor.accept(s)).await?.into(),
+        )),
+        Conn::Unix(s) => Conn::TlsUnix(Box::new(
+            handshake("server", acceptor.accept(s)).await?.into(),
+        )),
+        tls => tls,
+    })
+}
+
+/// The acceptor of the engine's TLS server configuration (same rustls
+/// configuration, hence the same certificate and cipher suites).
+pub fn acceptor(tls: &TlsServerConfig) -> TlsAcceptor {
+    TlsAcceptor::from(tls.rustls().clone())
+}
+
+/// What `muxado serve --driver tokio` serves.
+pub struct ServeOpts {
+    pub listen: Endpoint,
+    pub mode: Mode,
+    pub workers: usize,
+    pub config: Config,
+    pub tls: Option<TlsServerConfig>,
+    pub heartbeat: Option<HeartbeatOpts>,
+}
 
 /// Runs `muxado serve` on a multi-thread tokio runtime of `workers` threads
 /// until the process is stopped; an error if the runtime or the listener
 /// cannot be set up.
-pub fn serve(listen: SocketAddr, mode: Mode, workers: usize, config: Config) -> Result<(), String> {
+pub fn serve(o: ServeOpts) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+        .worker_threads(o.workers)
         .thread_name("muxado-serve")
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen)
+        let listener = Listener::bind(&o.listen)
             .await
-            .map_err(|e| format!("listen on {listen}: {e}"))?;
+            .map_err(|e| format!("listen on {}: {e}", o.listen))?;
         tracing::info!(
-            "muxado serve: {mode:?} on {listen} with {workers} tokio worker thread(s) \
-             (the tokio driver)"
+            "muxado serve: {:?} on {}{} with {} tokio worker thread(s) (the tokio driver){}",
+            o.mode,
+            o.listen,
+            if o.tls.is_some() { " (TLS)" } else { "" },
+            o.workers,
+            o.heartbeat.map_or(String::new(), |hb| format!(
+                ", heartbeat every {:?} (tolerance {:?})",
+                hb.config.interval, hb.config.tolerance
+            )),
         );
-        muxado_server(listener, mode, config).await;
+        let acceptor = o.tls.as_ref().map(acceptor);
+        muxado_server(listener, acceptor, o.mode, o.config, o.heartbeat).await;
         Ok(())
     })
 }
 
 /// Accepts connections forever, running a muxado server session (tokio
-/// driver) on each and serving every stream in its own task.
-pub async fn muxado_server(listener: tokio::net::TcpListener, mode: Mode, config: Config) {
+/// driver) on each and serving every stream in its own task; with `tls`,
+/// each connection's handshake runs in its own task first; with `hb`, every
+/// session is Heartbeat(TypedSession(session)) as on the engine.
+pub async fn muxado_server(
+    listener: Listener,
+    tls: Option<TlsAcceptor>,
+    mode: Mode,
+    config: Config,
+    hb: Option<HeartbeatOpts>,
+) {
     let pool = BufPool::default();
+    let tls = tls.map(Arc::new);
     loop {
-        let tcp = match listener.accept().await {
-            Ok((tcp, _)) => tcp,
+        let (conn, peer) = match listener.accept().await {
+            Ok(c) => c,
             Err(e) => {
                 // Out of fds, say: back off rather than spin.
                 tracing::warn!("accept failed: {e}");
@@ -52,12 +222,35 @@ pub async fn muxado_server(listener: tokio::net::TcpListener, mode: Mode, config
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
-        let session = Session::server(tcp, config.clone());
-        let pool = pool.clone();
+        let (pool, config, tls) = (pool.clone(), config.clone(), tls.clone());
         tokio::spawn(async move {
-            while let Ok(stream) = session.accept().await {
-                tokio::spawn(serve_stream(stream, mode, pool.clone()));
+            let conn = match &tls {
+                None => conn,
+                Some(acceptor) => match accept_tls(conn, acceptor).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let peer = peer.map_or_else(|| "a unix peer".into(), |a| a.to_string());
+                        tracing::warn!("{peer}: {e}");
+                        return;
+                    }
+                },
+            };
+            let session = with_conn!(conn, io => Session::server(io, config));
+            match hb {
+                None => {
+                    while let Ok(stream) = session.accept().await {
+                        tokio::spawn(serve_stream(stream, mode, pool.clone()));
+                    }
+                }
+                Some(hb) => {
+                    let heartbeat = Heartbeat::new(TypedSession::new(session), hb.config);
+                    if let Err(e) = heartbeat.start(heartbeat_reporter(peer, hb)).await {
+                        tracing::warn!("heartbeat not started: {e}");
+                    }
+                    while let Ok(stream) = heartbeat.accept_typed().await {
+                        tokio::spawn(serve_stream(stream.into_stream(), mode, pool.clone()));
+                    }
+                }
             }
         });
     }

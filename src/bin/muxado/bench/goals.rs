@@ -129,7 +129,29 @@ pub fn goals(rows: &[Row], busy_poll: bool) -> Vec<Goal> {
         }
     }
     tokio_goals(rows, &mut out);
+    tls_goals(rows, &mut out);
     out
+}
+
+/// muxado over TLS on the engine (rustls sans-IO) against ngrok's crate over
+/// tokio-rustls, with the same certificate and rustls configuration:
+/// bulk/1 ≥ 1.3× (issue 9).
+fn tls_goals(rows: &[Row], out: &mut Vec<Goal>) {
+    for r in rows.iter().filter(|r| r.system == System::MuxadoTls) {
+        let min = match (r.case.scenario, r.case.streams) {
+            (Scenario::Bulk, 1) => 1.3,
+            _ => continue,
+        };
+        let head = r.headline();
+        if let Some(o) = find(rows, r, System::NgrokMuxadoTls) {
+            out.push(judge(
+                &r.case.label(),
+                format!("muxado+tls ≥ {min}× {}", o.system.name()),
+                paired(r, head, o, head),
+                Check::AtLeast(min),
+            ));
+        }
+    }
 }
 
 /// muxado-tokio (our core on the tokio driver) against the other muxado-like
@@ -234,6 +256,35 @@ mod tests {
         // tcp-best is tcp-uring here (the only plain-TCP row).
         let best = g.iter().find(|g| g.what == "≥ 1× tcp-best").unwrap();
         assert!(best.met);
+    }
+
+    #[test]
+    fn the_tls_goal_compares_the_tls_rows() {
+        let goal = "muxado+tls ≥ 1.3× ngrok-muxado+tls";
+        let rows = vec![
+            row(System::MuxadoTls, Some(6.5)),
+            row(System::NgrokMuxadoTls, Some(5.0)),
+            // The plain rows do not stand in for the TLS ones.
+            row(System::NgrokMuxado, Some(100.0)),
+        ];
+        let g = goals(&rows, false);
+        let tls = g.iter().find(|g| g.what == goal).expect("goal shown");
+        assert!(tls.met, "{}", tls.measured);
+        assert_eq!(tls.measured, "1.30×");
+        let slow = vec![
+            row(System::MuxadoTls, Some(6.0)),
+            row(System::NgrokMuxadoTls, Some(5.0)),
+        ];
+        assert!(
+            !goals(&slow, false)
+                .iter()
+                .find(|g| g.what == goal)
+                .unwrap()
+                .met
+        );
+        // Without the peer's TLS row the goal is not shown.
+        let alone = vec![row(System::MuxadoTls, Some(6.0))];
+        assert!(!goals(&alone, false).iter().any(|g| g.what == goal));
     }
 
     fn rpc1(system: System, p50_ns: u64) -> Row {

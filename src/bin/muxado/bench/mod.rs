@@ -23,15 +23,16 @@ mod stats;
 mod uring;
 mod workload;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::model::{
-    Case, CaseRun, Driver, EngineOpts, HeartbeatOpts, Placement, Progress, Scenario, System,
+    BenchTls, Case, CaseRun, Driver, Endpoint, EngineOpts, HeartbeatOpts, Placement, Progress,
+    Scenario, System,
 };
+use muxado::transport::{TlsClientConfig, TlsServerConfig};
 use stats::{Row, Sample};
 
 /// The options of one bench run.
@@ -48,11 +49,16 @@ pub struct Options {
     pub repeat: usize,
     pub json: bool,
     pub out: Option<PathBuf>,
-    pub connect: Option<SocketAddr>,
+    /// `--connect ADDR` / `--unix PATH`: only the client half, against a
+    /// server there.
+    pub connect: Option<Endpoint>,
+    /// `--tls-ca` (with `connect`): what the `+tls` clients trust.
+    pub remote_tls: Option<BenchTls>,
     /// A saved results.json to compare with (`--baseline`).
     pub baseline: Option<PathBuf>,
-    /// `--heartbeat`: the `muxado` system's sessions are wrapped in the typed
-    /// and heartbeat layers (other systems ignore it).
+    /// `--heartbeat`: the sessions of our systems (`muxado`, `muxado-tokio`
+    /// and their `+tls` rows) are wrapped in the typed and heartbeat layers
+    /// (the other systems ignore it).
     pub heartbeat: Option<HeartbeatOpts>,
     pub engine: EngineOpts,
     /// On [`Driver::Tokio`] the systems that need io_uring are skipped.
@@ -142,9 +148,9 @@ fn run_once(opts: &Options, run: &CaseRun) -> Result<Sample, String> {
         run.case.scenario.is_bulk(),
     );
     let cpu0 = cpu_seconds();
-    let result = match (opts.connect, run.system.on_engine()) {
-        (Some(addr), true) => uring::run_remote(addr, run),
-        (Some(addr), false) => peers::run_remote(addr, run),
+    let result = match (&opts.connect, run.system.on_engine()) {
+        (Some(to), true) => uring::run_remote(to, run),
+        (Some(to), false) => peers::run_remote(to, run),
         (None, true) => uring::run_case(run),
         (None, false) => peers::run_case(run),
     };
@@ -178,7 +184,42 @@ fn runnable_systems(opts: &Options) -> Result<Vec<System>, String> {
     Ok(kept)
 }
 
-fn case_run(opts: &Options, case: Case, system: System, placement: Placement) -> CaseRun {
+/// The TLS settings of the `+tls` systems: `--tls-ca`'s against a remote
+/// server; for the local suite, a self-signed certificate for "localhost"
+/// (ECDSA P-256, made now by rcgen) that every system's server presents and
+/// every client trusts, through one rustls configuration each way.
+fn bench_tls(opts: &Options, systems: &[System]) -> Result<Option<Arc<BenchTls>>, String> {
+    if !systems.iter().any(|s| s.tls()) {
+        return Ok(None);
+    }
+    if let Some(remote) = &opts.remote_tls {
+        return Ok(Some(Arc::new(remote.clone())));
+    }
+    if opts.connect.is_some() {
+        return Err("the +tls systems against a remote server need --tls-ca".into());
+    }
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+        .map_err(|e| format!("making the bench's TLS certificate: {e}"))?;
+    let cert = made.cert.pem();
+    let key = made.key_pair.serialize_pem();
+    let server = TlsServerConfig::from_pem(cert.as_bytes(), key.as_bytes())
+        .map_err(|e| format!("the bench's TLS certificate: {e}"))?;
+    let client = TlsClientConfig::from_ca_pem(cert.as_bytes())
+        .map_err(|e| format!("the bench's TLS certificate: {e}"))?;
+    Ok(Some(Arc::new(BenchTls {
+        client,
+        server: Some(server),
+        server_name: "localhost".into(),
+    })))
+}
+
+fn case_run(
+    opts: &Options,
+    tls: &Option<Arc<BenchTls>>,
+    case: Case,
+    system: System,
+    placement: Placement,
+) -> CaseRun {
     CaseRun {
         system,
         case,
@@ -186,9 +227,37 @@ fn case_run(opts: &Options, case: Case, system: System, placement: Placement) ->
         payload: payload(case.size),
         duration: opts.duration.unwrap_or(DEFAULT_DURATION),
         progress: Arc::new(Progress::default()),
-        heartbeat: opts.heartbeat.filter(|_| system == System::Muxado),
+        heartbeat: opts
+            .heartbeat
+            .filter(|_| matches!(system.plain(), System::Muxado | System::MuxadoTokio)),
         engine: opts.engine,
+        tls: tls.clone().filter(|_| system.tls()),
+        remote: opts.connect.is_some(),
     }
+}
+
+/// What the `+tls` rows ran over, for the report: the cipher suites and
+/// versions rustls offers (the first is chosen: every system has the same
+/// configuration) and the certificate.
+fn tls_description(t: &BenchTls) -> String {
+    let cfg = t.client.rustls();
+    let suites: Vec<String> = cfg
+        .crypto_provider()
+        .cipher_suites
+        .iter()
+        .take(1)
+        .map(|s| format!("{:?}", s.suite()))
+        .collect();
+    let cert = if t.server.is_some() {
+        "self-signed ECDSA P-256 certificate made at start (rcgen)"
+    } else {
+        "the server's certificate (--tls-ca)"
+    };
+    format!(
+        "rustls 0.23 (ring), TLS 1.3, cipher suite {} (the first of the one rustls \
+         configuration every end shares: the engine's TlsStream and tokio-rustls alike); {cert}",
+        suites.join(", ")
+    )
 }
 
 /// Runs the selected scenarios × systems × placements `repeat` times and
@@ -201,6 +270,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
     };
     let load_before = report::loadavg();
     let systems = runnable_systems(opts)?;
+    let tls = bench_tls(opts, &systems)?;
     let mut rows: Vec<Row> = Vec::new();
     for &case in &cases(opts) {
         for &placement in &opts.placements {
@@ -228,7 +298,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
             continue;
         }
         warmed.push(row.system);
-        let mut run = case_run(opts, row.case, row.system, row.placement);
+        let mut run = case_run(opts, &tls, row.case, row.system, row.placement);
         run.duration = (run.duration / 4).max(Duration::from_millis(20));
         eprintln!("[warm-up] {} {}", row.case.label(), row.system.name());
         if let Err(e) = run_once(opts, &run) {
@@ -247,12 +317,15 @@ pub fn run(opts: &Options) -> Result<(), String> {
                 row.system.name(),
                 where_(row.placement)
             );
-            let run = case_run(opts, row.case, row.system, row.placement);
+            let run = case_run(opts, &tls, row.case, row.system, row.placement);
             match run_once(opts, &run) {
                 Ok(sample) => {
                     eprintln!("    {}", report::summary(row.case.scenario, &sample));
                     if opts.json {
-                        println!("{}", report::json_line(row, round, &sample, opts.connect));
+                        println!(
+                            "{}",
+                            report::json_line(row, round, &sample, opts.connect.as_ref())
+                        );
                     }
                     row.samples[round] = Some(sample);
                 }
@@ -266,7 +339,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
     let mut meta = report::Meta::collect(
         opts.repeat,
         &opts.placements,
-        opts.connect,
+        opts.connect.as_ref(),
         opts.duration.unwrap_or(DEFAULT_DURATION),
         load_before,
     );
@@ -275,15 +348,18 @@ pub fn run(opts: &Options) -> Result<(), String> {
         "busy_poll_us",
         opts.engine.busy_poll.as_micros().to_string(),
     ));
+    if let Some(t) = &tls {
+        meta.fields.push(("tls", tls_description(t)));
+    }
     if !opts.json {
-        report::print_table(&rows, &meta, opts.connect);
+        report::print_table(&rows, &meta, opts.connect.as_ref());
     }
     let comparison = baseline.map(|b| baseline::compare(&b, &rows));
     if let Some(c) = &comparison {
         baseline::print(c);
     }
     if let Some(dir) = &opts.out {
-        report::write_dir(dir, &rows, &meta, opts.connect)
+        report::write_dir(dir, &rows, &meta, opts.connect.as_ref())
             .map_err(|e| format!("--out {dir:?}: {e}"))?;
         eprintln!("wrote {}", dir.display());
     }

@@ -1,5 +1,8 @@
 //! The systems on tokio: `muxado-tokio` (our core on its tokio driver),
-//! `tcp-tokio`, `ngrok-muxado` (ngrok's crate),
+//! `tcp-tokio`, `ngrok-muxado` (ngrok's crate), the two muxados over
+//! tokio-rustls (`muxado-tokio+tls`, `ngrok-muxado+tls`: the same session
+//! settings as their plain rows, the same rustls configuration as
+//! `muxado+tls`),
 //! `yamux` (rust-yamux through tokio-util's compat layer) and
 //! `tcp-tokio-uring` (the tokio-uring crate). Each has its own server with
 //! the echo/sink semantics of `muxado serve`, and runs on current-thread
@@ -21,9 +24,36 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
 use super::workload::{self, BenchStream, Client};
-use crate::model::{bench_config, CaseRun, Measurement, Mode, Placement, System, TAG_SINK};
+use crate::model::{
+    bench_config, CaseRun, Endpoint, Measurement, Mode, Placement, System, TAG_SINK,
+};
 use crate::serve::BufPool;
-use crate::serve_tokio::{self, serve_stream};
+use crate::serve_tokio::{self, serve_stream, with_conn, ClientTls, Conn};
+
+/// The TCP address of a system that runs over TCP only.
+fn tcp_only(to: &Endpoint, system: System) -> io::Result<SocketAddr> {
+    match to {
+        Endpoint::Tcp(addr) => Ok(*addr),
+        Endpoint::Unix(_) => Err(io::Error::other(format!(
+            "{} runs over TCP only",
+            system.name()
+        ))),
+    }
+}
+
+/// The connection of a muxado client on tokio: over TLS for the `+tls`
+/// systems, with the bench's shared rustls configuration.
+async fn tokio_connect(to: &Endpoint, run: &CaseRun) -> io::Result<Conn> {
+    let tls = match (run.system.tls(), &run.tls) {
+        (false, _) => None,
+        (true, Some(t)) => Some(ClientTls {
+            config: &t.client,
+            server_name: &t.server_name,
+        }),
+        (true, None) => return Err(io::Error::other("no TLS settings for a +tls system")),
+    };
+    serve_tokio::connect(to, tls).await
+}
 
 /// Streams per session the peers allow (their defaults are 512).
 const STREAM_LIMIT: usize = 4096;
@@ -46,9 +76,18 @@ fn yamux_config() -> yamux::Config {
 /// stalled ngrok's sessions in every try here (1 MiB ran; its default
 /// 256 KiB stalls too, now and then, in very short runs), so those cases
 /// get 1 MiB.
+///
+/// Against a server elsewhere (`--connect`/`--unix`) it gets the protocol's
+/// initial window, 256 KiB: ngrok's crate takes its own setting as the
+/// peer's initial window too, which holds only when both ends are ngrok's
+/// with the same setting; any other server (ours, Go's) would see it send
+/// past the window and reset the stream with FLOW_CONTROL_ERROR.
 fn ngrok_window(run: &CaseRun) -> usize {
+    const PROTOCOL_INITIAL_WINDOW: usize = 256 * 1024;
     let ours = bench_config().max_auto_window as usize;
-    if run.case.scenario.is_bulk() && run.case.streams >= 64 {
+    if run.remote {
+        PROTOCOL_INITIAL_WINDOW
+    } else if run.case.scenario.is_bulk() && run.case.streams >= 64 {
         ours.min(1 << 20)
     } else {
         ours
@@ -83,8 +122,10 @@ pub struct TcpTokioClient {
 impl Client for TcpTokioClient {
     type Stream = Tok<tokio::net::TcpStream>;
 
-    async fn connect(addr: SocketAddr, _run: &CaseRun) -> io::Result<Self> {
-        Ok(TcpTokioClient { addr })
+    async fn connect(to: &Endpoint, run: &CaseRun) -> io::Result<Self> {
+        Ok(TcpTokioClient {
+            addr: tcp_only(to, run.system)?,
+        })
     }
 
     async fn open(&self) -> io::Result<Self::Stream> {
@@ -106,16 +147,15 @@ pub struct NgrokClient {
 impl Client for NgrokClient {
     type Stream = Tok<ngrok_muxado::Stream>;
 
-    async fn connect(addr: SocketAddr, run: &CaseRun) -> io::Result<Self> {
+    async fn connect(to: &Endpoint, run: &CaseRun) -> io::Result<Self> {
         use ngrok_muxado::Session as _;
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        let session = ngrok_muxado::SessionBuilder::new(tcp)
+        let conn = tokio_connect(to, run).await?;
+        let session = with_conn!(conn, io => ngrok_muxado::SessionBuilder::new(io)
             .client()
             .window_size(ngrok_window(run))
             .stream_limit(STREAM_LIMIT)
             .accept_queue_size(ACCEPT_QUEUE)
-            .start();
+            .start());
         let (open, accept) = session.split();
         Ok(NgrokClient {
             open,
@@ -149,11 +189,10 @@ pub struct MuxadoTokioClient {
 impl Client for MuxadoTokioClient {
     type Stream = Tok<muxado::tokio::Stream>;
 
-    async fn connect(addr: SocketAddr, _run: &CaseRun) -> io::Result<Self> {
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
+    async fn connect(to: &Endpoint, run: &CaseRun) -> io::Result<Self> {
+        let conn = tokio_connect(to, run).await?;
         Ok(MuxadoTokioClient {
-            session: muxado::tokio::Session::client(tcp, bench_config()),
+            session: with_conn!(conn, io => muxado::tokio::Session::client(io, bench_config())),
         })
     }
 
@@ -170,6 +209,67 @@ impl Client for MuxadoTokioClient {
     }
 }
 
+/// `--heartbeat` on the tokio driver: the session wrapped as
+/// Heartbeat(TypedSession(session)) with its heartbeat started, as the
+/// engine's `muxado` client does; the peer's heartbeats are answered by an
+/// accept loop; the workload's streams are typed streams of type 1.
+pub struct MuxadoTokioHbClient {
+    heartbeat: muxado::tokio::Heartbeat,
+    accept_loop: tokio::task::JoinHandle<()>,
+}
+
+impl Client for MuxadoTokioHbClient {
+    type Stream = Tok<muxado::tokio::Stream>;
+
+    async fn connect(to: &Endpoint, run: &CaseRun) -> io::Result<Self> {
+        use muxado::tokio::{Heartbeat, Session, TypedSession};
+        let opts = run
+            .heartbeat
+            .ok_or_else(|| io::Error::other("heartbeat settings not set"))?;
+        let conn = tokio_connect(to, run).await?;
+        let peer = match to {
+            Endpoint::Tcp(addr) => Some(*addr),
+            Endpoint::Unix(_) => None,
+        };
+        let session = with_conn!(conn, io => Session::client(io, bench_config()));
+        let heartbeat = Heartbeat::new(TypedSession::new(session), opts.config);
+        let reporter = crate::serve::heartbeat_reporter(peer, opts);
+        heartbeat.start(reporter).await.map_err(io::Error::from)?;
+        let acceptor = heartbeat.clone();
+        let accept_loop =
+            tokio::spawn(async move { while acceptor.accept_typed().await.is_ok() {} });
+        Ok(MuxadoTokioHbClient {
+            heartbeat,
+            accept_loop,
+        })
+    }
+
+    async fn open(&self) -> io::Result<Self::Stream> {
+        let stream = self
+            .heartbeat
+            .open_typed(WORKLOAD_TYPE)
+            .await
+            .map_err(io::Error::from)?;
+        Ok(Tok(stream.into_stream()))
+    }
+
+    async fn sleep(d: Duration) {
+        tokio::time::sleep(d).await
+    }
+}
+
+impl Drop for MuxadoTokioHbClient {
+    fn drop(&mut self) {
+        // The accept loop holds a clone of the heartbeat: stop it so that
+        // the session closes with the client.
+        self.accept_loop.abort();
+        let _ = self.heartbeat.close();
+    }
+}
+
+/// The stream type of the workload's streams under `--heartbeat` (as on the engine).
+const WORKLOAD_TYPE: u32 = 1;
+
 type YamuxStream = tokio_util::compat::Compat<yamux::Stream>;
 type OpenRequest = oneshot::Sender<yamux::Result<yamux::Stream>>;
 
@@ -182,8 +282,8 @@ pub struct YamuxClient {
 impl Client for YamuxClient {
     type Stream = Tok<YamuxStream>;
 
-    async fn connect(addr: SocketAddr, _run: &CaseRun) -> io::Result<Self> {
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
+    async fn connect(to: &Endpoint, run: &CaseRun) -> io::Result<Self> {
+        let tcp = tokio::net::TcpStream::connect(tcp_only(to, run.system)?).await?;
         tcp.set_nodelay(true)?;
         let mut conn = yamux::Connection::new(tcp.compat(), yamux_config(), yamux::Mode::Client);
         let (tx, mut rx) = mpsc::unbounded_channel::<OpenRequest>();
@@ -255,8 +355,10 @@ pub struct TokioUringClient {
 impl Client for TokioUringClient {
     type Stream = TokioUringStream;
 
-    async fn connect(addr: SocketAddr, _run: &CaseRun) -> io::Result<Self> {
-        Ok(TokioUringClient { addr })
+    async fn connect(to: &Endpoint, run: &CaseRun) -> io::Result<Self> {
+        Ok(TokioUringClient {
+            addr: tcp_only(to, run.system)?,
+        })
     }
 
     async fn open(&self) -> io::Result<Self::Stream> {
@@ -317,19 +419,36 @@ async fn tcp_tokio_server(listener: tokio::net::TcpListener, mode: Mode) {
     }
 }
 
-/// ngrok's muxado crate, server role: echo or sink every stream.
-async fn ngrok_server(listener: tokio::net::TcpListener, mode: Mode, window: usize) {
+/// ngrok's muxado crate, server role: echo or sink every stream; over TLS
+/// (tokio-rustls) with `tls`, each handshake in the connection's task as in
+/// our servers.
+async fn ngrok_server(
+    listener: tokio::net::TcpListener,
+    mode: Mode,
+    window: usize,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let pool = BufPool::default();
     while let Ok((tcp, _)) = listener.accept().await {
         let _ = tcp.set_nodelay(true);
-        let pool = pool.clone();
+        let (pool, tls) = (pool.clone(), tls.clone());
         tokio::spawn(async move {
-            let mut session = ngrok_muxado::SessionBuilder::new(tcp)
+            let conn = match tls {
+                None => Conn::Tcp(tcp),
+                Some(acceptor) => match acceptor.accept(tcp).await {
+                    Ok(s) => Conn::TlsTcp(Box::new(s.into())),
+                    Err(e) => {
+                        tracing::warn!("ngrok-muxado+tls server: TLS handshake failed: {e}");
+                        return;
+                    }
+                },
+            };
+            let mut session = with_conn!(conn, io => ngrok_muxado::SessionBuilder::new(io)
                 .server()
                 .window_size(window)
                 .stream_limit(STREAM_LIMIT)
                 .accept_queue_size(ACCEPT_QUEUE)
-                .start();
+                .start());
             while let Some(stream) = session.accept().await {
                 tokio::spawn(serve_stream(stream, mode, pool.clone()));
             }
@@ -428,11 +547,17 @@ fn block_on<T>(system: System, make: impl FnOnce() -> LocalFuture<T>) -> T {
 }
 
 fn server_future(run: &CaseRun, listener: std::net::TcpListener) -> LocalFuture<()> {
-    let (system, mode, window) = (
+    let (system, mode, window, hb) = (
         run.system,
         run.case.scenario.server_mode(),
         ngrok_window(run),
+        run.heartbeat,
     );
+    let tls = run
+        .tls
+        .as_ref()
+        .and_then(|t| t.server.as_ref())
+        .map(serve_tokio::acceptor);
     Box::pin(async move {
         if system == System::TcpTokioUring {
             tokio_uring_server(tokio_uring::net::TcpListener::from_std(listener), mode).await;
@@ -441,23 +566,30 @@ fn server_future(run: &CaseRun, listener: std::net::TcpListener) -> LocalFuture<
         let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
             return;
         };
-        match system {
-            System::MuxadoTokio => serve_tokio::muxado_server(listener, mode, bench_config()).await,
-            System::NgrokMuxado => ngrok_server(listener, mode, window).await,
+        match system.plain() {
+            System::MuxadoTokio => {
+                let listener = serve_tokio::Listener::Tcp(listener);
+                serve_tokio::muxado_server(listener, tls, mode, bench_config(), hb).await
+            }
+            System::NgrokMuxado => ngrok_server(listener, mode, window, tls).await,
             System::Yamux => yamux_server(listener, mode).await,
             _ => tcp_tokio_server(listener, mode).await,
         }
     })
 }
 
-fn client_future(addr: SocketAddr, run: CaseRun) -> LocalFuture<Result<Measurement, String>> {
+fn client_future(to: Endpoint, run: CaseRun) -> LocalFuture<Result<Measurement, String>> {
     Box::pin(async move {
-        match run.system {
-            System::MuxadoTokio => workload::drive::<MuxadoTokioClient>(addr, &run).await,
-            System::NgrokMuxado => workload::drive::<NgrokClient>(addr, &run).await,
-            System::Yamux => workload::drive::<YamuxClient>(addr, &run).await,
-            System::TcpTokioUring => workload::drive::<TokioUringClient>(addr, &run).await,
-            _ => workload::drive::<TcpTokioClient>(addr, &run).await,
+        let to = &to;
+        match run.system.plain() {
+            System::MuxadoTokio if run.heartbeat.is_some() => {
+                workload::drive::<MuxadoTokioHbClient>(to, &run).await
+            }
+            System::MuxadoTokio => workload::drive::<MuxadoTokioClient>(to, &run).await,
+            System::NgrokMuxado => workload::drive::<NgrokClient>(to, &run).await,
+            System::Yamux => workload::drive::<YamuxClient>(to, &run).await,
+            System::TcpTokioUring => workload::drive::<TokioUringClient>(to, &run).await,
+            _ => workload::drive::<TcpTokioClient>(to, &run).await,
         }
     })
 }
@@ -482,7 +614,7 @@ pub fn run_case(run: &CaseRun) -> Result<Measurement, String> {
                 block_on(system, move || {
                     Box::pin(async move {
                         let server = server_future(&server_run, listener);
-                        let client = client_future(addr, run);
+                        let client = client_future(Endpoint::Tcp(addr), run);
                         match select(client, server).await {
                             Either::Left((m, _)) => m,
                             Either::Right(_) => Err("the server stopped".into()),
@@ -505,7 +637,7 @@ pub fn run_case(run: &CaseRun) -> Result<Measurement, String> {
             });
             let client = std::thread::spawn(move || {
                 pin_like_core(0);
-                block_on(system, move || client_future(addr, run))
+                block_on(system, move || client_future(Endpoint::Tcp(addr), run))
             });
             let m = client
                 .join()
@@ -521,7 +653,7 @@ pub fn run_case(run: &CaseRun) -> Result<Measurement, String> {
 
 /// The client half of a tokio-based system against a server elsewhere, on
 /// this thread.
-pub fn run_remote(addr: SocketAddr, run: &CaseRun) -> Result<Measurement, String> {
-    let run = run.clone();
-    block_on(run.system, move || client_future(addr, run))
+pub fn run_remote(to: &Endpoint, run: &CaseRun) -> Result<Measurement, String> {
+    let (to, run) = (to.clone(), run.clone());
+    block_on(run.system, move || client_future(to, run))
 }

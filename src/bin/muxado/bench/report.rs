@@ -4,7 +4,6 @@
 
 use std::fmt::Write as _;
 use std::io;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use super::goals::goals;
 use super::json;
 use super::plots;
 use super::stats::{self, Figure, Row, Sample, Spread};
-use crate::model::{Placement, Scenario, System};
+use crate::model::{Endpoint, Placement, Scenario, System};
 
 /// /proc/loadavg's three averages.
 pub fn loadavg() -> String {
@@ -42,7 +41,7 @@ impl Meta {
     pub fn collect(
         repeat: usize,
         placements: &[Placement],
-        remote: Option<SocketAddr>,
+        remote: Option<&Endpoint>,
         duration: Duration,
         load_before: String,
     ) -> Meta {
@@ -109,7 +108,7 @@ impl Meta {
     }
 }
 
-fn place(p: Placement, remote: Option<SocketAddr>) -> &'static str {
+fn place(p: Placement, remote: Option<&Endpoint>) -> &'static str {
     if remote.is_some() {
         "remote"
     } else {
@@ -118,7 +117,7 @@ fn place(p: Placement, remote: Option<SocketAddr>) -> &'static str {
 }
 
 /// One JSON object per run (`--json`, on stdout as the runs finish).
-pub fn json_line(r: &Row, round: usize, s: &Sample, remote: Option<SocketAddr>) -> String {
+pub fn json_line(r: &Row, round: usize, s: &Sample, remote: Option<&Endpoint>) -> String {
     format!(
         "{{\"scenario\":{},\"system\":{},\"placement\":{},\"round\":{},\"streams\":{},\"msg_size\":{},\"seconds\":{:.3},\"gbit_s\":{:.3},\"ops_s\":{:.1},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"fairness\":{},\"cpu_s\":{:.3},\"bytes\":{},\"ops\":{}}}",
         json::str(r.case.scenario.name()),
@@ -187,7 +186,7 @@ fn spread_cell(s: Option<Spread>, prec: usize) -> String {
     s.map_or("-".into(), |s| s.fmt(prec))
 }
 
-fn cells(rows: &[Row], r: &Row, remote: Option<SocketAddr>) -> [String; 12] {
+fn cells(rows: &[Row], r: &Row, remote: Option<&Endpoint>) -> [String; 12] {
     let f = |fig: Figure, prec| spread_cell(r.spread(fig), prec);
     let ok = r.ok_runs();
     [
@@ -220,8 +219,17 @@ const NOTES: &[&str] = &[
     "plain-TCP systems carry each stream on its own connection (mixed: two connections)",
 ];
 
+/// Named next to the table when it has `+tls` rows.
+const TLS_NOTE: &str = "+tls: the system over TLS 1.3 (rustls with ring; one self-signed certificate and one rustls configuration for every end: the engine's sans-IO TlsStream for muxado+tls, tokio-rustls for the others), with the same windows and buffers as its plain row; the handshake is part of connecting, outside the measured time except in connect";
+
+/// The notes for these rows.
+fn notes(rows: &[Row]) -> impl Iterator<Item = &'static str> {
+    let tls = rows.iter().any(|r| r.system.tls());
+    NOTES.iter().copied().chain(tls.then_some(TLS_NOTE))
+}
+
 /// The summary table on stdout, then the goal check.
-pub fn print_table(rows: &[Row], meta: &Meta, remote: Option<SocketAddr>) {
+pub fn print_table(rows: &[Row], meta: &Meta, remote: Option<&Endpoint>) {
     let table: Vec<[String; 12]> = std::iter::once(HEADER.map(String::from))
         .chain(rows.iter().map(|r| cells(rows, r, remote)))
         .collect();
@@ -244,7 +252,7 @@ pub fn print_table(rows: &[Row], meta: &Meta, remote: Option<SocketAddr>) {
         println!("{}", s.trim_end());
     }
     println!("placement: {}", meta.placement);
-    for n in NOTES {
+    for n in notes(rows) {
         println!("{n}");
     }
     let goals = goals(rows, meta.busy_poll);
@@ -263,12 +271,12 @@ pub fn print_table(rows: &[Row], meta: &Meta, remote: Option<SocketAddr>) {
     }
 }
 
-fn markdown(rows: &[Row], meta: &Meta, remote: Option<SocketAddr>) -> String {
+fn markdown(rows: &[Row], meta: &Meta, remote: Option<&Endpoint>) -> String {
     let mut md = String::from("# muxado bench results\n\n");
     for (k, v) in &meta.fields {
         let _ = writeln!(md, "- {k}: {v}");
     }
-    for n in NOTES {
+    for n in notes(rows) {
         let _ = writeln!(md, "- {n}");
     }
     md.push_str("- regenerate with `scripts/bench.sh`\n\n## Results\n\n");
@@ -333,7 +341,7 @@ fn spread_json(s: Option<Spread>, prec: usize) -> String {
 
 /// results.json: the metadata, every row with its spreads and its runs, and
 /// the goals. `--baseline` reads it back.
-fn results_json(rows: &[Row], meta: &Meta, remote: Option<SocketAddr>) -> String {
+fn results_json(rows: &[Row], meta: &Meta, remote: Option<&Endpoint>) -> String {
     let mut out = String::from("{\n  \"meta\": {");
     let fields: Vec<String> = meta
         .fields
@@ -424,7 +432,7 @@ pub fn write_dir(
     dir: &Path,
     rows: &[Row],
     meta: &Meta,
-    remote: Option<SocketAddr>,
+    remote: Option<&Endpoint>,
 ) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("results.json"), results_json(rows, meta, remote))?;

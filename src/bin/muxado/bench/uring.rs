@@ -1,6 +1,6 @@
-//! The systems on our engine: `muxado` (streams of one muxado-uring session)
-//! and `tcp-uring` (one plain TCP connection per stream, the physical
-//! reference).
+//! The systems on our engine: `muxado` (streams of one muxado-uring session),
+//! `muxado+tls` (the same over the engine's sans-IO rustls `TlsStream`) and
+//! `tcp-uring` (one plain TCP connection per stream, the physical reference).
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,15 +8,41 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use muxado::engine::net::{MultiRecv, RecvBuf, TcpListener, TcpStream};
+use muxado::engine::net::{MultiRecv, RecvBuf, TcpListener, TcpStream, UnixStream};
 use muxado::engine::{self, JoinHandle};
 use muxado::heartbeat::Heartbeat;
+use muxado::transport::{Socket, TlsServerConfig, TlsStream, Transport};
 use muxado::typed::TypedSession;
 use muxado::{Session, Stream};
 
 use super::workload::{self, BenchStream, Client};
-use crate::model::{bench_config, CaseRun, HeartbeatOpts, Measurement, Mode, Placement, System};
+use crate::model::{
+    bench_config, CaseRun, Endpoint, HeartbeatOpts, Measurement, Mode, Placement, System,
+};
 use crate::serve;
+
+/// The transport of an engine client: TCP or a Unix socket, with TLS on top
+/// for the `+tls` systems (the handshake is part of connecting).
+async fn transport(to: &Endpoint, run: &CaseRun) -> io::Result<Transport> {
+    let tls = match (run.system.tls(), &run.tls) {
+        (false, _) => None,
+        (true, Some(tls)) => Some(tls),
+        (true, None) => return Err(io::Error::other("no TLS settings for a +tls system")),
+    };
+    Ok(match (to, tls) {
+        (Endpoint::Tcp(addr), None) => TcpStream::connect(*addr).await?.into(),
+        (Endpoint::Unix(path), None) => UnixStream::connect(path).await?.into(),
+        (to, Some(tls)) => {
+            let socket: Socket = match to {
+                Endpoint::Tcp(addr) => TcpStream::connect(*addr).await?.into(),
+                Endpoint::Unix(path) => UnixStream::connect(path).await?.into(),
+            };
+            TlsStream::connect(socket, &tls.client, &tls.server_name)
+                .await?
+                .into()
+        }
+    })
+}
 
 pub struct MuxadoClient {
     session: Session,
@@ -25,10 +51,9 @@ pub struct MuxadoClient {
 impl Client for MuxadoClient {
     type Stream = Stream;
 
-    async fn connect(addr: SocketAddr, _run: &CaseRun) -> io::Result<Self> {
-        let tcp = TcpStream::connect(addr).await?;
+    async fn connect(to: &Endpoint, run: &CaseRun) -> io::Result<Self> {
         Ok(MuxadoClient {
-            session: Session::client(tcp, bench_config()),
+            session: Session::client(transport(to, run).await?, bench_config()),
         })
     }
 
@@ -74,16 +99,17 @@ const WORKLOAD_TYPE: u32 = 1;
 impl Client for MuxadoHbClient {
     type Stream = Stream;
 
-    async fn connect(addr: SocketAddr, run: &CaseRun) -> io::Result<Self> {
+    async fn connect(to: &Endpoint, run: &CaseRun) -> io::Result<Self> {
         let opts = run
             .heartbeat
             .ok_or_else(|| io::Error::other("heartbeat settings not set"))?;
-        let tcp = TcpStream::connect(addr).await?;
+        let transport = transport(to, run).await?;
+        let peer = transport.peer_addr();
         let heartbeat = Heartbeat::new(
-            TypedSession::new(Session::client(tcp, bench_config())),
+            TypedSession::new(Session::client(transport, bench_config())),
             opts.config,
         );
-        let reporter = serve::heartbeat_reporter(Some(addr), opts);
+        let reporter = serve::heartbeat_reporter(peer, opts);
         heartbeat.start(reporter).await.map_err(io::Error::from)?;
         // Answers the server's heartbeats; a server of `muxado serve`
         // semantics opens no other stream, so any other one is dropped.
@@ -134,8 +160,11 @@ pub struct TcpUringStream {
 impl Client for TcpUringClient {
     type Stream = TcpUringStream;
 
-    async fn connect(addr: SocketAddr, _run: &CaseRun) -> io::Result<Self> {
-        Ok(TcpUringClient { addr })
+    async fn connect(to: &Endpoint, _run: &CaseRun) -> io::Result<Self> {
+        match to {
+            Endpoint::Tcp(addr) => Ok(TcpUringClient { addr: *addr }),
+            Endpoint::Unix(_) => Err(io::Error::other("tcp-uring runs over TCP only")),
+        }
     }
 
     async fn open(&self) -> io::Result<TcpUringStream> {
@@ -180,19 +209,28 @@ impl BenchStream for TcpUringStream {
     }
 }
 
-async fn server(system: System, listener: TcpListener, mode: Mode, hb: Option<HeartbeatOpts>) {
-    match (system, hb) {
-        (System::TcpUring, _) => serve::tcp_server(listener, mode).await,
-        (_, Some(hb)) => serve::muxado_heartbeat_server(listener, mode, bench_config(), hb).await,
-        (_, None) => serve::muxado_server(listener, mode, bench_config()).await,
+async fn server(
+    system: System,
+    listener: TcpListener,
+    mode: Mode,
+    hb: Option<HeartbeatOpts>,
+    tls: Option<TlsServerConfig>,
+) {
+    if system == System::TcpUring {
+        return serve::tcp_server(listener, mode).await;
+    }
+    let listener = serve::Listener::Tcp(listener);
+    match hb {
+        Some(hb) => serve::muxado_heartbeat_server(listener, tls, mode, bench_config(), hb).await,
+        None => serve::muxado_server(listener, tls, mode, bench_config()).await,
     }
 }
 
-async fn client(addr: SocketAddr, run: &CaseRun) -> Result<Measurement, String> {
+async fn client(to: &Endpoint, run: &CaseRun) -> Result<Measurement, String> {
     match (run.system, run.heartbeat) {
-        (System::TcpUring, _) => workload::drive::<TcpUringClient>(addr, run).await,
-        (_, Some(_)) => workload::drive::<MuxadoHbClient>(addr, run).await,
-        (_, None) => workload::drive::<MuxadoClient>(addr, run).await,
+        (System::TcpUring, _) => workload::drive::<TcpUringClient>(to, run).await,
+        (_, Some(_)) => workload::drive::<MuxadoHbClient>(to, run).await,
+        (_, None) => workload::drive::<MuxadoClient>(to, run).await,
     }
 }
 
@@ -201,6 +239,7 @@ async fn client(addr: SocketAddr, run: &CaseRun) -> Result<Measurement, String> 
 pub fn run_case(run: &CaseRun) -> Result<Measurement, String> {
     let mode = run.case.scenario.server_mode();
     let (system, hb) = (run.system, run.heartbeat);
+    let tls = run.tls.as_ref().and_then(|t| t.server.clone());
     match run.placement {
         Placement::Shared => {
             // One core on CPU0 runs both ends.
@@ -213,13 +252,13 @@ pub fn run_case(run: &CaseRun) -> Result<Measurement, String> {
             let run = run.clone();
             engine
                 .run(move |_| {
-                    let run = run.clone();
+                    let (run, tls) = (run.clone(), tls.clone());
                     async move {
                         let listener =
                             TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
                         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-                        let server = engine::spawn(server(system, listener, mode, hb));
-                        let m = client(addr, &run).await;
+                        let server = engine::spawn(server(system, listener, mode, hb, tls));
+                        let m = client(&Endpoint::Tcp(addr), &run).await;
                         drop(server);
                         m
                     }
@@ -243,19 +282,19 @@ pub fn run_case(run: &CaseRun) -> Result<Measurement, String> {
             let results = engine
                 .run(move |core| {
                     let (port_tx, port_rx, stop) = (port_tx.clone(), port_rx.clone(), stop.clone());
-                    let run = run.clone();
+                    let (run, tls) = (run.clone(), tls.clone());
                     async move {
                         if core == 1 {
                             let listener = TcpListener::bind("127.0.0.1:0").ok()?;
                             port_tx.send(listener.local_addr().ok()?).ok()?;
-                            let _server = engine::spawn(server(system, listener, mode, hb));
+                            let _server = engine::spawn(server(system, listener, mode, hb, tls));
                             while !stop.load(Ordering::Acquire) {
                                 engine::sleep(Duration::from_millis(20)).await;
                             }
                             None
                         } else {
                             let addr = port_rx.lock().ok()?.recv().ok()?;
-                            let m = client(addr, &run).await;
+                            let m = client(&Endpoint::Tcp(addr), &run).await;
                             stop.store(true, Ordering::Release);
                             Some(m)
                         }
@@ -272,9 +311,9 @@ pub fn run_case(run: &CaseRun) -> Result<Measurement, String> {
 }
 
 /// The client half against a server elsewhere, on one engine core.
-pub fn run_remote(addr: SocketAddr, run: &CaseRun) -> Result<Measurement, String> {
+pub fn run_remote(to: &Endpoint, run: &CaseRun) -> Result<Measurement, String> {
     run.engine
         .builder()
-        .block_on(client(addr, run))
+        .block_on(client(to, run))
         .map_err(|e| e.to_string())?
 }

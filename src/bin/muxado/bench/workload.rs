@@ -5,7 +5,6 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
@@ -14,7 +13,9 @@ use std::time::{Duration, Instant};
 use futures::future::{join, join_all};
 use hdrhistogram::Histogram;
 
-use crate::model::{new_histogram, CaseRun, Measurement, Progress, Scenario, TAG_ECHO, TAG_SINK};
+use crate::model::{
+    new_histogram, CaseRun, Endpoint, Measurement, Progress, Scenario, TAG_ECHO, TAG_SINK,
+};
 
 /// One stream (or one connection, for the plain-TCP systems) of a system.
 #[allow(async_fn_in_trait)]
@@ -32,7 +33,7 @@ pub trait BenchStream {
 pub trait Client: Sized {
     type Stream: BenchStream;
     /// Connects to the server (starts a session).
-    async fn connect(addr: SocketAddr, run: &CaseRun) -> io::Result<Self>;
+    async fn connect(to: &Endpoint, run: &CaseRun) -> io::Result<Self>;
     /// Opens a stream (for plain TCP: a connection).
     async fn open(&self) -> io::Result<Self::Stream>;
     /// Ends the session (the `connect` scenario); by default, by dropping it.
@@ -60,9 +61,9 @@ fn err(what: &str, e: impl std::fmt::Display) -> String {
 
 /// Runs one case's client half against `addr` with client type `C`, within
 /// a time limit (a stalled stream fails the case instead of hanging it).
-pub async fn drive<C: Client>(addr: SocketAddr, run: &CaseRun) -> Result<Measurement, String> {
+pub async fn drive<C: Client>(to: &Endpoint, run: &CaseRun) -> Result<Measurement, String> {
     let limit = run.duration * 4 + Duration::from_secs(20);
-    let work = std::pin::pin!(drive_inner::<C>(addr, run));
+    let work = std::pin::pin!(drive_inner::<C>(to, run));
     let watchdog = std::pin::pin!(C::sleep(limit));
     match futures::future::select(work, watchdog).await {
         futures::future::Either::Left((m, _)) => m,
@@ -73,10 +74,10 @@ pub async fn drive<C: Client>(addr: SocketAddr, run: &CaseRun) -> Result<Measure
     }
 }
 
-async fn drive_inner<C: Client>(addr: SocketAddr, run: &CaseRun) -> Result<Measurement, String> {
+async fn drive_inner<C: Client>(to: &Endpoint, run: &CaseRun) -> Result<Measurement, String> {
     let case = &run.case;
     if case.scenario == Scenario::Connect {
-        return connect::<C>(addr, run).await;
+        return connect::<C>(to, run).await;
     }
     let sessions = if case.scenario == Scenario::Sessions {
         case.streams
@@ -85,7 +86,7 @@ async fn drive_inner<C: Client>(addr: SocketAddr, run: &CaseRun) -> Result<Measu
     };
     let mut clients = Vec::with_capacity(sessions);
     for _ in 0..sessions {
-        clients.push(C::connect(addr, run).await.map_err(|e| err("connect", e))?);
+        clients.push(C::connect(to, run).await.map_err(|e| err("connect", e))?);
     }
     let payload = run.payload;
     match case.scenario {
@@ -268,7 +269,7 @@ async fn open<C: Client>(client: &C, run: &CaseRun) -> Result<Measurement, Strin
 
 /// `connect`: each worker connects a session, echoes the payload once on one
 /// stream and closes the session, again and again.
-async fn connect<C: Client>(addr: SocketAddr, run: &CaseRun) -> Result<Measurement, String> {
+async fn connect<C: Client>(to: &Endpoint, run: &CaseRun) -> Result<Measurement, String> {
     let hist = Rc::new(RefCell::new(new_histogram()));
     let measure_from = Instant::now() + warmup(run.duration);
     let end = measure_from + run.duration;
@@ -282,7 +283,7 @@ async fn connect<C: Client>(addr: SocketAddr, run: &CaseRun) -> Result<Measureme
                 if t >= end {
                     break;
                 }
-                let client = C::connect(addr, run).await?;
+                let client = C::connect(to, run).await?;
                 let mut s = client.open().await?;
                 echo_once(&mut s, run.payload).await?;
                 drop(s);
