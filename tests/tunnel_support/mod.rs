@@ -3,6 +3,8 @@
 //! waits. Every wait has a deadline and panics with the process logs.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -52,6 +54,17 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(name: &str, dir: &TempDir, args: &[String], token: &str) -> Proc {
+        Proc::start_logging(name, dir, args, token, "info")
+    }
+
+    /// Like [`Proc::start`], with `RUST_LOG=rust_log`.
+    pub fn start_logging(
+        name: &str,
+        dir: &TempDir,
+        args: &[String],
+        token: &str,
+        rust_log: &str,
+    ) -> Proc {
         static N: AtomicU64 = AtomicU64::new(0);
         let log = dir
             .0
@@ -60,7 +73,7 @@ impl Proc {
         let child = Command::new(BIN)
             .args(args)
             .env("MUXADO_TOKEN", token)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
@@ -174,6 +187,31 @@ pub fn start_gateway(
     metrics: SocketAddr,
     extra: &[&str],
 ) -> Proc {
+    start_gateway_logging(dir, agents, public, metrics, extra, "info")
+}
+
+/// A gateway exposing `web` with `RUST_LOG=rust_log`.
+pub fn gateway_logging(extra: &[&str], rust_log: &str) -> Tunnel {
+    let dir = TempDir::new("gw");
+    let (agents, public, metrics) = (free_addr(), free_addr(), free_addr());
+    let gw = start_gateway_logging(&dir, agents, public, metrics, extra, rust_log);
+    Tunnel {
+        dir,
+        agents,
+        public,
+        metrics,
+        gateway: gw,
+    }
+}
+
+pub fn start_gateway_logging(
+    dir: &TempDir,
+    agents: SocketAddr,
+    public: SocketAddr,
+    metrics: SocketAddr,
+    extra: &[&str],
+    rust_log: &str,
+) -> Proc {
     let mut args: Vec<String> = vec![
         "gateway".into(),
         "--agents".into(),
@@ -184,7 +222,7 @@ pub fn start_gateway(
         metrics.to_string(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    let mut gw = Proc::start("gateway", dir, &args, TOKEN);
+    let mut gw = Proc::start_logging("gateway", dir, &args, TOKEN, rust_log);
     gw.wait_log("metrics on", Duration::from_secs(10));
     gw
 }

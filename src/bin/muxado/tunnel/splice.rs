@@ -22,12 +22,19 @@
 //! Endings travel: EOF on one side is a half-close (FIN) on the other, and
 //! the other direction goes on; an error on one side resets the stream or
 //! shuts the socket down, which ends the other direction too.
+//!
+//! An idle limit (the gateway's `--idle-timeout`) adds a watchdog task per
+//! connection: each relayed chunk stamps the time (one vDSO clock read per
+//! chunk, no allocation), and the watchdog sleeps until the last stamp plus
+//! the limit. If nothing moved meanwhile it resets the stream and shuts the
+//! socket down, which ends both directions as an error would.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::net::Shutdown;
 use std::pin::pin;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use muxado::engine::{self, net::TcpStream};
 use muxado::{ErrorCode, Stream};
@@ -79,22 +86,81 @@ fn give_buf(mut buf: Vec<u8>) {
 pub struct Moved {
     pub tcp_to_stream: u64,
     pub stream_to_tcp: u64,
+    /// The idle limit ended it.
+    pub idle_closed: bool,
 }
 
+/// When a byte last moved either way (only kept with an idle limit).
+struct Activity {
+    last: Cell<Instant>,
+    fired: Cell<bool>,
+}
+
+type Watch = Option<Rc<Activity>>;
+
 /// Splices `tcp` and `stream` until both directions have ended. `meter`
-/// (the gateway's) counts bytes from `tcp` as going to the origin.
-pub async fn splice(tcp: TcpStream, stream: Stream, meter: Option<Meter>) -> Moved {
+/// (the gateway's) counts bytes from `tcp` as going to the origin. With
+/// `idle`, both sides are closed once no byte has moved either way for
+/// that long.
+pub async fn splice(
+    tcp: TcpStream,
+    stream: Stream,
+    meter: Option<Meter>,
+    idle: Option<Duration>,
+) -> Moved {
     let stream = Rc::new(RefCell::new(stream));
-    let up = engine::spawn(tcp_to_stream(tcp.clone(), stream.clone(), meter.clone()));
-    let down = stream_to_tcp(tcp, stream, meter).await;
+    let watch: Watch = idle.map(|_| {
+        Rc::new(Activity {
+            last: Cell::new(Instant::now()),
+            fired: Cell::new(false),
+        })
+    });
+    let dog = match (idle, &watch) {
+        (Some(limit), Some(act)) => Some(engine::spawn(watchdog(
+            limit,
+            act.clone(),
+            tcp.clone(),
+            stream.clone(),
+        ))),
+        _ => None,
+    };
+    let up = engine::spawn(tcp_to_stream(
+        tcp.clone(),
+        stream.clone(),
+        meter.clone(),
+        watch.clone(),
+    ));
+    let down = stream_to_tcp(tcp, stream, meter, watch.clone()).await;
     let up = up.await;
+    if let Some(dog) = dog {
+        dog.abort();
+    }
     Moved {
         tcp_to_stream: up,
         stream_to_tcp: down,
+        idle_closed: watch.is_some_and(|w| w.fired.get()),
     }
 }
 
-fn count(meter: &Option<Meter>, from_tcp: bool, n: usize) {
+/// Ends both directions once `act` has not been stamped for `limit`.
+async fn watchdog(limit: Duration, act: Rc<Activity>, tcp: TcpStream, stream: Rc<RefCell<Stream>>) {
+    loop {
+        let due = act.last.get() + limit;
+        if Instant::now() >= due {
+            act.fired.set(true);
+            // The stream first: the far end learns it was cut, not finished.
+            let _ = stream.borrow_mut().reset(ErrorCode::StreamCancelled);
+            let _ = tcp.shutdown(Shutdown::Both);
+            return;
+        }
+        engine::sleep_until(due).await;
+    }
+}
+
+fn count(meter: &Option<Meter>, watch: &Watch, from_tcp: bool, n: usize) {
+    if let Some(w) = watch {
+        w.last.set(Instant::now());
+    }
     if let Some(m) = meter {
         if from_tcp {
             m.to_origin(n);
@@ -104,7 +170,12 @@ fn count(meter: &Option<Meter>, from_tcp: bool, n: usize) {
     }
 }
 
-async fn tcp_to_stream(tcp: TcpStream, stream: Rc<RefCell<Stream>>, meter: Option<Meter>) -> u64 {
+async fn tcp_to_stream(
+    tcp: TcpStream,
+    stream: Rc<RefCell<Stream>>,
+    meter: Option<Meter>,
+    watch: Watch,
+) -> u64 {
     let mut total = 0u64;
     let mut size = SMALL;
     loop {
@@ -140,7 +211,7 @@ async fn tcp_to_stream(tcp: TcpStream, stream: Rc<RefCell<Stream>>, meter: Optio
                 };
                 give_buf(buf);
                 total += n as u64;
-                count(&meter, true, n);
+                count(&meter, &watch, true, n);
             }
             Err(_) => {
                 give_buf(buf);
@@ -151,7 +222,12 @@ async fn tcp_to_stream(tcp: TcpStream, stream: Rc<RefCell<Stream>>, meter: Optio
     }
 }
 
-async fn stream_to_tcp(tcp: TcpStream, stream: Rc<RefCell<Stream>>, meter: Option<Meter>) -> u64 {
+async fn stream_to_tcp(
+    tcp: TcpStream,
+    stream: Rc<RefCell<Stream>>,
+    meter: Option<Meter>,
+    watch: Watch,
+) -> u64 {
     let mut total = 0u64;
     loop {
         let mut buf: Option<Vec<u8>> = None;
@@ -186,7 +262,7 @@ async fn stream_to_tcp(tcp: TcpStream, stream: Rc<RefCell<Stream>>, meter: Optio
                     return total;
                 }
                 total += n as u64;
-                count(&meter, false, n);
+                count(&meter, &watch, false, n);
             }
             (Ok(_), b) => {
                 // End of the stream: FIN to the TCP side; reading goes on.
@@ -280,7 +356,12 @@ mod tests {
             let mut far = b.accept().await.unwrap();
             let mut one = [0u8; 1];
             far.read_exact(&mut one).await.unwrap();
-            let relay = engine::spawn(splice(origin_side, near, None));
+            let relay = engine::spawn(splice(
+                origin_side,
+                near,
+                None,
+                Some(Duration::from_secs(60)),
+            ));
             let mut out = vec![7u8; CHUNK_LEN];
             let mut back = vec![0u8; CHUNK_LEN];
             let mut rx = client.recv_multishot();
