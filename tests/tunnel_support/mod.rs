@@ -168,16 +168,7 @@ pub struct Tunnel {
 
 /// Starts a gateway exposing `web` (one core) and waits until it listens.
 pub fn gateway(extra: &[&str]) -> Tunnel {
-    let dir = TempDir::new("gw");
-    let (agents, public, metrics) = (free_addr(), free_addr(), free_addr());
-    let gw = start_gateway(&dir, agents, public, metrics, extra);
-    Tunnel {
-        dir,
-        agents,
-        public,
-        metrics,
-        gateway: gw,
-    }
+    gateway_logging(extra, "info")
 }
 
 pub fn start_gateway(
@@ -191,17 +182,52 @@ pub fn start_gateway(
 }
 
 /// A gateway exposing `web` with `RUST_LOG=rust_log`.
+///
+/// The free ports are picked before the gateway binds them, so a parallel
+/// test may take one meanwhile: the gateway then exits at once saying so,
+/// and it is started again on other ports (a few times).
 pub fn gateway_logging(extra: &[&str], rust_log: &str) -> Tunnel {
     let dir = TempDir::new("gw");
-    let (agents, public, metrics) = (free_addr(), free_addr(), free_addr());
-    let gw = start_gateway_logging(&dir, agents, public, metrics, extra, rust_log);
-    Tunnel {
-        dir,
-        agents,
-        public,
-        metrics,
-        gateway: gw,
+    for _ in 0..4 {
+        let (agents, public, metrics) = (free_addr(), free_addr(), free_addr());
+        let mut args: Vec<String> = vec![
+            "gateway".into(),
+            "--agents".into(),
+            agents.to_string(),
+            "--expose".into(),
+            format!("web={public}"),
+            "--metrics".into(),
+            metrics.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut gw = Proc::start_logging("gateway", &dir, &args, TOKEN, rust_log);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = gw.log_text();
+            if text.contains("metrics on") {
+                return Tunnel {
+                    dir,
+                    agents,
+                    public,
+                    metrics,
+                    gateway: gw,
+                };
+            }
+            if let Ok(Some(status)) = gw.child.try_wait() {
+                assert!(
+                    text.contains("Address already in use"),
+                    "the gateway exited ({status}) before listening:\n{text}"
+                );
+                break; // a port was taken meanwhile: other ports
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not listen within 10 s:\n{text}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     }
+    panic!("the gateway found no free ports in 4 tries");
 }
 
 pub fn start_gateway_logging(

@@ -12,6 +12,7 @@
 //! - [`wire`]: the control handshake and the per-connection header (bytes only);
 //! - [`proxy_protocol`]: the PROXY protocol v2 header sent to origins;
 //! - [`splice`]: the hot path, a TCP connection joined with a muxado stream;
+//! - [`idle`]: the idle limit of spliced connections (one sweeper per core);
 //! - [`metrics`]: per-core counters and the Prometheus text endpoint;
 //! - [`backoff`]: reconnect delays with jitter;
 //! - [`signals`]: SIGTERM/SIGINT delivered to the engine cores;
@@ -22,6 +23,7 @@ mod agent;
 mod args;
 mod backoff;
 mod gateway;
+mod idle;
 mod metrics;
 mod ngrok;
 mod proxy_protocol;

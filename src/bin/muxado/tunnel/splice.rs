@@ -23,22 +23,22 @@
 //! the other direction goes on; an error on one side resets the stream or
 //! shuts the socket down, which ends the other direction too.
 //!
-//! An idle limit (the gateway's `--idle-timeout`) adds a watchdog task per
-//! connection: each relayed chunk stamps the time (one vDSO clock read per
-//! chunk, no allocation), and the watchdog sleeps until the last stamp plus
-//! the limit. If nothing moved meanwhile it resets the stream and shuts the
-//! socket down, which ends both directions as an error would.
+//! An idle limit (the gateway's `--idle-timeout`) puts the connection on its
+//! core's idle table (see `idle.rs`): each relayed chunk marks it active, and
+//! the core's sweeper resets the stream and shuts the socket down once it has
+//! been idle too long, which ends both directions as an error would.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::net::Shutdown;
 use std::pin::pin;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use muxado::engine::{self, net::TcpStream};
 use muxado::{ErrorCode, Stream};
 
+use super::idle::{Idle, Touch};
 use super::metrics::Meter;
 
 /// Size of the large buffers (sends, and receives while data streams in).
@@ -90,14 +90,6 @@ pub struct Moved {
     pub idle_closed: bool,
 }
 
-/// When a byte last moved either way (only kept with an idle limit).
-struct Activity {
-    last: Cell<Instant>,
-    fired: Cell<bool>,
-}
-
-type Watch = Option<Rc<Activity>>;
-
 /// Splices `tcp` and `stream` until both directions have ended. `meter`
 /// (the gateway's) counts bytes from `tcp` as going to the origin. With
 /// `idle`, both sides are closed once no byte has moved either way for
@@ -109,57 +101,28 @@ pub async fn splice(
     idle: Option<Duration>,
 ) -> Moved {
     let stream = Rc::new(RefCell::new(stream));
-    let watch: Watch = idle.map(|_| {
-        Rc::new(Activity {
-            last: Cell::new(Instant::now()),
-            fired: Cell::new(false),
-        })
-    });
-    let dog = match (idle, &watch) {
-        (Some(limit), Some(act)) => Some(engine::spawn(watchdog(
-            limit,
-            act.clone(),
-            tcp.clone(),
-            stream.clone(),
-        ))),
-        _ => None,
-    };
+    let idle = idle.map(|limit| Idle::register(limit, tcp.clone(), stream.clone()));
+    let touch = idle.as_ref().map(Idle::toucher);
     let up = engine::spawn(tcp_to_stream(
         tcp.clone(),
         stream.clone(),
         meter.clone(),
-        watch.clone(),
+        touch,
     ));
-    let down = stream_to_tcp(tcp, stream, meter, watch.clone()).await;
+    let down = stream_to_tcp(tcp, stream, meter, touch).await;
     let up = up.await;
-    if let Some(dog) = dog {
-        dog.abort();
-    }
     Moved {
         tcp_to_stream: up,
         stream_to_tcp: down,
-        idle_closed: watch.is_some_and(|w| w.fired.get()),
+        idle_closed: idle.is_some_and(|i| i.fired()),
     }
 }
 
-/// Ends both directions once `act` has not been stamped for `limit`.
-async fn watchdog(limit: Duration, act: Rc<Activity>, tcp: TcpStream, stream: Rc<RefCell<Stream>>) {
-    loop {
-        let due = act.last.get() + limit;
-        if Instant::now() >= due {
-            act.fired.set(true);
-            // The stream first: the far end learns it was cut, not finished.
-            let _ = stream.borrow_mut().reset(ErrorCode::StreamCancelled);
-            let _ = tcp.shutdown(Shutdown::Both);
-            return;
-        }
-        engine::sleep_until(due).await;
-    }
-}
+type Watch = Option<Touch>;
 
 fn count(meter: &Option<Meter>, watch: &Watch, from_tcp: bool, n: usize) {
     if let Some(w) = watch {
-        w.last.set(Instant::now());
+        w.touch();
     }
     if let Some(m) = meter {
         if from_tcp {
