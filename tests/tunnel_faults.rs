@@ -403,3 +403,49 @@ fn agent_drain_deadline_closes_what_is_left() {
         "the public connection outlived the drained agent"
     );
 }
+
+/// New connections keep arriving while an agent drains and another serves:
+/// the drain notice, its acknowledgement and only then the GOAWAY mean that
+/// no connection is cut on the way (every byte of every one checked).
+#[test]
+fn no_connection_is_lost_while_an_agent_drains_under_load() {
+    let origin = origin(echo);
+    let mut t = gateway(&[]);
+    let mut draining = t.agent_connected(origin.addr, &["--drain-timeout", "10"], 1);
+    let _stays = t.agent_connected(origin.addr, &[], 2);
+    let public = t.public;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammers: Vec<_> = (0..4u64)
+        .map(|h| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let s = TcpStream::connect(public).expect("connect");
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let data = pattern(h * 1_000_000 + n, 4096 + (n as usize % 7) * 1000);
+                    let back = echo_roundtrip(s, data.clone());
+                    assert!(back == data, "hammer {h}, connection {n}: bytes differ");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    draining.signal(SIGTERM);
+    let status = draining.wait_exit(Duration::from_secs(8));
+    assert!(status.success(), "draining agent's exit status: {status}");
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let total: u64 = hammers.into_iter().map(|h| h.join().expect("hammer")).sum();
+    assert!(total > 20, "only {total} connections went through");
+    let log = draining.log_text();
+    assert!(
+        !log.contains("did not acknowledge"),
+        "the gateway never acknowledged the drain:\n{log}"
+    );
+    t.gateway.wait_log("is draining", Duration::from_secs(2));
+    let m = t.scrape();
+    assert_eq!(metric(&m, "muxado_tunnel_refused_total"), 0, "{m}");
+}

@@ -58,7 +58,7 @@ fn a_thousand_concurrent_connections_all_complete() {
         }
     });
     let mut t = gateway(&[]);
-    let _agent = t.agent_connected(origin, &[], 1);
+    let agent = t.agent_connected(origin, &[], 1);
     let public = t.public;
     let results = rt.block_on(async move {
         let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(CONNS));
@@ -102,10 +102,11 @@ fn a_thousand_concurrent_connections_all_complete() {
     assert_eq!(
         ok,
         CONNS,
-        "{} failed, first: {:?}\ngateway log:\n{}",
+        "{} failed, first: {:?}\ngateway log:\n{}\nagent log:\n{}",
         errors.len(),
         errors.first(),
-        t.gateway.log_text()
+        t.gateway.log_text(),
+        agent.log_text()
     );
     let m = t.scrape();
     assert_eq!(metric(&m, "muxado_tunnel_connections_total"), CONNS as u64);

@@ -14,10 +14,13 @@
 //! `--gateway`). A failed handshake is logged with its likely cause and
 //! retried like any failed dial.
 //!
-//! SIGTERM/SIGINT drain the agent: each core sends GOAWAY on its session (the
-//! gateway then opens no new stream on it, and routes new public connections
-//! to other agents or refuses them), waits until its spliced connections have
-//! finished or `--drain-timeout` has passed, closes the session, and the
+//! SIGTERM/SIGINT drain the agent: each core writes a drain notice on its
+//! control stream (the gateway stops picking the session for new public
+//! connections, routing them to other agents or refusing them) and, once the
+//! gateway has acknowledged it (or after `ACK_WAIT`), sends GOAWAY. The ack
+//! follows every stream the gateway opened before it, so none of those is
+//! refused by the GOAWAY. The core then waits until its spliced connections
+//! have finished or `--drain-timeout` has passed, closes the session, and the
 //! process exits 0. A second signal exits at once.
 
 use std::cell::{Cell, RefCell};
@@ -42,10 +45,13 @@ use super::gateway::tunnel_config;
 use super::proxy_protocol;
 use super::signals;
 use super::splice::splice;
-use super::wire::{ConnHeader, Hello, Reply, Status, CONTROL_TYPE, NOTICE_DRAIN};
+use super::wire::{ConnHeader, Hello, Reply, Status, CONTROL_TYPE, NOTICE_DRAIN, NOTICE_DRAIN_ACK};
 
 /// Bound on connecting to the gateway or an origin, and on the handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a draining agent waits for the gateway to acknowledge its drain
+/// notice before it sends GOAWAY anyway (a gateway that does not answer).
+const ACK_WAIT: Duration = Duration::from_secs(2);
 /// Redials tried to land on an uncovered gateway core before settling.
 const COVERAGE_TRIES: u32 = 16;
 
@@ -169,16 +175,14 @@ fn request_stop() {
     }
 }
 
-/// Called on each core at SIGTERM: GOAWAY now, close at `deadline` at the latest.
+/// Called on each core at SIGTERM: drain (see the module docs), closing at
+/// `deadline` at the latest.
 fn request_drain(deadline: Instant) {
     if let Some(core) = CURRENT.with(|c| c.borrow().clone()) {
         if core.draining.get().is_some() {
             return;
         }
         core.draining.set(Some(deadline));
-        if let Some(s) = core.session.borrow().as_ref() {
-            let _ = s.go_away(ErrorCode::NoError, b"agent draining");
-        }
         core.notify();
     }
 }
@@ -224,10 +228,10 @@ impl AgentCore {
         .await
     }
 
-    /// Waits until no spliced connection is left on this core.
-    async fn until_idle(&self) {
+    /// Waits until `cond` holds, re-checked at every notification.
+    async fn until(&self, cond: impl Fn() -> bool) {
         poll_fn(|cx| {
-            if self.active.get() == 0 {
+            if cond() {
                 return Poll::Ready(());
             }
             self.wakers.borrow_mut().push(cx.waker().clone());
@@ -485,7 +489,12 @@ async fn session_once(
     {
         debug!("heartbeat not started: {e}");
     }
-    engine::spawn(watch_control(ctl.into_stream(), core.clone()));
+    let acked = Rc::new(Cell::new(false));
+    engine::spawn(watch_control(
+        ctl.into_stream(),
+        core.clone(),
+        acked.clone(),
+    ));
     let services = Rc::new(services);
     let acceptor = engine::spawn(accept_streams(
         hb.clone(),
@@ -523,7 +532,7 @@ async fn session_once(
         }
         None if core.stopping.get() => Outcome::Stopped,
         None if core.draining.get().is_some() => {
-            drain(index, core, &hb).await;
+            drain(index, core, &hb, &acked).await;
             Outcome::Stopped
         }
         None => {
@@ -577,15 +586,24 @@ fn tls_hint(e: &TlsError, name: &str) -> String {
     }
 }
 
-/// The drain of one core's session (GOAWAY already sent): waits for the
-/// spliced connections up to the deadline, then closes the session.
-async fn drain(index: usize, core: &AgentCore, hb: &Heartbeat) {
+/// The drain of one core's session (the notice is on its way, see
+/// `watch_control`): GOAWAY once the gateway has acknowledged, then waits
+/// for the spliced connections up to the deadline and closes the session.
+async fn drain(index: usize, core: &AgentCore, hb: &Heartbeat, acked: &Cell<bool>) {
     let deadline = core.draining.get().unwrap_or_else(Instant::now);
+    let ack_by = deadline.min(Instant::now() + ACK_WAIT);
+    if engine::timeout_at(ack_by, core.until(|| acked.get()))
+        .await
+        .is_err()
+    {
+        warn!("core {index}: the gateway did not acknowledge the drain in time; sending GOAWAY anyway");
+    }
+    let _ = hb.go_away(ErrorCode::NoError, b"agent draining");
     let n = core.active.get();
     if n > 0 {
         info!("core {index}: draining: waiting for {n} connections to finish");
     }
-    if engine::timeout_at(deadline, core.until_idle())
+    if engine::timeout_at(deadline, core.until(|| core.active.get() == 0))
         .await
         .is_ok()
     {
@@ -601,13 +619,44 @@ async fn drain(index: usize, core: &AgentCore, hb: &Heartbeat) {
     let _ = engine::timeout(Duration::from_millis(300), hb.wait()).await;
 }
 
-/// Reads the control stream: a drain notice asks for a new session.
-async fn watch_control(mut ctl: Stream, core: Rc<AgentCore>) {
+/// Serves the control stream of one session: the gateway's drain notice
+/// asks for a new session; when this core drains, writes our own notice,
+/// and sets `acked` when the gateway answers it.
+async fn watch_control(mut ctl: Stream, core: Rc<AgentCore>, acked: Rc<Cell<bool>>) {
+    let mut told = false;
     let mut b = [0u8; 1];
-    while let Ok(1) = ctl.read(&mut b).await {
-        if b[0] == NOTICE_DRAIN {
-            core.redial.set(true);
-            core.notify();
+    loop {
+        let event = poll_fn(|cx| {
+            if !told && core.draining.get().is_some() {
+                return Poll::Ready(None);
+            }
+            if let Poll::Ready(r) = ctl.poll_read_slice(cx, &mut b) {
+                return Poll::Ready(Some(r));
+            }
+            if !told {
+                core.wakers.borrow_mut().push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            None => {
+                told = true;
+                if ctl.write_all(&[NOTICE_DRAIN]).await.is_err() {
+                    return;
+                }
+            }
+            Some(Ok(1)) if b[0] == NOTICE_DRAIN => {
+                core.redial.set(true);
+                core.notify();
+            }
+            Some(Ok(1)) if b[0] == NOTICE_DRAIN_ACK => {
+                acked.set(true);
+                core.notify();
+            }
+            // Unknown notices are ignored (a newer gateway).
+            Some(Ok(n)) if n > 0 => {}
+            _ => return,
         }
     }
 }

@@ -14,10 +14,13 @@
 //! session starts; a client that is not TLS or that rejects our certificate
 //! is logged and dropped).
 //!
-//! An agent that drains (SIGTERM) sends GOAWAY: opening a stream on its
-//! session then fails at once, locally, without a byte sent, so the
-//! connection is offered to the next agent session of the service (or
-//! refused if there is none) and the draining session is never picked again.
+//! An agent that drains (SIGTERM) says so on its control stream: its session
+//! is picked no more, and the gateway acknowledges on the same stream, after
+//! every stream it opened there before. The agent's GOAWAY follows; should a
+//! stream be opened after it anyway (an agent that sends no notice), opening
+//! fails at once, locally, without a byte sent, and the connection is
+//! offered to the next agent session of the service (or refused if there is
+//! none).
 //! A public connection idle for `--idle-timeout` is closed on both sides.
 
 use std::cell::{Cell, RefCell};
@@ -41,6 +44,7 @@ use super::signals;
 use super::splice::splice;
 use super::wire::{
     token_matches, ConnHeader, Hello, Reply, Status, CONN_HEADER_MAX, CONTROL_TYPE, NOTICE_DRAIN,
+    NOTICE_DRAIN_ACK,
 };
 
 /// How long an agent has to authenticate after connecting.
@@ -245,7 +249,9 @@ struct Link {
     active: Cell<usize>,
     /// The agent sent GOAWAY (it drains): no new connections go to it.
     draining: Cell<bool>,
-    control: RefCell<Option<Stream>>,
+    /// The control stream: notices both ways (see `wire.rs`). Borrowed only
+    /// inside a poll.
+    control: RefCell<Stream>,
 }
 
 async fn run_core(
@@ -285,10 +291,7 @@ async fn run_core(
     }
     let links: Vec<Rc<Link>> = core.links.borrow().clone();
     for link in &links {
-        let ctl = link.control.borrow_mut().take();
-        if let Some(mut ctl) = ctl {
-            let _ = ctl.write(&[NOTICE_DRAIN]).await;
-        }
+        let _ = write_notice(&link.control, NOTICE_DRAIN).await;
         let _ = link.hb.go_away(ErrorCode::NoError, b"gateway draining");
     }
     let deadline = Instant::now() + core.opts.drain_timeout;
@@ -449,7 +452,7 @@ async fn agent_session(
         types: by_service,
         active: Cell::new(0),
         draining: Cell::new(false),
-        control: RefCell::new(Some(ctl)),
+        control: RefCell::new(ctl),
     });
     let bound: Vec<&str> = core
         .opts
@@ -473,6 +476,7 @@ async fn agent_session(
         }
     }
     core.links.borrow_mut().push(link.clone());
+    engine::spawn(read_control(link.clone()));
     // A dead agent is noticed by the heartbeat even when TCP is silent.
     let killer = session.clone();
     let who = peer;
@@ -501,10 +505,47 @@ async fn agent_session(
     };
     info!("agent {peer} disconnected (session {id}): {why}");
     core.links.borrow_mut().retain(|l| !Rc::ptr_eq(l, &link));
-    link.control.borrow_mut().take();
     for (i, &t) in link.types.iter().enumerate() {
         if t != 0 {
             metrics::add(&core.metrics.services[i].sessions_closed, 1);
+        }
+    }
+}
+
+/// Writes one notice byte on a control stream.
+async fn write_notice(ctl: &RefCell<Stream>, notice: u8) -> Result<(), Error> {
+    poll_fn(|cx| ctl.borrow_mut().poll_write_slice(cx, &[notice]))
+        .await
+        .map(|_| ())
+}
+
+/// Reads an agent's notices until its session ends: a drain notice takes
+/// the session out of the picking, then is acknowledged.
+async fn read_control(link: Rc<Link>) {
+    let mut b = [0u8; 1];
+    loop {
+        match poll_fn(|cx| link.control.borrow_mut().poll_read_slice(cx, &mut b)).await {
+            Ok(1) if b[0] == NOTICE_DRAIN => {
+                link.mark_draining();
+                if write_notice(&link.control, NOTICE_DRAIN_ACK).await.is_err() {
+                    return;
+                }
+            }
+            // Unknown notices are ignored (a newer agent).
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
+
+impl Link {
+    /// The agent drains: no new connections go to it (logged once).
+    fn mark_draining(&self) {
+        if !self.draining.replace(true) {
+            info!(
+                "agent {} (session {}) is draining: no new connections go to it",
+                self.peer, self.id
+            );
         }
     }
 }
@@ -565,12 +606,7 @@ async fn public_conn(
             // Refused locally, nothing sent: the agent drains. Try another.
             Err(Error::RemoteGoneAway) => {
                 link.active.set(link.active.get() - 1);
-                if !link.draining.replace(true) {
-                    info!(
-                        "agent {} (session {}) is draining: no new connections go to it",
-                        link.peer, link.id
-                    );
-                }
+                link.mark_draining();
                 match core.pick(svc) {
                     Some(next) => link = next,
                     None => break None,
