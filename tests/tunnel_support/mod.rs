@@ -45,6 +45,12 @@ impl Drop for TempDir {
     }
 }
 
+/// `RUST_LOG` of the processes: `info`, or `$TUNNEL_TEST_LOG` (to debug a
+/// failing test, e.g. `TUNNEL_TEST_LOG=debug`).
+pub fn default_log() -> String {
+    std::env::var("TUNNEL_TEST_LOG").unwrap_or_else(|_| "info".into())
+}
+
 /// A gateway or agent process, killed when dropped; stderr goes to a file.
 pub struct Proc {
     pub child: Child,
@@ -54,7 +60,7 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(name: &str, dir: &TempDir, args: &[String], token: &str) -> Proc {
-        Proc::start_logging(name, dir, args, token, "info")
+        Proc::start_logging(name, dir, args, token, &default_log())
     }
 
     /// Like [`Proc::start`], with `RUST_LOG=rust_log`.
@@ -168,7 +174,7 @@ pub struct Tunnel {
 
 /// Starts a gateway exposing `web` (one core) and waits until it listens.
 pub fn gateway(extra: &[&str]) -> Tunnel {
-    gateway_logging(extra, "info")
+    gateway_logging(extra, &default_log())
 }
 
 pub fn start_gateway(
@@ -178,7 +184,7 @@ pub fn start_gateway(
     metrics: SocketAddr,
     extra: &[&str],
 ) -> Proc {
-    start_gateway_logging(dir, agents, public, metrics, extra, "info")
+    start_gateway_logging(dir, agents, public, metrics, extra, &default_log())
 }
 
 /// A gateway exposing `web` with `RUST_LOG=rust_log`.
