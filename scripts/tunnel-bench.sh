@@ -6,7 +6,10 @@
 # Peers: direct (no tunnel: the ceiling), haproxy (mode tcp), rathole, bore,
 # ngrok-muxado (this repo's tunnel protocol on ngrok's `muxado` crate over
 # tokio: `muxado gateway/agent --runtime ngrok-tokio`), muxado (gateway +
-# agent on the io_uring engine).
+# agent on the io_uring engine), muxado-tls (the same with TLS between agent
+# and gateway: a CA and gateway certificate made by openssl in perf/tmp).
+# Not in the default list: muxado-noidle (muxado with --idle-timeout 0, for
+# A/B runs of the idle watchdog's cost).
 #
 # Placement: the origin (nginx, one worker), iperf3 and the load generators
 # run on CPU $LOAD_CPU; every tunnel process (both ends) runs on CPU
@@ -32,7 +35,7 @@ cd "$(dirname "$0")/.."
 
 export DURATION="${DURATION:-10}"
 export IDLE="${IDLE:-1000}"
-export PEERS="${PEERS:-direct haproxy rathole bore ngrok-muxado muxado}"
+export PEERS="${PEERS:-direct haproxy rathole bore ngrok-muxado muxado muxado-tls}"
 export LOAD_CPU="${LOAD_CPU:-0}"
 export TUNNEL_CPU="${TUNNEL_CPU:-1}"
 export MEASURE="${MEASURE:-}"
@@ -44,6 +47,7 @@ command -v wrk >/dev/null || need_apt+=(wrk)
 command -v iperf3 >/dev/null || need_apt+=(iperf3)
 command -v haproxy >/dev/null || need_apt+=(haproxy)
 command -v python3 >/dev/null || need_apt+=(python3)
+command -v openssl >/dev/null || need_apt+=(openssl)
 if ((${#need_apt[@]})); then
     echo "installing ${need_apt[*]} (apt-get)" >&2
     apt-get update -qq
@@ -324,14 +328,38 @@ def peer_bore():
     wait_port(22201)
     return ps, 22080, 22201
 
-def muxado_pair(runtime, base):
+def tls_files():
+    """A CA and a gateway certificate it signed (for 127.0.0.1), made once by openssl."""
+    d = os.path.join(TMP, "tls")
+    ca, cert, key = (os.path.join(d, n) for n in ("ca.pem", "cert.pem", "key.pem"))
+    if not os.path.exists(cert):
+        os.makedirs(d, exist_ok=True)
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        run = lambda args: subprocess.run(["openssl", *args], check=True, capture_output=True)
+        run(["req", "-x509", *ec, "-keyout", os.path.join(d, "ca-key.pem"), "-out", ca,
+             "-days", "2", "-subj", "/CN=muxado bench CA"])
+        run(["req", *ec, "-keyout", key, "-out", os.path.join(d, "gw.csr"), "-subj", "/CN=127.0.0.1"])
+        ext = os.path.join(d, "ext.cnf")
+        with open(ext, "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+        run(["x509", "-req", "-in", os.path.join(d, "gw.csr"), "-CA", ca, "-CAkey", os.path.join(d, "ca-key.pem"),
+             "-CAcreateserial", "-out", cert, "-days", "2", "-extfile", ext])
+    return ca, cert, key
+
+def muxado_pair(runtime, base, tls=False, gw_extra=(), tag=None):
+    gw_tls, ag_tls, tag = [], [], tag or runtime
+    if tls:
+        ca, cert, key = tls_files()
+        gw_tls, ag_tls = ["--tls-cert", cert, "--tls-key", key], ["--tls-ca", ca]
     gw = start([BIN, "gateway", "--runtime", runtime, "--agents", f"127.0.0.1:{base}",
-                "--expose", f"http=127.0.0.1:{base + 80}", "--expose", f"iperf=127.0.0.1:{base + 201}"],
-               TUN_CPU, f"{runtime}-gateway")
+                "--expose", f"http=127.0.0.1:{base + 80}", "--expose", f"iperf=127.0.0.1:{base + 201}",
+                *gw_tls, *gw_extra],
+               TUN_CPU, f"{tag}-gateway")
     wait_port(base)
     ag = start([BIN, "agent", "--runtime", runtime, "--gateway", f"127.0.0.1:{base}",
-                "--forward", f"http=127.0.0.1:{ORIGIN_HTTP}", "--forward", f"iperf=127.0.0.1:{ORIGIN_IPERF}"],
-               TUN_CPU, f"{runtime}-agent")
+                "--forward", f"http=127.0.0.1:{ORIGIN_HTTP}", "--forward", f"iperf=127.0.0.1:{ORIGIN_IPERF}",
+                *ag_tls],
+               TUN_CPU, f"{tag}-agent")
     wait_http(base + 80)
     return [gw, ag], base + 80, base + 201
 
@@ -342,6 +370,8 @@ PEER_FNS = {
     "bore": peer_bore,
     "ngrok-muxado": lambda: muxado_pair("ngrok-tokio", 23000),
     "muxado": lambda: muxado_pair("uring", 24000),
+    "muxado-tls": lambda: muxado_pair("uring", 25000, tls=True, tag="uring-tls"),
+    "muxado-noidle": lambda: muxado_pair("uring", 26000, gw_extra=["--idle-timeout", "0"], tag="uring-noidle"),
 }
 
 # ---- measurements ----------------------------------------------------------------------------
@@ -591,7 +621,8 @@ md = [f"# Tunnel benchmark", "", *short,
       "Peers: direct = wrk/iperf3 straight to the origin (the ceiling; no tunnel process); haproxy `mode tcp` "
       "(one thread); rathole (server + client); bore (server + one client per service); ngrok-muxado = this "
       "repo's tunnel protocol on ngrok's `muxado` crate over tokio (`--runtime ngrok-tokio`); muxado = "
-      "`muxado gateway` + `muxado agent` on the io_uring engine (one core each).", "",
+      "`muxado gateway` + `muxado agent` on the io_uring engine (one core each); muxado-tls = the same "
+      "with TLS 1.3 between agent and gateway (`--tls-cert/--tls-key`, `--tls-ca`).", "",
       *rows, "", "## Goals (muxado against rathole and haproxy)", "",
       "| goal | measured | target | |", "| --- | --- | --- | --- |", *goals, "",
       "![keep-alive](tunnel-keepalive.svg)", "![p99](tunnel-p99.svg)", "![close](tunnel-close.svg)",

@@ -240,3 +240,212 @@ fn a_fast_bulk_upload_does_not_stall_the_session() {
         agent.log_text()
     );
 }
+
+/// Origin connections the idle test's origin saw end.
+static IDLE_ORIGIN_ENDED: AtomicU64 = AtomicU64::new(0);
+
+fn echo_and_note_end(c: TcpStream) {
+    echo(c);
+    IDLE_ORIGIN_ENDED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One byte out, the same byte back, through the tunnel.
+fn ping(s: &mut TcpStream, b: u8) {
+    s.write_all(&[b]).expect("write through the tunnel");
+    let mut one = [0u8; 1];
+    s.read_exact(&mut one).expect("the echo");
+    assert_eq!(one[0], b);
+}
+
+#[test]
+fn an_idle_public_connection_is_closed_on_both_sides() {
+    let origin = origin(echo_and_note_end);
+    let mut t = gateway_logging(&["--idle-timeout", "1"], "info,muxado::tunnel=debug");
+    let _agent = t.agent_connected(origin.addr, &[], 1);
+    let mut s = t.connect();
+    // Traffic every 300 ms keeps it open well past the limit.
+    let busy = Instant::now();
+    let mut i = 0u8;
+    let quiet = loop {
+        ping(&mut s, i);
+        // The echo is the last byte to move.
+        let last = Instant::now();
+        if busy.elapsed() > Duration::from_millis(2500) {
+            break last;
+        }
+        i = i.wrapping_add(1);
+        thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(IDLE_ORIGIN_ENDED.load(Ordering::Relaxed), 0);
+    // Then silence: closed about a second after the last byte, on both sides.
+    assert!(
+        ends_within(&mut s, Duration::from_secs(4)),
+        "an idle connection stayed open"
+    );
+    let waited = quiet.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}, before the idle limit"
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while IDLE_ORIGIN_ENDED.load(Ordering::Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the origin side of an idle connection stayed open"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    t.gateway
+        .wait_log("without traffic", Duration::from_secs(2));
+    // The tunnel itself is fine.
+    let data = pattern(21, 100_000);
+    assert_eq!(echo_roundtrip(t.connect(), data.clone()), data);
+}
+
+/// Waits until `origin` has accepted `n` connections.
+fn wait_accepted(origin: &Origin, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while origin.accepted.load(Ordering::Relaxed) < n {
+        assert!(
+            Instant::now() < deadline,
+            "the origin never got connection {n}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn agent_sigterm_drains_in_flight_connections_and_exits() {
+    let counter = origin(count_then_answer);
+    let echo_origin = origin(echo);
+    let mut t = gateway(&[]);
+    let mut agent = t.agent_connected(counter.addr, &["--drain-timeout", "10"], 1);
+    // A transfer in flight when the signal arrives.
+    let mut inflight = t.connect();
+    let first = pattern(31, 300_000);
+    inflight.write_all(&first).unwrap();
+    wait_accepted(&counter, 1);
+    agent.signal(SIGTERM);
+    let signalled = Instant::now();
+    agent.wait_log("draining", Duration::from_secs(5));
+    agent.wait_log("waiting for 1 connections", Duration::from_secs(5));
+    // New public connections are not routed to the draining agent: with no
+    // other agent they are closed at once.
+    thread::sleep(Duration::from_millis(200));
+    for _ in 0..3 {
+        let mut s = t.connect();
+        assert!(
+            ends_within(&mut s, Duration::from_secs(2)),
+            "a connection after the agent's GOAWAY was left hanging"
+        );
+    }
+    t.gateway.wait_log(
+        "is draining: no new connections go to it",
+        Duration::from_secs(2),
+    );
+    assert_eq!(counter.accepted.load(Ordering::Relaxed), 1);
+    // Another agent joins: new connections go to it, never to the draining one.
+    let _other = t.agent_connected(echo_origin.addr, &[], 2);
+    for i in 0..5u64 {
+        let data = pattern(40 + i, 50_000);
+        assert_eq!(echo_roundtrip(t.connect(), data.clone()), data, "conn {i}");
+    }
+    assert_eq!(counter.accepted.load(Ordering::Relaxed), 1);
+    // The transfer in flight goes on and completes, every byte counted.
+    let second = pattern(32, 700_000);
+    inflight.write_all(&second).unwrap();
+    inflight.shutdown(Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    inflight.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, format!("got {}", first.len() + second.len()));
+    // Then the agent exits 0, well within its deadline.
+    let status = agent.wait_exit(Duration::from_secs(8));
+    assert!(status.success(), "agent exit status after drain: {status}");
+    assert!(signalled.elapsed() < Duration::from_secs(10));
+    assert!(agent.log_text().contains("core 0: drained"));
+    t.gateway.wait_log("disconnected", Duration::from_secs(5));
+    let m = t.scrape();
+    assert_eq!(metric(&m, "muxado_tunnel_agent_sessions"), 1, "{m}");
+}
+
+/// Never answers, never closes (until the test process ends).
+fn hold(c: TcpStream) {
+    thread::sleep(Duration::from_secs(60));
+    drop(c);
+}
+
+#[test]
+fn agent_drain_deadline_closes_what_is_left() {
+    let holder = origin(hold);
+    let mut t = gateway(&[]);
+    let mut agent = t.agent_connected(holder.addr, &["--drain-timeout", "1"], 1);
+    let mut stuck = t.connect();
+    stuck.write_all(b"hello?").unwrap();
+    wait_accepted(&holder, 1);
+    agent.signal(SIGTERM);
+    let signalled = Instant::now();
+    let status = agent.wait_exit(Duration::from_secs(5));
+    let took = signalled.elapsed();
+    assert!(status.success(), "agent exit status: {status}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "exited after {took:?}, before its 1 s deadline"
+    );
+    assert!(
+        agent
+            .log_text()
+            .contains("drain deadline passed with 1 connections"),
+        "{}",
+        agent.log_text()
+    );
+    assert!(
+        ends_within(&mut stuck, Duration::from_secs(3)),
+        "the public connection outlived the drained agent"
+    );
+}
+
+/// New connections keep arriving while an agent drains and another serves:
+/// the drain notice, its acknowledgement and only then the GOAWAY mean that
+/// no connection is cut on the way (every byte of every one checked).
+#[test]
+fn no_connection_is_lost_while_an_agent_drains_under_load() {
+    let origin = origin(echo);
+    let mut t = gateway(&[]);
+    let mut draining = t.agent_connected(origin.addr, &["--drain-timeout", "10"], 1);
+    let _stays = t.agent_connected(origin.addr, &[], 2);
+    let public = t.public;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammers: Vec<_> = (0..4u64)
+        .map(|h| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let s = TcpStream::connect(public).expect("connect");
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let data = pattern(h * 1_000_000 + n, 4096 + (n as usize % 7) * 1000);
+                    let back = echo_roundtrip(s, data.clone());
+                    assert!(back == data, "hammer {h}, connection {n}: bytes differ");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    draining.signal(SIGTERM);
+    let status = draining.wait_exit(Duration::from_secs(8));
+    assert!(status.success(), "draining agent's exit status: {status}");
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let total: u64 = hammers.into_iter().map(|h| h.join().expect("hammer")).sum();
+    assert!(total > 20, "only {total} connections went through");
+    let log = draining.log_text();
+    assert!(
+        !log.contains("did not acknowledge"),
+        "the gateway never acknowledged the drain:\n{log}"
+    );
+    t.gateway.wait_log("is draining", Duration::from_secs(2));
+    let m = t.scrape();
+    assert_eq!(metric(&m, "muxado_tunnel_refused_total"), 0, "{m}");
+}

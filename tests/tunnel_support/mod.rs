@@ -3,6 +3,8 @@
 //! waits. Every wait has a deadline and panics with the process logs.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -43,6 +45,12 @@ impl Drop for TempDir {
     }
 }
 
+/// `RUST_LOG` of the processes: `info`, or `$TUNNEL_TEST_LOG` (to debug a
+/// failing test, e.g. `TUNNEL_TEST_LOG=debug`).
+pub fn default_log() -> String {
+    std::env::var("TUNNEL_TEST_LOG").unwrap_or_else(|_| "info".into())
+}
+
 /// A gateway or agent process, killed when dropped; stderr goes to a file.
 pub struct Proc {
     pub child: Child,
@@ -52,6 +60,17 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(name: &str, dir: &TempDir, args: &[String], token: &str) -> Proc {
+        Proc::start_logging(name, dir, args, token, &default_log())
+    }
+
+    /// Like [`Proc::start`], with `RUST_LOG=rust_log`.
+    pub fn start_logging(
+        name: &str,
+        dir: &TempDir,
+        args: &[String],
+        token: &str,
+        rust_log: &str,
+    ) -> Proc {
         static N: AtomicU64 = AtomicU64::new(0);
         let log = dir
             .0
@@ -60,7 +79,7 @@ impl Proc {
         let child = Command::new(BIN)
             .args(args)
             .env("MUXADO_TOKEN", token)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
@@ -155,16 +174,7 @@ pub struct Tunnel {
 
 /// Starts a gateway exposing `web` (one core) and waits until it listens.
 pub fn gateway(extra: &[&str]) -> Tunnel {
-    let dir = TempDir::new("gw");
-    let (agents, public, metrics) = (free_addr(), free_addr(), free_addr());
-    let gw = start_gateway(&dir, agents, public, metrics, extra);
-    Tunnel {
-        dir,
-        agents,
-        public,
-        metrics,
-        gateway: gw,
-    }
+    gateway_logging(extra, &default_log())
 }
 
 pub fn start_gateway(
@@ -173,6 +183,66 @@ pub fn start_gateway(
     public: SocketAddr,
     metrics: SocketAddr,
     extra: &[&str],
+) -> Proc {
+    start_gateway_logging(dir, agents, public, metrics, extra, &default_log())
+}
+
+/// A gateway exposing `web` with `RUST_LOG=rust_log`.
+///
+/// The free ports are picked before the gateway binds them, so a parallel
+/// test may take one meanwhile: the gateway then exits at once saying so,
+/// and it is started again on other ports (a few times).
+pub fn gateway_logging(extra: &[&str], rust_log: &str) -> Tunnel {
+    let dir = TempDir::new("gw");
+    for _ in 0..4 {
+        let (agents, public, metrics) = (free_addr(), free_addr(), free_addr());
+        let mut args: Vec<String> = vec![
+            "gateway".into(),
+            "--agents".into(),
+            agents.to_string(),
+            "--expose".into(),
+            format!("web={public}"),
+            "--metrics".into(),
+            metrics.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut gw = Proc::start_logging("gateway", &dir, &args, TOKEN, rust_log);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = gw.log_text();
+            if text.contains("metrics on") {
+                return Tunnel {
+                    dir,
+                    agents,
+                    public,
+                    metrics,
+                    gateway: gw,
+                };
+            }
+            if let Ok(Some(status)) = gw.child.try_wait() {
+                assert!(
+                    text.contains("Address already in use"),
+                    "the gateway exited ({status}) before listening:\n{text}"
+                );
+                break; // a port was taken meanwhile: other ports
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not listen within 10 s:\n{text}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("the gateway found no free ports in 4 tries");
+}
+
+pub fn start_gateway_logging(
+    dir: &TempDir,
+    agents: SocketAddr,
+    public: SocketAddr,
+    metrics: SocketAddr,
+    extra: &[&str],
+    rust_log: &str,
 ) -> Proc {
     let mut args: Vec<String> = vec![
         "gateway".into(),
@@ -184,7 +254,7 @@ pub fn start_gateway(
         metrics.to_string(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    let mut gw = Proc::start("gateway", dir, &args, TOKEN);
+    let mut gw = Proc::start_logging("gateway", dir, &args, TOKEN, rust_log);
     gw.wait_log("metrics on", Duration::from_secs(10));
     gw
 }

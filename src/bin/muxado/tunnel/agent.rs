@@ -8,6 +8,20 @@
 //! gateway has several cores, the agent redials a session that landed on a
 //! gateway core another of its sessions already covers while some core has
 //! none (a few times), so that every gateway core can serve connections.
+//!
+//! With `--tls-ca` the session runs over TLS, the gateway's certificate
+//! checked against those CAs and `--tls-server-name` (default: the host of
+//! `--gateway`). A failed handshake is logged with its likely cause and
+//! retried like any failed dial.
+//!
+//! SIGTERM/SIGINT drain the agent: each core writes a drain notice on its
+//! control stream (the gateway stops picking the session for new public
+//! connections, routing them to other agents or refusing them) and, once the
+//! gateway has acknowledged it (or after `ACK_WAIT`), sends GOAWAY. The ack
+//! follows every stream the gateway opened before it, so none of those is
+//! refused by the GOAWAY. The core then waits until its spliced connections
+//! have finished or `--drain-timeout` has passed, closes the session, and the
+//! process exits 0. A second signal exits at once.
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
@@ -16,10 +30,11 @@ use std::pin::pin;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use muxado::engine::{self, net::TcpStream, EngineHandle};
 use muxado::heartbeat::{Heartbeat, HeartbeatEvent};
+use muxado::transport::{rustls, TlsClientConfig, TlsError, TlsStream, Transport};
 use muxado::typed::{TypedSession, TypedStream};
 use muxado::{ErrorCode, Session, Stream};
 use tracing::{debug, info, warn};
@@ -30,10 +45,13 @@ use super::gateway::tunnel_config;
 use super::proxy_protocol;
 use super::signals;
 use super::splice::splice;
-use super::wire::{ConnHeader, Hello, Reply, Status, CONTROL_TYPE, NOTICE_DRAIN};
+use super::wire::{ConnHeader, Hello, Reply, Status, CONTROL_TYPE, NOTICE_DRAIN, NOTICE_DRAIN_ACK};
 
 /// Bound on connecting to the gateway or an origin, and on the handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a draining agent waits for the gateway to acknowledge its drain
+/// notice before it sends GOAWAY anyway (a gateway that does not answer).
+const ACK_WAIT: Duration = Duration::from_secs(2);
 /// Redials tried to land on an uncovered gateway core before settling.
 const COVERAGE_TRIES: u32 = 16;
 
@@ -58,15 +76,42 @@ pub fn resolve_origins(opts: &AgentOptions) -> Result<Vec<SocketAddr>, String> {
     Ok(origins)
 }
 
+/// The TLS settings a session dials with: trusted CAs and the name checked.
+struct Tls {
+    config: TlsClientConfig,
+    server_name: String,
+}
+
+/// What every core's sessions are set up with, read-only once running.
+struct Setup {
+    opts: AgentOptions,
+    tls: Option<Tls>,
+    /// Resolved address of each forwarded service, in `opts.services` order.
+    origins: Vec<SocketAddr>,
+}
+
 pub fn run(opts: AgentOptions, origins: Vec<SocketAddr>) -> Result<(), String> {
+    let tls = match &opts.tls {
+        None => None,
+        Some(t) => Some(Tls {
+            config: TlsClientConfig::from_ca_pem_file(&t.ca)
+                .map_err(|e| format!("--tls-ca {}: {e}", t.ca.display()))?,
+            server_name: t.server_name.clone(),
+        }),
+    };
     let handle: Arc<OnceLock<EngineHandle>> = Arc::new(OnceLock::new());
     let for_signals = handle.clone();
+    let drain_timeout = opts.drain_timeout;
     signals::watch(move |name| {
-        info!("{name}: closing the sessions and exiting");
         if for_signals.get().is_none() {
+            info!("{name}: exiting");
             std::process::exit(0);
         }
-        stop_all(&for_signals);
+        info!(
+            "{name}: draining (GOAWAY to the gateway, no new connections; \
+             in-flight connections have up to {drain_timeout:?})"
+        );
+        drain_all(&for_signals, Instant::now() + drain_timeout);
     })
     .map_err(|e| format!("signal watcher: {e}"))?;
     let engine = muxado::Engine::builder()
@@ -74,19 +119,13 @@ pub fn run(opts: AgentOptions, origins: Vec<SocketAddr>) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     let _ = handle.set(engine.handle());
-    let opts = Arc::new(opts);
-    let origins = Arc::new(origins);
+    let setup = Arc::new(Setup { opts, tls, origins });
     let coverage = Arc::new(Mutex::new(Vec::<usize>::new()));
     let results = engine
         .run(move |index| {
-            let (opts, origins, coverage, handle) = (
-                opts.clone(),
-                origins.clone(),
-                coverage.clone(),
-                handle.clone(),
-            );
+            let (setup, coverage, handle) = (setup.clone(), coverage.clone(), handle.clone());
             async move {
-                let r = agent_core(index, opts, origins, coverage).await;
+                let r = agent_core(index, setup, coverage).await;
                 if r.is_err() {
                     stop_all(&handle);
                 }
@@ -114,6 +153,14 @@ fn stop_all(handle: &OnceLock<EngineHandle>) {
     }
 }
 
+fn drain_all(handle: &OnceLock<EngineHandle>, deadline: Instant) {
+    if let Some(h) = handle.get() {
+        for core in 0..h.cores() {
+            let _ = h.spawn_on(core, move || async move { request_drain(deadline) });
+        }
+    }
+}
+
 thread_local! {
     static CURRENT: RefCell<Option<Rc<AgentCore>>> = const { RefCell::new(None) };
 }
@@ -128,9 +175,25 @@ fn request_stop() {
     }
 }
 
+/// Called on each core at SIGTERM: drain (see the module docs), closing at
+/// `deadline` at the latest.
+fn request_drain(deadline: Instant) {
+    if let Some(core) = CURRENT.with(|c| c.borrow().clone()) {
+        if core.draining.get().is_some() {
+            return;
+        }
+        core.draining.set(Some(deadline));
+        core.notify();
+    }
+}
+
 /// One core's agent state.
 struct AgentCore {
     stopping: Cell<bool>,
+    /// Draining (SIGTERM) until this deadline: no new streams, then exit.
+    draining: Cell<Option<Instant>>,
+    /// Spliced connections in flight on this core, over any of its sessions.
+    active: Cell<usize>,
     /// The gateway said it drains: dial a new session, let the old one finish.
     redial: Cell<bool>,
     session: RefCell<Option<Session>>,
@@ -141,6 +204,60 @@ impl AgentCore {
     fn notify(&self) {
         for w in self.wakers.borrow_mut().drain(..) {
             w.wake();
+        }
+    }
+
+    /// Stopping or draining: dial nothing new.
+    fn winding_down(&self) -> bool {
+        self.stopping.get() || self.draining.get().is_some()
+    }
+
+    /// Runs `fut` unless the core winds down first (then `None`).
+    async fn unless_winding_down<F: Future>(&self, fut: F) -> Option<F::Output> {
+        let mut fut = pin!(fut);
+        poll_fn(|cx| {
+            if self.winding_down() {
+                return Poll::Ready(None);
+            }
+            if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(v));
+            }
+            self.wakers.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Waits until `cond` holds, re-checked at every notification.
+    async fn until(&self, cond: impl Fn() -> bool) {
+        poll_fn(|cx| {
+            if cond() {
+                return Poll::Ready(());
+            }
+            self.wakers.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Counts one spliced connection for the drain, for as long as it lives.
+struct InFlight(Rc<AgentCore>);
+
+impl InFlight {
+    fn new(core: &Rc<AgentCore>) -> InFlight {
+        core.active.set(core.active.get() + 1);
+        InFlight(core.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let core = &self.0;
+        core.active.set(core.active.get() - 1);
+        // Only a drain waits for the count: don't wake anyone otherwise.
+        if core.draining.get().is_some() {
+            core.notify();
         }
     }
 }
@@ -160,29 +277,29 @@ enum Outcome {
 
 async fn agent_core(
     index: usize,
-    opts: Arc<AgentOptions>,
-    origins: Arc<Vec<SocketAddr>>,
+    setup: Arc<Setup>,
     coverage: Arc<Mutex<Vec<usize>>>,
 ) -> Result<(), String> {
     let core = Rc::new(AgentCore {
         stopping: Cell::new(false),
+        draining: Cell::new(None),
+        active: Cell::new(0),
         redial: Cell::new(false),
         session: RefCell::new(None),
         wakers: RefCell::new(Vec::new()),
     });
     CURRENT.with(|c| *c.borrow_mut() = Some(core.clone()));
-    let mut backoff = Backoff::new(opts.max_backoff);
+    let mut backoff = Backoff::new(setup.opts.max_backoff);
     let mut had_session = false;
     let mut coverage_tries = 0;
     let result = loop {
-        if core.stopping.get() {
+        if core.winding_down() {
             break Ok(());
         }
         let outcome = session_once(
             index,
             &core,
-            &opts,
-            &origins,
+            &setup,
             &coverage,
             had_session,
             &mut coverage_tries,
@@ -208,16 +325,7 @@ async fn agent_core(
                 d
             }
         };
-        let sleep = pin!(engine::sleep(delay));
-        let mut sleep = sleep;
-        poll_fn(|cx| {
-            if core.stopping.get() || sleep.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(());
-            }
-            core.wakers.borrow_mut().push(cx.waker().clone());
-            Poll::Pending
-        })
-        .await;
+        core.unless_winding_down(engine::sleep(delay)).await;
     };
     CURRENT.with(|c| *c.borrow_mut() = None);
     result
@@ -226,26 +334,33 @@ async fn agent_core(
 async fn session_once(
     index: usize,
     core: &Rc<AgentCore>,
-    opts: &AgentOptions,
-    origins: &[SocketAddr],
+    setup: &Setup,
     coverage: &Arc<Mutex<Vec<usize>>>,
     reconnect: bool,
     coverage_tries: &mut u32,
 ) -> Outcome {
+    let (opts, tls, origins) = (&setup.opts, setup.tls.as_ref(), &setup.origins);
     let gw = &opts.gateway;
-    let tcp = match engine::timeout(CONNECT_TIMEOUT, TcpStream::connect(gw.as_str())).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return Outcome::Failed(format!("cannot reach the gateway at {gw}: {e}")),
-        Err(_) => return Outcome::Failed(format!("cannot reach the gateway at {gw}: timed out")),
+    // Dialing (TCP, TLS) gives way to a stop or a drain at once.
+    let dialed = core
+        .unless_winding_down(engine::timeout(CONNECT_TIMEOUT, dial(gw, tls)))
+        .await;
+    let transport = match dialed {
+        None => return Outcome::Stopped,
+        Some(Ok(Ok(t))) => t,
+        Some(Ok(Err(e))) => return Outcome::Failed(e),
+        Some(Err(_)) => {
+            return Outcome::Failed(format!("cannot reach the gateway at {gw}: timed out"))
+        }
     };
-    let session = Session::client(tcp, tunnel_config());
+    let session = Session::client(transport, tunnel_config());
     let hb = Heartbeat::new(TypedSession::new(session.clone()), opts.heartbeat);
     let hello = Hello {
         token: opts.token.as_bytes().to_vec(),
         reconnect,
         services: opts.services.iter().map(|s| s.0.clone()).collect(),
     };
-    let handshake = engine::timeout(CONNECT_TIMEOUT, async {
+    let handshake = core.unless_winding_down(engine::timeout(CONNECT_TIMEOUT, async {
         let mut ctl = hb
             .open_typed(CONTROL_TYPE)
             .await
@@ -255,9 +370,12 @@ async fn session_once(
             .map_err(|e| e.to_string())?;
         let reply = Reply::read(&mut *ctl).await?;
         Ok::<_, String>((ctl, reply))
-    })
-    .await
-    .unwrap_or_else(|_| Err("no answer to the handshake in time".into()));
+    }));
+    let Some(handshake) = handshake.await else {
+        let _ = hb.close();
+        return Outcome::Stopped;
+    };
+    let handshake = handshake.unwrap_or_else(|_| Err("no answer to the handshake in time".into()));
     let (ctl, reply) = match handshake {
         Ok(r) => r,
         Err(e) => {
@@ -274,7 +392,14 @@ async fn session_once(
                     String::from_utf8_lossy(&debug)
                 ));
             }
-            return Outcome::Failed(format!("handshake with the gateway at {gw} failed: {e}"));
+            let hint = if tls.is_none() {
+                " (if the gateway serves agents over TLS, pass --tls-ca)"
+            } else {
+                ""
+            };
+            return Outcome::Failed(format!(
+                "handshake with the gateway at {gw} failed: {e}{hint}"
+            ));
         }
     };
     match reply.status {
@@ -341,10 +466,12 @@ async fn session_once(
         services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()
     );
     core.redial.set(false);
-    *core.session.borrow_mut() = Some(session.clone());
-    if core.stopping.get() {
-        let _ = session.close();
+    if core.winding_down() {
+        // The signal came during the handshake: nothing runs on this session yet.
+        let _ = hb.close();
+        return Outcome::Stopped;
     }
+    *core.session.borrow_mut() = Some(session.clone());
     // A dead gateway is noticed within interval + tolerance.
     let killer = session.clone();
     let gw_name = gw.clone();
@@ -362,16 +489,26 @@ async fn session_once(
     {
         debug!("heartbeat not started: {e}");
     }
-    engine::spawn(watch_control(ctl.into_stream(), core.clone()));
+    let acked = Rc::new(Cell::new(false));
+    engine::spawn(watch_control(
+        ctl.into_stream(),
+        core.clone(),
+        acked.clone(),
+    ));
     let services = Rc::new(services);
-    let acceptor = engine::spawn(accept_streams(hb.clone(), services, opts.proxy_protocol));
+    let acceptor = engine::spawn(accept_streams(
+        hb.clone(),
+        services,
+        opts.proxy_protocol,
+        core.clone(),
+    ));
     let ended = pin!(hb.wait());
     let mut ended = ended;
     let end = poll_fn(|cx| {
         if let Poll::Ready(end) = ended.as_mut().poll(cx) {
             return Poll::Ready(Some(end));
         }
-        if core.redial.get() || core.stopping.get() {
+        if core.redial.get() || core.winding_down() {
             return Poll::Ready(None);
         }
         core.wakers.borrow_mut().push(cx.waker().clone());
@@ -394,6 +531,10 @@ async fn session_once(
             Outcome::Ended(why)
         }
         None if core.stopping.get() => Outcome::Stopped,
+        None if core.draining.get().is_some() => {
+            drain(index, core, &hb, &acked).await;
+            Outcome::Stopped
+        }
         None => {
             info!("core {index}: the gateway is draining; dialing a new session while this one finishes");
             Outcome::Redial
@@ -401,25 +542,145 @@ async fn session_once(
     }
 }
 
-/// Reads the control stream: a drain notice asks for a new session.
-async fn watch_control(mut ctl: Stream, core: Rc<AgentCore>) {
+/// Dials the gateway: TCP, then the TLS handshake when configured. The error
+/// names the likely cause, for the log.
+async fn dial(gw: &str, tls: Option<&Tls>) -> Result<Transport, String> {
+    let tcp = TcpStream::connect(gw)
+        .await
+        .map_err(|e| format!("cannot reach the gateway at {gw}: {e}"))?;
+    let Some(tls) = tls else {
+        return Ok(tcp.into());
+    };
+    match TlsStream::connect(tcp, &tls.config, &tls.server_name).await {
+        Ok(s) => Ok(s.into()),
+        Err(e) => Err(format!(
+            "cannot connect to the gateway at {gw} over TLS: {e}{}",
+            tls_hint(&e, &tls.server_name)
+        )),
+    }
+}
+
+/// The likely cause of a failed TLS handshake, as a hint for the log.
+fn tls_hint(e: &TlsError, name: &str) -> String {
+    use rustls::{CertificateError as C, Error as R};
+    match e {
+        TlsError::Handshake(R::InvalidCertificate(C::UnknownIssuer | C::BadSignature)) => {
+            " (the gateway's certificate is not signed by a CA of --tls-ca)".into()
+        }
+        TlsError::Handshake(R::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        )) => format!(" (the gateway's certificate does not name {name:?}: see --tls-server-name)"),
+        // webpki's reason for a self-signed CA certificate served as the
+        // gateway's own: only its text names it.
+        TlsError::Handshake(R::InvalidCertificate(c))
+            if format!("{c:?}").contains("CaUsedAsEndEntity") =>
+        {
+            " (the gateway serves a CA certificate: give it a certificate signed by that CA)".into()
+        }
+        TlsError::Handshake(R::InvalidCertificate(_)) => {
+            " (the gateway's certificate was rejected: check --tls-ca)".into()
+        }
+        TlsError::Handshake(R::InvalidMessage(_) | R::InappropriateMessage { .. })
+        | TlsError::HandshakeEof => " (is the gateway serving agents over TLS?)".into(),
+        _ => String::new(),
+    }
+}
+
+/// The drain of one core's session (the notice is on its way, see
+/// `watch_control`): GOAWAY once the gateway has acknowledged, then waits
+/// for the spliced connections up to the deadline and closes the session.
+async fn drain(index: usize, core: &AgentCore, hb: &Heartbeat, acked: &Cell<bool>) {
+    let deadline = core.draining.get().unwrap_or_else(Instant::now);
+    let ack_by = deadline.min(Instant::now() + ACK_WAIT);
+    if engine::timeout_at(ack_by, core.until(|| acked.get()))
+        .await
+        .is_err()
+    {
+        warn!("core {index}: the gateway did not acknowledge the drain in time; sending GOAWAY anyway");
+    }
+    let _ = hb.go_away(ErrorCode::NoError, b"agent draining");
+    let n = core.active.get();
+    if n > 0 {
+        info!("core {index}: draining: waiting for {n} connections to finish");
+    }
+    if engine::timeout_at(deadline, core.until(|| core.active.get() == 0))
+        .await
+        .is_ok()
+    {
+        info!("core {index}: drained");
+    } else {
+        warn!(
+            "core {index}: drain deadline passed with {} connections still open; closing them",
+            core.active.get()
+        );
+    }
+    let _ = hb.close();
+    // Let the GOAWAY leave before the process exits.
+    let _ = engine::timeout(Duration::from_millis(300), hb.wait()).await;
+}
+
+/// Serves the control stream of one session: the gateway's drain notice
+/// asks for a new session; when this core drains, writes our own notice,
+/// and sets `acked` when the gateway answers it.
+async fn watch_control(mut ctl: Stream, core: Rc<AgentCore>, acked: Rc<Cell<bool>>) {
+    let mut told = false;
     let mut b = [0u8; 1];
-    while let Ok(1) = ctl.read(&mut b).await {
-        if b[0] == NOTICE_DRAIN {
-            core.redial.set(true);
-            core.notify();
+    loop {
+        let event = poll_fn(|cx| {
+            if !told && core.draining.get().is_some() {
+                return Poll::Ready(None);
+            }
+            if let Poll::Ready(r) = ctl.poll_read_slice(cx, &mut b) {
+                return Poll::Ready(Some(r));
+            }
+            if !told {
+                core.wakers.borrow_mut().push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            None => {
+                told = true;
+                if ctl.write_all(&[NOTICE_DRAIN]).await.is_err() {
+                    return;
+                }
+            }
+            Some(Ok(1)) if b[0] == NOTICE_DRAIN => {
+                core.redial.set(true);
+                core.notify();
+            }
+            Some(Ok(1)) if b[0] == NOTICE_DRAIN_ACK => {
+                acked.set(true);
+                core.notify();
+            }
+            // Unknown notices are ignored (a newer gateway).
+            Some(Ok(n)) if n > 0 => {}
+            _ => return,
         }
     }
 }
 
-async fn accept_streams(hb: Heartbeat, services: Rc<Vec<Service>>, proxy: bool) {
+async fn accept_streams(
+    hb: Heartbeat,
+    services: Rc<Vec<Service>>,
+    proxy: bool,
+    core: Rc<AgentCore>,
+) {
     while let Ok(stream) = hb.accept_typed().await {
-        engine::spawn(serve_stream(stream, services.clone(), proxy));
+        let guard = InFlight::new(&core);
+        engine::spawn(serve_stream(stream, services.clone(), proxy, guard));
     }
 }
 
-/// Connects one tunneled stream to its origin and splices them.
-async fn serve_stream(stream: TypedStream, services: Rc<Vec<Service>>, proxy: bool) {
+/// Connects one tunneled stream to its origin and splices them; `_guard`
+/// counts it for a drain until it ends.
+async fn serve_stream(
+    stream: TypedStream,
+    services: Rc<Vec<Service>>,
+    proxy: bool,
+    _guard: InFlight,
+) {
     let ty = stream.stream_type();
     let mut stream = stream.into_stream();
     let Some(svc) = services.iter().find(|s| s.stream_type == ty) else {
@@ -471,7 +732,7 @@ async fn serve_stream(stream: TypedStream, services: Rc<Vec<Service>>, proxy: bo
         }
     }
     debug!("service {}: {client} connected to {}", svc.name, svc.origin);
-    let moved = splice(tcp, stream, None).await;
+    let moved = splice(tcp, stream, None, None).await;
     debug!(
         "service {}: {client} done: {} bytes to the origin, {} from it",
         svc.name, moved.stream_to_tcp, moved.tcp_to_stream

@@ -1,6 +1,7 @@
 //! The flags of `muxado gateway` and `muxado agent`, checked into options.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use muxado::heartbeat::HeartbeatConfig;
@@ -33,6 +34,16 @@ pub struct GatewayArgs {
     /// Seconds in-flight connections may take to finish after SIGTERM.
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     drain_timeout: f64,
+    /// Close a public connection after this many seconds without a byte
+    /// either way (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+    idle_timeout: f64,
+    /// Serve agents over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(flatten)]
     heartbeat: HeartbeatFlags,
     /// Benchmark peer: run on ngrok's muxado crate over tokio instead.
@@ -70,6 +81,17 @@ pub struct AgentArgs {
     /// Longest wait between two reconnect attempts, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     max_backoff: f64,
+    /// Seconds in-flight connections may take to finish after SIGTERM (the
+    /// agent first tells the gateway to send it no new ones).
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    drain_timeout: f64,
+    /// Connect to the gateway over TLS, trusting the CA certificates in FILE (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// The name the gateway's certificate must carry (default: the host
+    /// part of --gateway).
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    tls_server_name: Option<String>,
     #[command(flatten)]
     heartbeat: HeartbeatFlags,
     /// Benchmark peer: run on ngrok's muxado crate over tokio instead.
@@ -98,8 +120,21 @@ pub struct GatewayOptions {
     pub cores: usize,
     pub metrics: Option<SocketAddr>,
     pub drain_timeout: Duration,
+    /// `None`: public connections never time out.
+    pub idle_timeout: Option<Duration>,
+    /// Certificate chain and key files: agents connect over TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
     pub heartbeat: HeartbeatConfig,
     pub runtime: Runtime,
+}
+
+/// How the agent reaches the gateway over TLS.
+#[derive(Clone, Debug)]
+pub struct AgentTls {
+    /// The CA certificates (PEM) the gateway's certificate must chain to.
+    pub ca: PathBuf,
+    /// The DNS name or IP address the certificate must name.
+    pub server_name: String,
 }
 
 /// The agent's checked options.
@@ -111,6 +146,8 @@ pub struct AgentOptions {
     pub cores: usize,
     pub proxy_protocol: bool,
     pub max_backoff: Duration,
+    pub drain_timeout: Duration,
+    pub tls: Option<AgentTls>,
     pub heartbeat: HeartbeatConfig,
     pub runtime: Runtime,
 }
@@ -133,6 +170,8 @@ impl GatewayArgs {
             cores: cores(self.cores)?,
             metrics: self.metrics,
             drain_timeout: secs(self.drain_timeout, "--drain-timeout")?,
+            idle_timeout: secs_or_off(self.idle_timeout, "--idle-timeout")?,
+            tls: self.tls_cert.zip(self.tls_key),
             heartbeat: self.heartbeat.config()?,
             runtime: self.runtime,
         })
@@ -147,6 +186,16 @@ impl AgentArgs {
             services.push((name, addr.to_string()));
         }
         check_unique(&services, "--forward")?;
+        let tls = match self.tls_ca {
+            None => None,
+            Some(ca) => Some(AgentTls {
+                ca,
+                server_name: match self.tls_server_name {
+                    Some(name) => name,
+                    None => host_of(&self.gateway)?.to_string(),
+                },
+            }),
+        };
         Ok(AgentOptions {
             gateway: self.gateway,
             services,
@@ -154,6 +203,8 @@ impl AgentArgs {
             cores: cores(self.cores)?,
             proxy_protocol: self.proxy_protocol,
             max_backoff: secs(self.max_backoff, "--max-backoff")?,
+            drain_timeout: secs(self.drain_timeout, "--drain-timeout")?,
+            tls,
             heartbeat: self.heartbeat.config()?,
             runtime: self.runtime,
         })
@@ -217,5 +268,54 @@ fn secs(v: f64, flag: &str) -> Result<Duration, String> {
         Ok(Duration::from_secs_f64(v))
     } else {
         Err(format!("{flag} must be in (0, 86400] seconds"))
+    }
+}
+
+/// Like [`secs`], but 0 turns the limit off.
+fn secs_or_off(v: f64, flag: &str) -> Result<Option<Duration>, String> {
+    if v == 0.0 {
+        Ok(None)
+    } else {
+        secs(v, flag).map(Some)
+    }
+}
+
+/// The host part of HOST:PORT, `[V6]:PORT` or a bare host: the name the
+/// gateway's certificate is checked against unless `--tls-server-name` says.
+fn host_of(addr: &str) -> Result<&str, String> {
+    let host = match addr.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map(|(h, _)| h),
+        None => Some(addr.rsplit_once(':').map_or(addr, |(h, _)| h)),
+    };
+    match host {
+        Some(h) if !h.is_empty() => Ok(h),
+        _ => Err(format!(
+            "--gateway {addr}: no host to check the TLS certificate against; pass --tls-server-name"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_of_takes_the_host_part() {
+        assert_eq!(host_of("gw.example.com:7000"), Ok("gw.example.com"));
+        assert_eq!(host_of("127.0.0.1:7000"), Ok("127.0.0.1"));
+        assert_eq!(host_of("[::1]:7000"), Ok("::1"));
+        assert_eq!(host_of("localhost"), Ok("localhost"));
+        assert!(host_of(":7000").is_err());
+        assert!(host_of("[::1").is_err());
+    }
+
+    #[test]
+    fn idle_timeout_zero_is_off() {
+        assert_eq!(secs_or_off(0.0, "--idle-timeout"), Ok(None));
+        assert_eq!(
+            secs_or_off(1.5, "--idle-timeout"),
+            Ok(Some(Duration::from_millis(1500)))
+        );
+        assert!(secs_or_off(-1.0, "--idle-timeout").is_err());
     }
 }

@@ -9,8 +9,19 @@
 //! see `agent.rs`). A core without a session for the service refuses the
 //! connection at once, with a log line saying why.
 //!
-//! The agent accept path is `AgentTransport`: today plain TCP; TLS slots in
-//! there (a handshake before `Session::server`) once the engine carries it.
+//! Agents connect over plain TCP, or over TLS with `--tls-cert/--tls-key`
+//! (the handshake runs in the agent's own task, bounded in time, before the
+//! session starts; a client that is not TLS or that rejects our certificate
+//! is logged and dropped).
+//!
+//! An agent that drains (SIGTERM) says so on its control stream: its session
+//! is picked no more, and the gateway acknowledges on the same stream, after
+//! every stream it opened there before. The agent's GOAWAY follows; should a
+//! stream be opened after it anyway (an agent that sends no notice), opening
+//! fails at once, locally, without a byte sent, and the connection is
+//! offered to the next agent session of the service (or refused if there is
+//! none).
+//! A public connection idle for `--idle-timeout` is closed on both sides.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -22,8 +33,9 @@ use std::time::{Duration, Instant};
 
 use muxado::engine::{self, net::TcpListener, net::TcpStream, EngineHandle, JoinHandle};
 use muxado::heartbeat::{Heartbeat, HeartbeatEvent};
+use muxado::transport::{rustls, TlsError, TlsServerConfig, TlsStream, Transport};
 use muxado::typed::TypedSession;
-use muxado::{Config, ErrorCode, Session, Stream};
+use muxado::{Config, Error, ErrorCode, Session, Stream};
 use tracing::{debug, info, warn};
 
 use super::args::GatewayOptions;
@@ -32,6 +44,7 @@ use super::signals;
 use super::splice::splice;
 use super::wire::{
     token_matches, ConnHeader, Hello, Reply, Status, CONN_HEADER_MAX, CONTROL_TYPE, NOTICE_DRAIN,
+    NOTICE_DRAIN_ACK,
 };
 
 /// How long an agent has to authenticate after connecting.
@@ -47,16 +60,37 @@ pub fn tunnel_config() -> Config {
         .with_accept_backlog(1 << 14)
 }
 
-/// How agent sessions arrive. Plain TCP for now; a TLS transport would wrap
-/// `accept` (handshake, then hand the session its byte stream).
+/// How agent sessions arrive: a listener, and the TLS settings if any.
 struct AgentTransport {
     listener: TcpListener,
+    tls: Option<TlsServerConfig>,
 }
 
-impl AgentTransport {
-    async fn accept(&self) -> std::io::Result<(TcpStream, SocketAddr)> {
-        self.listener.accept().await
+/// Runs the server side of the TLS handshake (when configured) on an
+/// accepted agent connection; the error says why, for the log.
+async fn secure(tcp: TcpStream, tls: Option<&TlsServerConfig>) -> Result<Transport, String> {
+    match tls {
+        None => Ok(tcp.into()),
+        Some(cfg) => match TlsStream::accept(tcp, cfg).await {
+            Ok(s) => Ok(s.into()),
+            Err(e) => Err(explain_tls(&e)),
+        },
     }
+}
+
+/// A TLS failure as the operator needs it: what happened and the likely cause.
+fn explain_tls(e: &TlsError) -> String {
+    use rustls::Error as R;
+    let hint = match e {
+        TlsError::Handshake(R::InvalidMessage(_) | R::InappropriateMessage { .. }) => {
+            " (the peer does not speak TLS: an agent without --tls-ca?)"
+        }
+        TlsError::Handshake(R::AlertReceived(_)) => {
+            " (the agent rejected our certificate: check its --tls-ca and --tls-server-name)"
+        }
+        _ => "",
+    };
+    format!("{e}{hint}")
 }
 
 /// Listeners of one core, bound before the engine starts so that port 0
@@ -100,7 +134,17 @@ pub fn run(opts: GatewayOptions) -> Result<(), String> {
         }
         per_core.push(Some(CoreListeners { agents, public }));
     }
-    info!("agents listening on {agents_addr}");
+    let tls = match &opts.tls {
+        None => None,
+        Some((cert, key)) => Some(
+            TlsServerConfig::from_pem_files(cert, key)
+                .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?,
+        ),
+    };
+    info!(
+        "agents listening on {agents_addr} ({})",
+        if tls.is_some() { "TLS" } else { "plain TCP" }
+    );
     for ((name, _), addr) in opts.services.iter().zip(&public_addrs) {
         info!("service {name} listening on {addr}");
     }
@@ -128,9 +172,10 @@ pub fn run(opts: GatewayOptions) -> Result<(), String> {
             let listeners = per_core.lock().unwrap_or_else(|p| p.into_inner())[index].take();
             let opts = opts.clone();
             let metrics = core_metrics[index].clone();
+            let tls = tls.clone();
             async move {
                 match listeners {
-                    Some(l) => run_core(index, l, opts, metrics).await,
+                    Some(l) => run_core(index, l, tls, opts, metrics).await,
                     None => Err(format!("core {index}: no listeners")),
                 }
             }
@@ -202,12 +247,17 @@ struct Link {
     types: Vec<u32>,
     /// Connections it carries now (the load the picker balances).
     active: Cell<usize>,
-    control: RefCell<Option<Stream>>,
+    /// The agent sent GOAWAY (it drains): no new connections go to it.
+    draining: Cell<bool>,
+    /// The control stream: notices both ways (see `wire.rs`). Borrowed only
+    /// inside a poll.
+    control: RefCell<Stream>,
 }
 
 async fn run_core(
     index: usize,
     listeners: CoreListeners,
+    tls: Option<TlsServerConfig>,
     opts: Arc<GatewayOptions>,
     metrics: Arc<CoreMetrics>,
 ) -> Result<(), String> {
@@ -228,6 +278,7 @@ async fn run_core(
         core.clone(),
         AgentTransport {
             listener: listeners.agents,
+            tls,
         },
     )));
     for (svc, listener) in listeners.public.into_iter().enumerate() {
@@ -240,10 +291,7 @@ async fn run_core(
     }
     let links: Vec<Rc<Link>> = core.links.borrow().clone();
     for link in &links {
-        let ctl = link.control.borrow_mut().take();
-        if let Some(mut ctl) = ctl {
-            let _ = ctl.write(&[NOTICE_DRAIN]).await;
-        }
+        let _ = write_notice(&link.control, NOTICE_DRAIN).await;
         let _ = link.hb.go_away(ErrorCode::NoError, b"gateway draining");
     }
     let deadline = Instant::now() + core.opts.drain_timeout;
@@ -265,9 +313,14 @@ async fn run_core(
 
 async fn accept_agents(core: Rc<GwCore>, transport: AgentTransport) {
     loop {
-        match transport.accept().await {
+        match transport.listener.accept().await {
             Ok((tcp, peer)) => {
-                engine::spawn(agent_session(core.clone(), tcp, peer));
+                engine::spawn(agent_session(
+                    core.clone(),
+                    tcp,
+                    peer,
+                    transport.tls.clone(),
+                ));
             }
             Err(e) => {
                 warn!("accepting an agent failed: {e}");
@@ -278,8 +331,26 @@ async fn accept_agents(core: Rc<GwCore>, transport: AgentTransport) {
 }
 
 /// Authenticates one agent session, serves it until it ends, then forgets it.
-async fn agent_session(core: Rc<GwCore>, tcp: TcpStream, peer: SocketAddr) {
-    let session = Session::server(tcp, tunnel_config());
+async fn agent_session(
+    core: Rc<GwCore>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsServerConfig>,
+) {
+    // The handshake has its own time limit (the library's, 10 s by default).
+    let transport = match secure(tcp, tls.as_ref()).await {
+        Ok(t) => t,
+        Err(e) => {
+            warn!("agent {peer} refused: {e}");
+            metrics::add(&core.metrics.auth_failures, 1);
+            return;
+        }
+    };
+    let over = match &transport {
+        Transport::Tls(_) => "TLS",
+        _ => "plain TCP",
+    };
+    let session = Session::server(transport, tunnel_config());
     let hb = Heartbeat::new(TypedSession::new(session.clone()), core.opts.heartbeat);
     let hello = engine::timeout(HANDSHAKE_TIMEOUT, async {
         let mut ctl = hb.accept_typed().await.map_err(|e| e.to_string())?;
@@ -380,7 +451,8 @@ async fn agent_session(core: Rc<GwCore>, tcp: TcpStream, peer: SocketAddr) {
         hb: hb.clone(),
         types: by_service,
         active: Cell::new(0),
-        control: RefCell::new(Some(ctl)),
+        draining: Cell::new(false),
+        control: RefCell::new(ctl),
     });
     let bound: Vec<&str> = core
         .opts
@@ -391,7 +463,7 @@ async fn agent_session(core: Rc<GwCore>, tcp: TcpStream, peer: SocketAddr) {
         .map(|(s, _)| s.0.as_str())
         .collect();
     info!(
-        "agent {peer} connected (core {}, session {id}{}), serving {bound:?}",
+        "agent {peer} connected (core {}, session {id}{}), serving {bound:?} over {over}",
         core.index,
         if hello.reconnect { ", a reconnect" } else { "" }
     );
@@ -404,6 +476,7 @@ async fn agent_session(core: Rc<GwCore>, tcp: TcpStream, peer: SocketAddr) {
         }
     }
     core.links.borrow_mut().push(link.clone());
+    engine::spawn(read_control(link.clone()));
     // A dead agent is noticed by the heartbeat even when TCP is silent.
     let killer = session.clone();
     let who = peer;
@@ -432,10 +505,47 @@ async fn agent_session(core: Rc<GwCore>, tcp: TcpStream, peer: SocketAddr) {
     };
     info!("agent {peer} disconnected (session {id}): {why}");
     core.links.borrow_mut().retain(|l| !Rc::ptr_eq(l, &link));
-    link.control.borrow_mut().take();
     for (i, &t) in link.types.iter().enumerate() {
         if t != 0 {
             metrics::add(&core.metrics.services[i].sessions_closed, 1);
+        }
+    }
+}
+
+/// Writes one notice byte on a control stream.
+async fn write_notice(ctl: &RefCell<Stream>, notice: u8) -> Result<(), Error> {
+    poll_fn(|cx| ctl.borrow_mut().poll_write_slice(cx, &[notice]))
+        .await
+        .map(|_| ())
+}
+
+/// Reads an agent's notices until its session ends: a drain notice takes
+/// the session out of the picking, then is acknowledged.
+async fn read_control(link: Rc<Link>) {
+    let mut b = [0u8; 1];
+    loop {
+        match poll_fn(|cx| link.control.borrow_mut().poll_read_slice(cx, &mut b)).await {
+            Ok(1) if b[0] == NOTICE_DRAIN => {
+                link.mark_draining();
+                if write_notice(&link.control, NOTICE_DRAIN_ACK).await.is_err() {
+                    return;
+                }
+            }
+            // Unknown notices are ignored (a newer agent).
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
+
+impl Link {
+    /// The agent drains: no new connections go to it (logged once).
+    fn mark_draining(&self) {
+        if !self.draining.replace(true) {
+            info!(
+                "agent {} (session {}) is draining: no new connections go to it",
+                self.peer, self.id
+            );
         }
     }
 }
@@ -446,7 +556,7 @@ impl GwCore {
         self.links
             .borrow()
             .iter()
-            .filter(|l| l.types[svc] != 0 && !l.hb.is_closed())
+            .filter(|l| l.types[svc] != 0 && !l.draining.get() && !l.hb.is_closed())
             .min_by_key(|l| l.active.get())
             .cloned()
     }
@@ -477,56 +587,90 @@ async fn accept_public(core: Rc<GwCore>, svc: usize, listener: TcpListener) {
     }
 }
 
-/// Tunnels one public connection over `link`.
+/// Tunnels one public connection over `link`, or over the next agent
+/// session of the service if `link`'s agent has started draining.
 async fn public_conn(
     core: Rc<GwCore>,
     svc: usize,
-    link: Rc<Link>,
+    mut link: Rc<Link>,
     tcp: TcpStream,
     peer: SocketAddr,
     local: Option<SocketAddr>,
 ) {
+    let name = &core.opts.services[svc].0;
     let counters = &core.metrics.services[svc];
-    link.active.set(link.active.get() + 1);
     core.active.set(core.active.get() + 1);
-    let opened = async {
-        let mut stream = link.hb.open_typed(link.types[svc]).await?;
-        let mut header = [0u8; CONN_HEADER_MAX];
-        let n = ConnHeader {
-            src: Some(peer),
-            dst: local,
+    let opened = loop {
+        link.active.set(link.active.get() + 1);
+        match open_conn(&link, svc, peer, local).await {
+            // Refused locally, nothing sent: the agent drains. Try another.
+            Err(Error::RemoteGoneAway) => {
+                link.active.set(link.active.get() - 1);
+                link.mark_draining();
+                match core.pick(svc) {
+                    Some(next) => link = next,
+                    None => break None,
+                }
+            }
+            r => break Some(r),
         }
-        .encode(&mut header);
-        stream.write_all(&header[..n]).await?;
-        Ok::<_, muxado::Error>(stream)
-    }
-    .await;
+    };
     match opened {
-        Ok(stream) => {
+        Some(Ok(stream)) => {
             metrics::add(&counters.conns_opened, 1);
             debug!(
-                "service {}: {peer} tunneled to agent {} (session {})",
-                core.opts.services[svc].0, link.peer, link.id
+                "service {name}: {peer} tunneled to agent {} (session {})",
+                link.peer, link.id
             );
             let meter = Meter::new(core.metrics.clone(), svc);
-            let moved = splice(tcp, stream.into_stream(), Some(meter)).await;
+            let moved = splice(tcp, stream, Some(meter), core.opts.idle_timeout).await;
+            if moved.idle_closed {
+                debug!(
+                    "service {name}: {peer} closed after {:?} without traffic",
+                    core.opts.idle_timeout.unwrap_or_default()
+                );
+            }
             debug!(
-                "service {}: {peer} done: {} bytes in, {} bytes out",
-                core.opts.services[svc].0, moved.tcp_to_stream, moved.stream_to_tcp
+                "service {name}: {peer} done: {} bytes in, {} bytes out",
+                moved.tcp_to_stream, moved.stream_to_tcp
             );
             metrics::add(&counters.conns_closed, 1);
+            link.active.set(link.active.get() - 1);
         }
-        Err(e) => {
+        Some(Err(e)) => {
             info!(
-                "service {}: refused {peer}: agent {} could not take it: {e}",
-                core.opts.services[svc].0, link.peer
+                "service {name}: refused {peer}: agent {} could not take it: {e}",
+                link.peer
             );
+            metrics::add(&counters.refused, 1);
+            link.active.set(link.active.get() - 1);
+        }
+        None => {
+            info!("service {name}: refused {peer}: every agent is draining");
             metrics::add(&counters.refused, 1);
         }
     }
-    link.active.set(link.active.get() - 1);
     core.active.set(core.active.get() - 1);
     if core.draining.get() {
         core.changed.notify();
     }
+}
+
+/// Opens the stream of one public connection on `link` and writes its header.
+/// `Err(RemoteGoneAway)` means the agent never saw it (it sent GOAWAY first).
+async fn open_conn(
+    link: &Link,
+    svc: usize,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+) -> Result<Stream, Error> {
+    let mut stream = link.hb.open_typed(link.types[svc]).await?;
+    let mut header = [0u8; CONN_HEADER_MAX];
+    let n = ConnHeader {
+        src: Some(peer),
+        dst: local,
+    }
+    .encode(&mut header);
+    stream.write_all(&header[..n]).await?;
+    Ok(stream.into_stream())
 }

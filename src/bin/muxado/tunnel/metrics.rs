@@ -35,7 +35,8 @@ pub struct ServiceCounters {
 /// The counters of one core.
 pub struct CoreMetrics {
     pub services: Vec<ServiceCounters>,
-    /// Agent sessions refused at the handshake (wrong token, bad request).
+    /// Agent connections refused at the handshake (wrong token, bad request,
+    /// failed TLS handshake).
     pub auth_failures: AtomicU64,
 }
 
@@ -157,7 +158,7 @@ impl Registry {
             .sum();
         let _ = writeln!(
             out,
-            "# HELP muxado_tunnel_auth_failures_total Agent sessions refused at the handshake.\n\
+            "# HELP muxado_tunnel_auth_failures_total Agent connections refused at the handshake (token, request or TLS).\n\
              # TYPE muxado_tunnel_auth_failures_total counter\n\
              muxado_tunnel_auth_failures_total {fails}"
         );

@@ -12,6 +12,7 @@
 //! - [`wire`]: the control handshake and the per-connection header (bytes only);
 //! - [`proxy_protocol`]: the PROXY protocol v2 header sent to origins;
 //! - [`splice`]: the hot path, a TCP connection joined with a muxado stream;
+//! - [`idle`]: the idle limit of spliced connections (one sweeper per core);
 //! - [`metrics`]: per-core counters and the Prometheus text endpoint;
 //! - [`backoff`]: reconnect delays with jitter;
 //! - [`signals`]: SIGTERM/SIGINT delivered to the engine cores;
@@ -22,6 +23,7 @@ mod agent;
 mod args;
 mod backoff;
 mod gateway;
+mod idle;
 mod metrics;
 mod ngrok;
 mod proxy_protocol;
@@ -38,6 +40,7 @@ pub fn gateway(args: GatewayArgs) -> Result<(), String> {
     let opts = args.validate()?;
     match opts.runtime {
         Runtime::Uring => gateway::run(opts),
+        Runtime::NgrokTokio if opts.tls.is_some() => Err(NGROK_NO_TLS.into()),
         Runtime::NgrokTokio => ngrok::gateway(opts),
     }
 }
@@ -50,9 +53,14 @@ pub fn agent(args: AgentArgs) -> Result<(), String> {
     let origins = agent::resolve_origins(&opts)?;
     match opts.runtime {
         Runtime::Uring => agent::run(opts, origins),
+        Runtime::NgrokTokio if opts.tls.is_some() => Err(NGROK_NO_TLS.into()),
         Runtime::NgrokTokio => ngrok::agent(opts, origins),
     }
 }
+
+/// The benchmark peer on ngrok's crate runs plain TCP only (and has no idle
+/// limit nor agent drain: it exists to measure the same protocol on tokio).
+const NGROK_NO_TLS: &str = "TLS (--tls-*) is not supported with --runtime ngrok-tokio";
 
 /// Logs go to stderr through `tracing`; `RUST_LOG` filters them (default
 /// `info`). Another subscriber already installed by the tool wins.

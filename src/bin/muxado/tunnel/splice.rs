@@ -22,16 +22,23 @@
 //! Endings travel: EOF on one side is a half-close (FIN) on the other, and
 //! the other direction goes on; an error on one side resets the stream or
 //! shuts the socket down, which ends the other direction too.
+//!
+//! An idle limit (the gateway's `--idle-timeout`) puts the connection on its
+//! core's idle table (see `idle.rs`): each relayed chunk marks it active, and
+//! the core's sweeper resets the stream and shuts the socket down once it has
+//! been idle too long, which ends both directions as an error would.
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::net::Shutdown;
 use std::pin::pin;
 use std::rc::Rc;
+use std::time::Duration;
 
 use muxado::engine::{self, net::TcpStream};
 use muxado::{ErrorCode, Stream};
 
+use super::idle::{Idle, Touch};
 use super::metrics::Meter;
 
 /// Size of the large buffers (sends, and receives while data streams in).
@@ -79,22 +86,44 @@ fn give_buf(mut buf: Vec<u8>) {
 pub struct Moved {
     pub tcp_to_stream: u64,
     pub stream_to_tcp: u64,
+    /// The idle limit ended it.
+    pub idle_closed: bool,
 }
 
 /// Splices `tcp` and `stream` until both directions have ended. `meter`
-/// (the gateway's) counts bytes from `tcp` as going to the origin.
-pub async fn splice(tcp: TcpStream, stream: Stream, meter: Option<Meter>) -> Moved {
+/// (the gateway's) counts bytes from `tcp` as going to the origin. With
+/// `idle`, both sides are closed once no byte has moved either way for
+/// that long.
+pub async fn splice(
+    tcp: TcpStream,
+    stream: Stream,
+    meter: Option<Meter>,
+    idle: Option<Duration>,
+) -> Moved {
     let stream = Rc::new(RefCell::new(stream));
-    let up = engine::spawn(tcp_to_stream(tcp.clone(), stream.clone(), meter.clone()));
-    let down = stream_to_tcp(tcp, stream, meter).await;
+    let idle = idle.map(|limit| Idle::register(limit, tcp.clone(), stream.clone()));
+    let touch = idle.as_ref().map(Idle::toucher);
+    let up = engine::spawn(tcp_to_stream(
+        tcp.clone(),
+        stream.clone(),
+        meter.clone(),
+        touch,
+    ));
+    let down = stream_to_tcp(tcp, stream, meter, touch).await;
     let up = up.await;
     Moved {
         tcp_to_stream: up,
         stream_to_tcp: down,
+        idle_closed: idle.is_some_and(|i| i.fired()),
     }
 }
 
-fn count(meter: &Option<Meter>, from_tcp: bool, n: usize) {
+type Watch = Option<Touch>;
+
+fn count(meter: &Option<Meter>, watch: &Watch, from_tcp: bool, n: usize) {
+    if let Some(w) = watch {
+        w.touch();
+    }
     if let Some(m) = meter {
         if from_tcp {
             m.to_origin(n);
@@ -104,7 +133,12 @@ fn count(meter: &Option<Meter>, from_tcp: bool, n: usize) {
     }
 }
 
-async fn tcp_to_stream(tcp: TcpStream, stream: Rc<RefCell<Stream>>, meter: Option<Meter>) -> u64 {
+async fn tcp_to_stream(
+    tcp: TcpStream,
+    stream: Rc<RefCell<Stream>>,
+    meter: Option<Meter>,
+    watch: Watch,
+) -> u64 {
     let mut total = 0u64;
     let mut size = SMALL;
     loop {
@@ -140,7 +174,7 @@ async fn tcp_to_stream(tcp: TcpStream, stream: Rc<RefCell<Stream>>, meter: Optio
                 };
                 give_buf(buf);
                 total += n as u64;
-                count(&meter, true, n);
+                count(&meter, &watch, true, n);
             }
             Err(_) => {
                 give_buf(buf);
@@ -151,7 +185,12 @@ async fn tcp_to_stream(tcp: TcpStream, stream: Rc<RefCell<Stream>>, meter: Optio
     }
 }
 
-async fn stream_to_tcp(tcp: TcpStream, stream: Rc<RefCell<Stream>>, meter: Option<Meter>) -> u64 {
+async fn stream_to_tcp(
+    tcp: TcpStream,
+    stream: Rc<RefCell<Stream>>,
+    meter: Option<Meter>,
+    watch: Watch,
+) -> u64 {
     let mut total = 0u64;
     loop {
         let mut buf: Option<Vec<u8>> = None;
@@ -186,7 +225,7 @@ async fn stream_to_tcp(tcp: TcpStream, stream: Rc<RefCell<Stream>>, meter: Optio
                     return total;
                 }
                 total += n as u64;
-                count(&meter, false, n);
+                count(&meter, &watch, false, n);
             }
             (Ok(_), b) => {
                 // End of the stream: FIN to the TCP side; reading goes on.
@@ -280,7 +319,12 @@ mod tests {
             let mut far = b.accept().await.unwrap();
             let mut one = [0u8; 1];
             far.read_exact(&mut one).await.unwrap();
-            let relay = engine::spawn(splice(origin_side, near, None));
+            let relay = engine::spawn(splice(
+                origin_side,
+                near,
+                None,
+                Some(Duration::from_secs(60)),
+            ));
             let mut out = vec![7u8; CHUNK_LEN];
             let mut back = vec![0u8; CHUNK_LEN];
             let mut rx = client.recv_multishot();

@@ -3,8 +3,9 @@
 //! - [`CONTROL_TYPE`] (0): the agent's first stream. The agent writes a
 //!   [`Hello`] (magic, token, services); the gateway answers a [`Reply`]
 //!   (status, message, the stream type agreed for each service). The stream
-//!   then stays open; the gateway writes [`NOTICE_DRAIN`] on it when it
-//!   starts draining, so the agent can dial a fresh session at once.
+//!   then stays open for notices: [`NOTICE_DRAIN`] from the gateway when it
+//!   drains (the agent dials a fresh session at once); [`NOTICE_DRAIN`] from
+//!   the agent when it drains, answered by [`NOTICE_DRAIN_ACK`].
 //! - 1..: tunneled connections; the gateway opens them and first writes a
 //!   [`ConnHeader`] (the public client's and the public listener's
 //!   addresses), then the connection's bytes.
@@ -28,8 +29,14 @@ pub const MAX_NAME: usize = 255;
 pub const MAX_SERVICES: usize = 256;
 /// Longest reply message.
 const MAX_MESSAGE: usize = 1024;
-/// Written by the gateway on the control stream when it starts draining.
+/// Written on the control stream by the side that starts draining: the
+/// gateway (the agent dials a fresh session), or the agent (the gateway
+/// opens no new stream on this session and answers [`NOTICE_DRAIN_ACK`]).
 pub const NOTICE_DRAIN: u8 = 1;
+/// The gateway's answer to an agent's [`NOTICE_DRAIN`]. It follows every
+/// stream the gateway opened on the session before (one ordered byte
+/// stream), so the agent's GOAWAY sent after it refuses none of them.
+pub const NOTICE_DRAIN_ACK: u8 = 2;
 
 /// The agent's greeting.
 #[derive(Clone, Debug, PartialEq, Eq)]
