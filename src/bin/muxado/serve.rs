@@ -387,46 +387,65 @@ async fn serve_stream(mut stream: Stream, mut mode: Mode, pool: BufPool) {
         }
         return;
     }
-    // What is read is copied out (the borrowed bytes cannot be held across
-    // the write) into a buffer the size of the read: a few bytes for small
-    // reads, a pooled 64 KiB buffer for bulk ones while the process-wide echo
-    // limit allows. Either is given back as soon as it is written, so an
-    // idle or merely open stream holds no buffer at all.
-    let mut small = Vec::new();
+    let mut copy = EchoCopy::default();
     loop {
-        let mut big: Option<EchoBuf> = None;
-        let read = stream
-            .read_with(|bytes| {
-                if bytes.len() > SMALL_READ {
-                    if let Some(mut b) = take_echo(&pool) {
-                        let n = bytes.len().min(BUF_SIZE);
-                        b.0.buf.clear();
-                        b.0.buf.extend_from_slice(&bytes[..n]);
-                        big = Some(b);
-                        return n;
-                    }
-                }
-                let n = bytes.len().min(SMALL_READ);
-                small.clear();
-                small.extend_from_slice(&bytes[..n]);
-                n
-            })
-            .await;
-        match read {
+        match stream.read_with(|bytes| copy.take(bytes, &pool)).await {
             Ok(0) => break,
             Ok(_) => {
-                let data = big.as_ref().map_or(&small[..], |b| &b.0.buf[..]);
-                if stream.write_all(data).await.is_err() {
+                if stream.write_all(copy.data()).await.is_err() {
                     return;
                 }
-                if small.capacity() > 256 {
-                    small = Vec::new();
-                }
+                copy.written();
             }
             Err(_) => return,
         }
     }
     let _ = stream.close_write();
+}
+
+/// What the echo copies out of one read (the borrowed bytes of `read_with`
+/// cannot be held across the write): a buffer the size of the read, a few
+/// bytes for small reads, a pooled 64 KiB buffer for bulk ones while the
+/// process-wide echo limit allows. Either is given back once written, so an
+/// idle or merely open stream holds no buffer at all (a 9-byte SYN must not
+/// cost 64 KiB). Both drivers' `serve` echo through it.
+#[derive(Default)]
+pub struct EchoCopy {
+    small: Vec<u8>,
+    big: Option<EchoBuf>,
+}
+
+impl EchoCopy {
+    /// Copies what fits of `bytes`; returns the count (`read_with`'s answer).
+    pub fn take(&mut self, bytes: &[u8], pool: &BufPool) -> usize {
+        if bytes.len() > SMALL_READ {
+            if let Some(mut b) = take_echo(pool) {
+                let n = bytes.len().min(BUF_SIZE);
+                b.0.buf.clear();
+                b.0.buf.extend_from_slice(&bytes[..n]);
+                self.big = Some(b);
+                return n;
+            }
+        }
+        let n = bytes.len().min(SMALL_READ);
+        self.small.clear();
+        self.small.extend_from_slice(&bytes[..n]);
+        n
+    }
+
+    /// The bytes of the last [`EchoCopy::take`], to write back.
+    pub fn data(&self) -> &[u8] {
+        self.big.as_ref().map_or(&self.small[..], |b| &b.0.buf[..])
+    }
+
+    /// After the write: the big buffer goes back to its pool, and a small
+    /// one that grew past a few hundred bytes is freed.
+    pub fn written(&mut self) {
+        self.big = None;
+        if self.small.capacity() > 256 {
+            self.small = Vec::new();
+        }
+    }
 }
 
 /// Set when a session ends: the trimmer then hands freed memory back to the

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use muxado::tokio::{Heartbeat, Session, TypedSession};
+use muxado::tokio::{Heartbeat, Session, Stream, TypedSession};
 use muxado::transport::{TlsClientConfig, TlsServerConfig, DEFAULT_HANDSHAKE_TIMEOUT};
 use muxado::Config;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -18,7 +18,20 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::model::{Endpoint, HeartbeatOpts, Mode, TAG_SINK};
-use crate::serve::{heartbeat_reporter, remove_stale_socket, BufPool, BUF_SIZE};
+use crate::serve::{heartbeat_reporter, remove_stale_socket, BufPool, EchoCopy, BUF_SIZE};
+
+/// How [`muxado_server`] serves its streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Serving {
+    /// `muxado serve`: as on the engine, the sink counts in place and the
+    /// echo copies each read into a buffer of its size ([`EchoCopy`]), so
+    /// that an open stream holds no buffer (a flood of SYNs must not cost
+    /// 64 KiB each).
+    Bounded,
+    /// The bench: [`serve_stream`] with a pooled 64 KiB buffer per stream,
+    /// exactly as the tokio peers (ngrok-muxado, yamux) are served.
+    AsPeers,
+}
 
 /// A connection on tokio, with or without TLS (tokio-rustls). Sessions are
 /// started on the concrete type of each variant (see [`with_conn!`]), so
@@ -194,7 +207,8 @@ pub fn serve(o: ServeOpts) -> Result<(), String> {
             )),
         );
         let acceptor = o.tls.as_ref().map(acceptor);
-        muxado_server(listener, acceptor, o.mode, o.config, o.heartbeat).await;
+        let serving = Serving::Bounded;
+        muxado_server(listener, acceptor, o.mode, o.config, o.heartbeat, serving).await;
         Ok(())
     })
 }
@@ -209,6 +223,7 @@ pub async fn muxado_server(
     mode: Mode,
     config: Config,
     hb: Option<HeartbeatOpts>,
+    serving: Serving,
 ) {
     let pool = BufPool::default();
     let tls = tls.map(Arc::new);
@@ -239,7 +254,7 @@ pub async fn muxado_server(
             match hb {
                 None => {
                     while let Ok(stream) = session.accept().await {
-                        tokio::spawn(serve_stream(stream, mode, pool.clone()));
+                        tokio::spawn(serve_muxado_stream(stream, mode, pool.clone(), serving));
                     }
                 }
                 Some(hb) => {
@@ -248,12 +263,56 @@ pub async fn muxado_server(
                         tracing::warn!("heartbeat not started: {e}");
                     }
                     while let Ok(stream) = heartbeat.accept_typed().await {
-                        tokio::spawn(serve_stream(stream.into_stream(), mode, pool.clone()));
+                        let stream = stream.into_stream();
+                        tokio::spawn(serve_muxado_stream(stream, mode, pool.clone(), serving));
                     }
                 }
             }
         });
     }
+}
+
+/// echo/sink over one stream of our tokio driver, as `serving` says.
+async fn serve_muxado_stream(mut s: Stream, mut mode: Mode, pool: BufPool, serving: Serving) {
+    if serving == Serving::AsPeers {
+        return serve_stream(s, mode, pool).await;
+    }
+    if mode == Mode::Tagged {
+        let mut tag = [0u8; 1];
+        match s.read(&mut tag).await {
+            Ok(1) if tag[0] == TAG_SINK => mode = Mode::Sink,
+            Ok(1) => mode = Mode::Echo,
+            _ => return,
+        }
+    }
+    if mode == Mode::Sink {
+        let mut total: u64 = 0;
+        loop {
+            match s.read_with(|bytes| bytes.len()).await {
+                Ok(0) => break,
+                Ok(n) => total += n as u64,
+                Err(_) => return,
+            }
+        }
+        if s.write_all(&total.to_be_bytes()).await.is_ok() {
+            let _ = s.close_write();
+        }
+        return;
+    }
+    let mut copy = EchoCopy::default();
+    loop {
+        match s.read_with(|bytes| copy.take(bytes, &pool)).await {
+            Ok(0) => break,
+            Ok(_) => {
+                if s.write_all(copy.data()).await.is_err() {
+                    return;
+                }
+                copy.written();
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = s.close_write();
 }
 
 /// echo/sink over one tokio stream, with a buffer from the server's pool.

@@ -28,7 +28,7 @@ use crate::model::{
     bench_config, CaseRun, Endpoint, Measurement, Mode, Placement, System, TAG_SINK,
 };
 use crate::serve::BufPool;
-use crate::serve_tokio::{self, serve_stream, with_conn, ClientTls, Conn};
+use crate::serve_tokio::{self, serve_stream, with_conn, ClientTls, Conn, Serving::AsPeers};
 
 /// The TCP address of a system that runs over TCP only.
 fn tcp_only(to: &Endpoint, system: System) -> io::Result<SocketAddr> {
@@ -569,7 +569,7 @@ fn server_future(run: &CaseRun, listener: std::net::TcpListener) -> LocalFuture<
         match system.plain() {
             System::MuxadoTokio => {
                 let listener = serve_tokio::Listener::Tcp(listener);
-                serve_tokio::muxado_server(listener, tls, mode, bench_config(), hb).await
+                serve_tokio::muxado_server(listener, tls, mode, bench_config(), hb, AsPeers).await
             }
             System::NgrokMuxado => ngrok_server(listener, mode, window, tls).await,
             System::Yamux => yamux_server(listener, mode).await,
