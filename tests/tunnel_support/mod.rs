@@ -285,7 +285,14 @@ impl Tunnel {
     }
 
     pub fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect(self.public).expect("connect to the public address");
+        let s = TcpStream::connect(self.public).unwrap_or_else(|e| {
+            // A refused connect usually means the gateway is gone: show why
+            // (its log says, e.g., that io_uring is unavailable).
+            panic!(
+                "connect to the public address: {e}; gateway log:\n{}",
+                self.gateway.log_text()
+            )
+        });
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
         s
