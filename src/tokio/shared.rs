@@ -74,6 +74,11 @@ impl Shared {
     /// Runs `f` on the locked state, dispatches the events it caused, and
     /// wakes their waiters once the lock is released.
     pub(super) fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        self.with_wakes(f).0
+    }
+
+    /// [`Shared::with`], also saying whether it woke anyone.
+    pub(super) fn with_wakes<T>(&self, f: impl FnOnce(&mut State) -> T) -> (T, bool) {
         let mut wake = WakeList::new();
         let out = {
             let mut st = self.lock();
@@ -81,8 +86,9 @@ impl Shared {
             st.dispatch(&mut wake);
             out
         };
+        let woke = wake.len > 0;
         wake.wake_all();
-        out
+        (out, woke)
     }
 
     pub(super) fn acquire(&self) {
