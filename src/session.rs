@@ -64,17 +64,6 @@ use crate::transport::Transport;
 /// How long a dying session tries to deliver its GOAWAY (Go: 250 ms).
 const GOAWAY_GRACE: Duration = Duration::from_millis(250);
 
-/// `TCP_NOTSENT_LOWAT` of a session's TCP socket, set once a send first
-/// carries [`NOTSENT_LOWAT_AFTER`] bytes. A bulk stream otherwise fills the
-/// kernel's send buffer (autotuned to MBs: 3.4 MB unsent was seen in the
-/// bench's `mixed` case), and a small frame of another stream queues behind
-/// all of it; rpc p50 beside a bulk stream fell from ms to ~250 µs.
-const NOTSENT_LOWAT: u32 = 128 * 1024;
-
-/// A session whose sends stay below this (control traffic, rpc) never pays
-/// the system call that sets [`NOTSENT_LOWAT`].
-const NOTSENT_LOWAT_AFTER: usize = 64 * 1024;
-
 /// How long a dead session waits for the peer to close its side before it
 /// shuts the transport down in both directions.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
@@ -586,7 +575,6 @@ async fn writer(shared: Rc<Shared>) {
     // places at every send, and grow to what the traffic needs. (A 64 KiB
     // buffer per session was a measurable part of a short session's cost.)
     let mut spare = BytesMut::new();
-    let mut lowat_set = false;
     loop {
         let ready = poll_fn(|cx| {
             let mut st = shared.state.borrow_mut();
@@ -631,13 +619,6 @@ async fn writer(shared: Rc<Shared>) {
             }
             continue;
         };
-        if !lowat_set && spare.len() >= NOTSENT_LOWAT_AFTER {
-            lowat_set = true;
-            if let Transport::Tcp(tcp) = &shared.transport {
-                // Best effort: without it, only latency suffers.
-                let _ = tcp.set_notsent_lowat(NOTSENT_LOWAT);
-            }
-        }
         let (result, buf) = if dying {
             let send = async {
                 match &shared.transport {
