@@ -10,8 +10,10 @@
 //! Duration: `SOAK_SECS` (default 3, the short run of `cargo test`). The
 //! script `scripts/soak.sh MINUTES` runs it in release for longer. The
 //! report gives bytes verified, errors by kind, and the server's RSS and
-//! descriptors at start (after a warm-up) and end, each sampled with no
-//! session connected, and flags an RSS change of more than 5%.
+//! descriptors at start (after a warm-up), after each phase of the run (the
+//! last is the end), each sampled with no session connected, and flags an
+//! RSS change of more than 5% from start to end. `SOAK_PHASES` sets the
+//! number of phases (default 10 from a minute on, else 2).
 #![cfg(feature = "cli")]
 
 mod rawpeer;
@@ -390,6 +392,46 @@ fn run_load(addr: SocketAddr, secs: f64, seed: u64, per_thread: usize) -> Stats 
     stats
 }
 
+/// The server's memory at one moment, in KiB (from /proc/PID/status):
+/// resident in all, and its anonymous (heap, stacks, buffers) and file
+/// (the mapped binary and libraries) parts.
+#[derive(Clone, Copy, Debug)]
+struct Mem {
+    rss: u64,
+    anon: u64,
+    file: u64,
+}
+
+fn mem(pid: u32) -> Mem {
+    Mem {
+        rss: status_kib(pid, "VmRSS:"),
+        anon: status_kib(pid, "RssAnon:"),
+        file: status_kib(pid, "RssFile:"),
+    }
+}
+
+/// An idle checkpoint: waits for the server's descriptors to come back to
+/// `fds_idle`, then for its trim ticks (see [`SETTLE`]), and samples its
+/// memory with no session connected. With `MUXADO_MALLOC_INFO=PATH` (which
+/// the server inherits: it then writes glibc's `malloc_info` there after
+/// each trim), keeps a copy of that file as `PATH.NAME`.
+fn idle_sample(s: &Serve, fds_idle: usize, name: &str) -> (usize, Mem) {
+    let fds = s.wait_fds(fds_idle, Duration::from_secs(10));
+    // The server hands freed memory back to the system within two of its
+    // one-second trim ticks after sessions end: sample after them, every
+    // time, so that all idle samples see the same settled state.
+    thread::sleep(SETTLE);
+    let m = mem(s.pid());
+    if let Some(path) = std::env::var_os("MUXADO_MALLOC_INFO") {
+        let mut copy = path.clone();
+        copy.push(format!(".{name}"));
+        if let Err(e) = std::fs::copy(&path, &copy) {
+            println!("soak: WARNING: MUXADO_MALLOC_INFO set but not copied: {e}");
+        }
+    }
+    (fds, m)
+}
+
 #[test]
 fn soak() {
     raise_fd_limit();
@@ -405,45 +447,69 @@ fn soak() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(8);
+    // The measured run is cut into phases with an idle checkpoint after
+    // each, so that the idle RSS is seen all along the run: a plateau and a
+    // leak look alike at two points, not at ten.
+    let phases: u32 = std::env::var("SOAK_PHASES")
+        .ok()
+        .map(|v| v.parse().expect("SOAK_PHASES must be a whole number"))
+        .unwrap_or(if secs >= 60.0 { 10 } else { 2 })
+        .max(1);
     let mut s = Serve::start("echo", &["--cores", "2"]);
     let fds_idle = s.fds();
-    // Warm-up: a tenth of the run (1 to 30 s), then the start sample, taken
-    // with no session connected.
-    let warm = (secs / 10.0).clamp(1.0, 30.0);
-    let mut stats = run_load(s.addr, warm, seed ^ 1, per_thread);
-    let fds_start = s.wait_fds(fds_idle, Duration::from_secs(10));
-    // The server hands freed memory back to the system within two of its
-    // one-second trim ticks after sessions end: sample after them, at start
-    // and end alike, so that both samples see the same settled state.
-    thread::sleep(SETTLE);
-    let rss_start = s.rss_kib();
-    let started = Instant::now();
-    // RSS every tenth of the run (under load), to tell a plateau from a leak.
     let pid = s.pid();
-    let sampler = thread::spawn(move || {
-        let mut samples = Vec::new();
-        for i in 1..=10 {
-            let at = started + Duration::from_secs_f64(secs * f64::from(i) / 10.0);
-            thread::sleep(at.saturating_duration_since(Instant::now()));
-            samples.push(status_kib(pid, "VmRSS:") / 1024);
-        }
-        samples
-    });
-    stats.merge(run_load(s.addr, secs, seed, per_thread));
+    let fresh = mem(pid);
+    // Warm-up: a tenth of the run (1 to 180 s), then the start sample, taken
+    // with no session connected, like every later idle sample. The server
+    // keeps spare 64 KiB echo buffers per core, up to a bound, as many as it
+    // ever had in use at once: the pools grow with the highest concurrency
+    // seen, fast at first, then by a buffer now and then (perf/soak.md: 13
+    // buffers in the 30 s after a 30 s warm-up, 3 in the 4.5 minutes after
+    // that). The start sample is taken once most of that growth is past;
+    // the idle samples after every phase show whether it was.
+    let warm = (secs / 10.0).clamp(1.0, 180.0);
+    let mut stats = run_load(s.addr, warm, seed ^ 1, per_thread);
+    let (fds_start, start) = idle_sample(&s, fds_idle, "start");
+    let started = Instant::now();
+    let phase_secs = secs / f64::from(phases);
+    let mut loaded = Vec::new(); // RSS in the middle of each phase, MiB
+    let mut idle = Vec::new(); // memory after each phase
+    let mut fds_after = Vec::new();
+    for p in 0..phases {
+        let sampler = thread::spawn(move || {
+            thread::sleep(Duration::from_secs_f64(phase_secs / 2.0));
+            status_kib(pid, "VmRSS:") / 1024
+        });
+        let phase_seed = if p == 0 {
+            seed
+        } else {
+            seed ^ mix(u64::from(p))
+        };
+        stats.merge(run_load(s.addr, phase_secs, phase_seed, per_thread));
+        loaded.push(sampler.join().expect("RSS sampler"));
+        s.assert_alive();
+        let (fds, m) = idle_sample(&s, fds_idle, &format!("phase-{:02}", p + 1));
+        println!(
+            "soak: idle after phase {}/{phases}: RSS {} KiB (anon {}, file {}), fds {fds}",
+            p + 1,
+            m.rss,
+            m.anon,
+            m.file
+        );
+        fds_after.push(fds);
+        idle.push(m);
+    }
     let elapsed = started.elapsed();
-    let samples = sampler.join().expect("RSS sampler");
-    s.assert_alive();
-    let fds_end = s.wait_fds(fds_idle, Duration::from_secs(10));
-    thread::sleep(SETTLE);
-    let rss_end = s.rss_kib();
+    let end = *idle.last().expect("at least one phase");
+    let fds_end = *fds_after.last().expect("at least one phase");
     let hwm = s.hwm_kib();
-    let drift = (rss_end as f64 - rss_start as f64) / rss_start as f64 * 100.0;
+    let drift = (end.rss as f64 - start.rss as f64) / start.rss as f64 * 100.0;
     let flag = if drift.abs() > 5.0 {
         "  <-- FLAG: RSS start vs end differ by more than 5%"
     } else {
         ""
     };
-    println!("soak: {:.0} s (+{warm:.0} s warm-up), seed {seed:#x}, {per_thread} sessions per thread x 2 threads + killed clients", elapsed.as_secs_f64());
+    println!("soak: {:.0} s in {phases} phase(s) (+{warm:.0} s warm-up), seed {seed:#x}, {per_thread} sessions per thread x 2 threads + killed clients", elapsed.as_secs_f64());
     println!(
         "soak: bytes verified {} ({:.1} MB/s), streams whole {}, sessions {}",
         stats.bytes_verified,
@@ -462,14 +528,25 @@ fn soak() {
     for f in &stats.first_failures {
         println!("soak:   {f}");
     }
-    println!("soak: server RSS under load, every tenth of the run (MiB): {samples:?}");
-    println!("soak: server fds idle {fds_idle}, start {fds_start}, end {fds_end}");
-    println!("soak: server RSS start {rss_start} KiB, end {rss_end} KiB ({drift:+.1}%), peak {hwm} KiB{flag}");
+    let idle_rss: Vec<u64> = idle.iter().map(|m| m.rss).collect();
+    println!("soak: server RSS under load, mid-phase (MiB): {loaded:?}");
+    println!("soak: server RSS idle after each phase (KiB): {idle_rss:?}");
+    println!("soak: server fds idle {fds_idle}, start {fds_start}, after each phase {fds_after:?}");
+    println!(
+        "soak: server RSS fresh {} KiB (anon {}, file {}); start {} KiB (anon {}, file {})",
+        fresh.rss, fresh.anon, fresh.file, start.rss, start.anon, start.file
+    );
+    println!(
+        "soak: server RSS start {} KiB, end {} KiB ({drift:+.1}%; anon {} -> {}, file {} -> {}), peak {hwm} KiB{flag}",
+        start.rss, end.rss, start.anon, end.anon, start.file, end.file
+    );
     // SOAK_JSON=PATH: the same figures as JSON, for perf/.
     if let Ok(path) = std::env::var("SOAK_JSON") {
+        let kib = |m: &Mem| serde_json::json!({ "rss": m.rss, "anon": m.anon, "file": m.file });
         let json = serde_json::json!({
             "seconds": elapsed.as_secs_f64(),
             "warmup_seconds": warm,
+            "phases": phases,
             "seed": seed,
             "sessions_per_thread": per_thread,
             "bytes_verified": stats.bytes_verified,
@@ -478,9 +555,14 @@ fn soak() {
             "expected_errors": stats.expected,
             "failures": stats.failures,
             "first_failures": stats.first_failures,
-            "rss_under_load_mib": samples,
-            "fds": { "idle": fds_idle, "start": fds_start, "end": fds_end },
-            "rss_kib": { "start": rss_start, "end": rss_end, "peak": hwm, "drift_percent": drift },
+            "rss_under_load_mib": loaded,
+            "idle_kib": {
+                "fresh": kib(&fresh),
+                "start": kib(&start),
+                "after_each_phase": idle.iter().map(kib).collect::<Vec<_>>(),
+            },
+            "fds": { "idle": fds_idle, "start": fds_start, "after_each_phase": fds_after, "end": fds_end },
+            "rss_kib": { "start": start.rss, "end": end.rss, "peak": hwm, "drift_percent": drift },
         });
         std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap() + "\n")
             .unwrap_or_else(|e| panic!("writing SOAK_JSON {path}: {e}"));
@@ -496,5 +578,7 @@ fn soak() {
         "nothing was verified"
     );
     assert_eq!(fds_start, fds_idle, "server descriptors after the warm-up");
-    assert_eq!(fds_end, fds_idle, "server descriptors at the end");
+    for (p, fds) in fds_after.iter().enumerate() {
+        assert_eq!(*fds, fds_idle, "server descriptors after phase {}", p + 1);
+    }
 }
