@@ -338,6 +338,9 @@ fn main() -> ExitCode {
                 usage_error("--cores must be at least 1");
             }
             let heartbeat = heartbeat.opts();
+            // A long-running server: its idle memory should not depend on
+            // what the allocator happened to keep (see tune_allocator).
+            serve::tune_allocator();
             let config = serve::serve_config(max_memory, frame_timeout, idle_timeout);
             let listen = unix.map_or(Endpoint::Tcp(listen), Endpoint::Unix);
             // Certificate problems are reported before anything listens.

@@ -287,7 +287,7 @@ pub async fn muxado_server(
                 engine::spawn(serve_stream(stream, mode, pool.clone()));
             }
             drop(session);
-            SESSION_ENDED.store(true, Ordering::Relaxed);
+            session_ended();
         });
     }
 }
@@ -357,7 +357,7 @@ pub async fn muxado_heartbeat_server(
                 engine::spawn(serve_stream(stream.into_stream(), mode, pool.clone()));
             }
             drop(heartbeat);
-            SESSION_ENDED.store(true, Ordering::Relaxed);
+            session_ended();
         });
     }
 }
@@ -451,6 +451,18 @@ impl EchoCopy {
 /// Set when a session ends: the trimmer then hands freed memory back to the
 /// operating system.
 static SESSION_ENDED: AtomicBool = AtomicBool::new(false);
+
+/// Tells the trimmer that a session ended (either driver).
+pub fn session_ended() {
+    SESSION_ENDED.store(true, Ordering::Relaxed);
+}
+
+/// `MUXADO_NO_TRIM=1` turns the trimmer and [`tune_allocator`] off (glibc's
+/// defaults, no trimming), to measure what they buy.
+fn trim_disabled() -> bool {
+    std::env::var_os("MUXADO_NO_TRIM").is_some_and(|v| v == "1")
+}
+
 /// Every second, if a session ended since the last look, asks the allocator
 /// to return its free memory to the system (one core does it for the
 /// process). glibc's malloc keeps freed memory in its arenas: after a flood
@@ -459,25 +471,38 @@ static SESSION_ENDED: AtomicBool = AtomicBool::new(false);
 /// every arena, and the free top of the main arena; it takes a few
 /// milliseconds, hence once a second at most and only after sessions end.
 /// It cannot shrink the free top of the other arenas (the engine cores'):
-/// [`tune_allocator`] keeps that small.
-///
-/// `MUXADO_NO_TRIM=1` turns both off (glibc's defaults, no trimming), to
-/// measure what they buy.
+/// [`tune_allocator`] keeps that small in `muxado serve`.
 async fn trimmer() {
-    if std::env::var_os("MUXADO_NO_TRIM").is_some_and(|v| v == "1") {
+    if trim_disabled() {
         return;
     }
-    tune_allocator();
-    // Whichever core sees the flag trims, and once more a second later, for
-    // what the ended session's last streams freed after it.
-    let mut again = false;
+    let mut trim = Trim::default();
     loop {
         engine::sleep(Duration::from_secs(1)).await;
+        trim.tick();
+    }
+}
+
+/// The trimmer's state between its one-second ticks, on either driver.
+#[derive(Default)]
+pub struct Trim {
+    again: bool,
+}
+
+impl Trim {
+    /// Whether trimming is on (see [`trim_disabled`]).
+    pub fn enabled() -> bool {
+        !trim_disabled()
+    }
+
+    /// One tick: trims if a session ended since the last one, and once more
+    /// a tick later, for what the ended session's last streams freed after.
+    pub fn tick(&mut self) {
         let ended = SESSION_ENDED.swap(false, Ordering::Relaxed);
-        if ended || again {
+        if ended || self.again {
             trim_allocator();
         }
-        again = ended;
+        self.again = ended;
     }
 }
 
@@ -498,8 +523,16 @@ const TRIM_THRESHOLD: i32 = 128 << 10;
 /// 0.3 to 13.6 MiB between one idle moment and the next (server RSS 18 to
 /// 25 MiB); with the thresholds pinned they stayed at 128 KiB each, and the
 /// idle RSS moved by 1.4% over a 30-minute soak (perf/soak.md).
+///
+/// `muxado serve` calls it; the bench does not: with the mmap threshold at
+/// 1 MiB a bulk stream's receive buffer, which grows to its window, is
+/// mapped and unmapped as it grows and drains, and bulk/1 fell from about
+/// 27 to 16–22 Gbit/s on this machine.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tune_allocator() {
+pub fn tune_allocator() {
+    if trim_disabled() {
+        return;
+    }
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         for (param, value, name) in [
@@ -516,7 +549,7 @@ fn tune_allocator() {
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_allocator() {}
+pub fn tune_allocator() {}
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn trim_allocator() {

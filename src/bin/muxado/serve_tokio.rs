@@ -18,7 +18,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::model::{Endpoint, HeartbeatOpts, Mode, TAG_SINK};
-use crate::serve::{heartbeat_reporter, remove_stale_socket, BufPool, EchoCopy, BUF_SIZE};
+use crate::serve::{heartbeat_reporter, remove_stale_socket, BufPool, EchoCopy, Trim, BUF_SIZE};
 
 /// How [`muxado_server`] serves its streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,6 +227,17 @@ pub async fn muxado_server(
 ) {
     let pool = BufPool::default();
     let tls = tls.map(Arc::new);
+    if serving == Serving::Bounded && Trim::enabled() {
+        // As on the engine: freed memory goes back to the system after
+        // sessions end.
+        tokio::spawn(async {
+            let mut trim = Trim::default();
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                trim.tick();
+            }
+        });
+    }
     loop {
         let (conn, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -256,6 +267,7 @@ pub async fn muxado_server(
                     while let Ok(stream) = session.accept().await {
                         tokio::spawn(serve_muxado_stream(stream, mode, pool.clone(), serving));
                     }
+                    drop(session);
                 }
                 Some(hb) => {
                     let heartbeat = Heartbeat::new(TypedSession::new(session), hb.config);
@@ -266,7 +278,11 @@ pub async fn muxado_server(
                         let stream = stream.into_stream();
                         tokio::spawn(serve_muxado_stream(stream, mode, pool.clone(), serving));
                     }
+                    drop(heartbeat);
                 }
+            }
+            if serving == Serving::Bounded {
+                crate::serve::session_ended();
             }
         });
     }
