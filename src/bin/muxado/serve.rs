@@ -362,18 +362,56 @@ pub async fn muxado_heartbeat_server(
     }
 }
 
-async fn serve_stream(mut stream: Stream, mut mode: Mode, pool: BufPool) {
+async fn serve_stream(stream: Stream, mode: Mode, pool: BufPool) {
+    serve_muxado(stream, mode, pool).await
+}
+
+/// A muxado stream as `serve` uses it, on either driver (the engine's
+/// [`Stream`] and `muxado::tokio::Stream`), so that both serve alike.
+pub(crate) trait ServedStream {
+    /// As the drivers' `read_with`: `consume` sees the received bytes in
+    /// place (an empty slice at the end) and says how many it used.
+    async fn read_with(
+        &mut self,
+        consume: impl FnOnce(&[u8]) -> usize,
+    ) -> Result<usize, muxado::Error>;
+    async fn write_all(&mut self, data: &[u8]) -> Result<(), muxado::Error>;
+    fn close_write(&mut self) -> Result<(), muxado::Error>;
+}
+
+impl ServedStream for Stream {
+    async fn read_with(
+        &mut self,
+        consume: impl FnOnce(&[u8]) -> usize,
+    ) -> Result<usize, muxado::Error> {
+        Stream::read_with(self, consume).await
+    }
+    async fn write_all(&mut self, data: &[u8]) -> Result<(), muxado::Error> {
+        Stream::write_all(self, data).await
+    }
+    fn close_write(&mut self) -> Result<(), muxado::Error> {
+        Stream::close_write(self)
+    }
+}
+
+/// echo or sink (or, tagged, whichever the first byte asks for) on one
+/// stream. The sink counts in place: it has no use for a copy of the bytes
+/// (as the plain-TCP sink below counts the received chunks without
+/// copying). The echo copies each read out through [`EchoCopy`].
+pub(crate) async fn serve_muxado<S: ServedStream>(mut stream: S, mut mode: Mode, pool: BufPool) {
     if mode == Mode::Tagged {
-        let mut tag = [0u8; 1];
-        match stream.read(&mut tag).await {
-            Ok(1) if tag[0] == TAG_SINK => mode = Mode::Sink,
-            Ok(1) => mode = Mode::Echo,
+        let mut tag = None;
+        let read = stream.read_with(|bytes| {
+            tag = bytes.first().copied();
+            bytes.len().min(1)
+        });
+        match (read.await, tag) {
+            (Ok(1), Some(TAG_SINK)) => mode = Mode::Sink,
+            (Ok(1), Some(_)) => mode = Mode::Echo,
             _ => return,
         }
     }
     if mode == Mode::Sink {
-        // Count in place: a sink has no use for a copy of the bytes (as the
-        // plain-TCP sink below counts the received chunks without copying).
         let mut total: u64 = 0;
         loop {
             match stream.read_with(|bytes| bytes.len()).await {

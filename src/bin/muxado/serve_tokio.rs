@@ -18,7 +18,9 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::model::{Endpoint, HeartbeatOpts, Mode, TAG_SINK};
-use crate::serve::{heartbeat_reporter, remove_stale_socket, BufPool, EchoCopy, Trim, BUF_SIZE};
+use crate::serve::{
+    heartbeat_reporter, remove_stale_socket, serve_muxado, BufPool, ServedStream, Trim, BUF_SIZE,
+};
 
 /// How [`muxado_server`] serves its streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -289,46 +291,26 @@ pub async fn muxado_server(
 }
 
 /// echo/sink over one stream of our tokio driver, as `serving` says.
-async fn serve_muxado_stream(mut s: Stream, mut mode: Mode, pool: BufPool, serving: Serving) {
-    if serving == Serving::AsPeers {
-        return serve_stream(s, mode, pool).await;
+async fn serve_muxado_stream(s: Stream, mode: Mode, pool: BufPool, serving: Serving) {
+    match serving {
+        Serving::AsPeers => serve_stream(s, mode, pool).await,
+        Serving::Bounded => serve_muxado(s, mode, pool).await,
     }
-    if mode == Mode::Tagged {
-        let mut tag = [0u8; 1];
-        match s.read(&mut tag).await {
-            Ok(1) if tag[0] == TAG_SINK => mode = Mode::Sink,
-            Ok(1) => mode = Mode::Echo,
-            _ => return,
-        }
+}
+
+impl ServedStream for Stream {
+    async fn read_with(
+        &mut self,
+        consume: impl FnOnce(&[u8]) -> usize,
+    ) -> Result<usize, muxado::Error> {
+        Stream::read_with(self, consume).await
     }
-    if mode == Mode::Sink {
-        let mut total: u64 = 0;
-        loop {
-            match s.read_with(|bytes| bytes.len()).await {
-                Ok(0) => break,
-                Ok(n) => total += n as u64,
-                Err(_) => return,
-            }
-        }
-        if s.write_all(&total.to_be_bytes()).await.is_ok() {
-            let _ = s.close_write();
-        }
-        return;
+    async fn write_all(&mut self, data: &[u8]) -> Result<(), muxado::Error> {
+        Stream::write_all(self, data).await
     }
-    let mut copy = EchoCopy::default();
-    loop {
-        match s.read_with(|bytes| copy.take(bytes, &pool)).await {
-            Ok(0) => break,
-            Ok(_) => {
-                if s.write_all(copy.data()).await.is_err() {
-                    return;
-                }
-                copy.written();
-            }
-            Err(_) => return,
-        }
+    fn close_write(&mut self) -> Result<(), muxado::Error> {
+        Stream::close_write(self)
     }
-    let _ = s.close_write();
 }
 
 /// echo/sink over one tokio stream, with a buffer from the server's pool.
