@@ -30,6 +30,11 @@ pub(crate) struct BufPool {
     tail: Cell<u16>,
     /// Buffers the kernel has filled and not yet returned to the ring.
     outstanding: Cell<usize>,
+    /// Debug builds: which buffers user space holds (taken by a CQE, not yet given back). A
+    /// buffer recycled twice would sit in the ring twice and could be filled by two receives
+    /// at once: silent corruption or loss, so it is caught where it happens instead.
+    #[cfg(debug_assertions)]
+    held: RefCell<Vec<bool>>,
     /// Receivers waiting for a buffer after the ring ran dry (ENOBUFS).
     waiters: RefCell<Vec<Waker>>,
 }
@@ -70,6 +75,8 @@ impl BufPool {
             size,
             tail: Cell::new(0),
             outstanding: Cell::new(count as usize),
+            #[cfg(debug_assertions)]
+            held: RefCell::new(vec![true; count as usize]),
             waiters: RefCell::new(Vec::new()),
         };
         // SAFETY: `entries` is a page-aligned allocation of `count` entries that lives as long as
@@ -88,7 +95,18 @@ impl BufPool {
     }
 
     /// Notes that the kernel handed one buffer to user space (a CQE carried it).
-    pub(crate) fn note_taken(&self) {
+    pub(crate) fn note_taken(&self, bid: u16) {
+        #[cfg(debug_assertions)]
+        {
+            let mut held = self.held.borrow_mut();
+            assert!(
+                !held[bid as usize],
+                "provided buffer {bid} handed out twice without being given back"
+            );
+            held[bid as usize] = true;
+        }
+        #[cfg(not(debug_assertions))]
+        let _ = bid;
         self.outstanding.set(self.outstanding.get() + 1);
     }
 
@@ -115,6 +133,15 @@ impl BufPool {
     /// and must not read it afterwards: the kernel may write into it at once.
     pub(crate) unsafe fn recycle(&self, bid: u16) {
         debug_assert!(bid < self.count);
+        #[cfg(debug_assertions)]
+        {
+            let mut held = self.held.borrow_mut();
+            assert!(
+                held[bid as usize],
+                "provided buffer {bid} given back twice (or never taken)"
+            );
+            held[bid as usize] = false;
+        }
         let tail = self.tail.get();
         let idx = (tail & (self.count - 1)) as usize;
         // SAFETY: `idx < count`, so the entry is inside the ring allocation; the kernel only reads

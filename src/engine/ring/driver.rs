@@ -367,8 +367,8 @@ impl Driver {
         if !more {
             self.in_kernel -= 1;
         }
-        if let (Some(_), Some(pool)) = (cqueue::buffer_select(c.flags), &self.bufs) {
-            pool.note_taken();
+        if let (Some(bid), Some(pool)) = (cqueue::buffer_select(c.flags), &self.bufs) {
+            pool.note_taken(bid);
         }
         let Some(state) = self.ops.get_mut(key) else {
             return;
