@@ -22,9 +22,9 @@ enum SendKind {
     /// `IORING_OP_SEND` with `MSG_MORE`: more (or a FIN) follows at once.
     CopyMore,
     /// `IORING_OP_SEND` with `MSG_WAITALL`: on a short send the kernel waits for room and goes
-    /// on by itself, instead of completing and being submitted again. A session's sender,
-    /// whose socket has `TCP_NOTSENT_LOWAT` set, would otherwise come back for every few
-    /// hundred KiB of a large buffer.
+    /// on by itself, instead of completing and being submitted again: a session's sender hands
+    /// over up to its whole send buffer at once, and a full socket buffer would otherwise bring
+    /// it back for every few hundred KiB.
     CopyAll,
     /// `IORING_OP_SEND_ZC`: two CQEs; the buffer is busy until the notification.
     ZeroCopy,
