@@ -171,6 +171,8 @@ impl Core {
             );
             self.leaked.set(true);
         }
+        // Only now: until the drain, an unsubmitted SQE could still name the eventfd's number.
+        self.remote.release_eventfd(!ok);
         CURRENT.with(|c| c.borrow_mut().take());
         CURRENT_INSTANCE.with(|c| c.set(0));
         // Tasks dropped above may have woken others: nothing more will run on this core.

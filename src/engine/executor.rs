@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -385,8 +385,11 @@ type Job = Box<dyn FnOnce() + Send>;
 struct RemoteState {
     tasks: Vec<Arc<Header>>,
     jobs: Vec<Job>,
-    /// The eventfd; `None` once the core has shut down (then pushes are dropped).
+    /// The eventfd. It is closed only after the ring has let go of every SQE naming it (see
+    /// [`Remote::release_eventfd`]).
     efd: Option<OwnedFd>,
+    /// The core has shut down: pushes are dropped.
+    closed: bool,
     stop: bool,
 }
 
@@ -413,6 +416,7 @@ impl Remote {
                 tasks: Vec::new(),
                 jobs: Vec::new(),
                 efd: Some(efd),
+                closed: false,
                 stop: false,
             }),
             notified: AtomicBool::new(false),
@@ -441,7 +445,7 @@ impl Remote {
 
     fn push_task(&self, h: Arc<Header>) {
         let mut st = self.lock();
-        if st.efd.is_none() {
+        if st.closed {
             return;
         }
         st.tasks.push(h);
@@ -451,7 +455,7 @@ impl Remote {
     /// Hands a job to the core; gives it back if the core has shut down.
     pub(crate) fn push_job(&self, job: Job) -> Result<(), Job> {
         let mut st = self.lock();
-        if st.efd.is_none() || st.stop {
+        if st.closed || st.stop {
             return Err(job);
         }
         st.jobs.push(job);
@@ -478,17 +482,37 @@ impl Remote {
         self.notify(&st);
     }
 
-    /// Closes the mailbox (at core shutdown): later pushes are dropped, the eventfd is closed.
+    /// Closes the mailbox (at core shutdown): later pushes are dropped. The eventfd stays open
+    /// until [`release_eventfd`](Self::release_eventfd).
     pub(crate) fn close(&self) {
-        let (tasks, jobs, efd) = {
+        let (tasks, jobs) = {
             let mut st = self.lock();
-            (
-                std::mem::take(&mut st.tasks),
-                std::mem::take(&mut st.jobs),
-                st.efd.take(),
-            )
+            st.closed = true;
+            (std::mem::take(&mut st.tasks), std::mem::take(&mut st.jobs))
         };
-        drop((tasks, jobs, efd));
+        drop((tasks, jobs));
+    }
+
+    /// Closes the eventfd, once the ring holds no SQE that names it (teardown drained it).
+    ///
+    /// Why not sooner: a read of the eventfd re-armed in the last turn sits in the SQ until the
+    /// next enter, and the kernel resolves its fd number only then. Closed before that enter, the
+    /// number can go to a socket that another thread opens meanwhile, and the stale read takes 8
+    /// bytes of that connection's data. With `leak` (the ring could not be drained) the fd is
+    /// never closed, for the same reason.
+    pub(crate) fn release_eventfd(&self, leak: bool) {
+        let efd = self.lock().efd.take();
+        let Some(efd) = efd else { return };
+        let raw = efd.as_raw_fd();
+        if leak {
+            let _ = efd.into_raw_fd();
+        } else {
+            drop(efd);
+        }
+        #[cfg(test)]
+        tests::after_eventfd_close(raw);
+        #[cfg(not(test))]
+        let _ = raw;
     }
 
     /// Runs on the core after its eventfd fired: queues woken tasks, runs jobs.
@@ -640,4 +664,79 @@ where
     });
     remote.push_job(job).map_err(|_| EngineError::ShutDown)?;
     Ok(RemoteJoinHandle { shared })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::io::{Read, Write};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::os::unix::net::UnixStream;
+    use std::task::Poll;
+    use std::time::Duration;
+
+    use crate::engine;
+
+    type Hook = Box<dyn FnOnce(RawFd)>;
+
+    thread_local! {
+        /// Test hook: runs on the core's thread right after its eventfd is closed.
+        static AFTER_EVENTFD_CLOSE: RefCell<Option<Hook>> = const { RefCell::new(None) };
+    }
+
+    pub(super) fn after_eventfd_close(fd: RawFd) {
+        if let Some(hook) = AFTER_EVENTFD_CLOSE.with(|h| h.borrow_mut().take()) {
+            hook(fd);
+        }
+    }
+
+    /// A core whose last turn re-armed its eventfd read (a wakeup from another thread) tears
+    /// down. If the eventfd were closed while that read still sat unsubmitted in the SQ, a socket
+    /// opened on the freed number would lose 8 bytes to the stale read. (A CI run once lost 8
+    /// bytes of a loopback echo this way: another test's core tore down meanwhile.)
+    #[test]
+    fn a_stale_eventfd_read_never_takes_a_sockets_bytes() {
+        const SENT: &[u8] = b"sixteen bytes!!!";
+        let (mut tx, rx) = UnixStream::pair().expect("socketpair");
+        tx.write_all(SENT).expect("write");
+        let victim: RefCell<Option<OwnedFd>> = RefCell::new(None);
+        let victim = std::rc::Rc::new(victim);
+        let slot = victim.clone();
+        AFTER_EVENTFD_CLOSE.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move |freed: RawFd| {
+                // Put the socket on the number the eventfd just gave up, as a socket opened by
+                // another thread at this moment would get it.
+                // SAFETY: dup2 onto a number nobody owns any more; the result is checked.
+                let fd = unsafe { libc::dup2(rx.as_raw_fd(), freed) };
+                assert_eq!(fd, freed, "dup2: {}", std::io::Error::last_os_error());
+                // SAFETY: `fd` was just created by dup2 and is owned by nobody else.
+                *slot.borrow_mut() = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+            }));
+        });
+        let mut polled = false;
+        engine::block_on(std::future::poll_fn(|cx| {
+            if polled {
+                return Poll::Ready(());
+            }
+            polled = true;
+            // Woken from another thread once the core waits: the eventfd read completes, the turn
+            // re-arms it (into the SQ), and the next turn finishes the root and tears down.
+            let waker = cx.waker().clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                waker.wake();
+            });
+            Poll::Pending
+        }))
+        .expect("io_uring available");
+        let fd = victim
+            .borrow_mut()
+            .take()
+            .expect("the eventfd was closed at teardown");
+        let mut sock = UnixStream::from(fd);
+        sock.set_nonblocking(true).expect("nonblocking");
+        let mut got = [0u8; 32];
+        let n = sock.read(&mut got).unwrap_or(0);
+        assert_eq!(&got[..n], SENT, "bytes were taken from the socket");
+    }
 }
