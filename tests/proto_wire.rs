@@ -424,7 +424,8 @@ fn auto_tuning_shares_the_budget_among_open_streams() {
     alone.read_all(k);
     assert_eq!(alone.s.recv_window(k), Ok(1500));
 
-    // Three together with a budget of 6000: 2000 each, however often they read.
+    // Three open with a budget of 6000: one that reads alone grows to its
+    // share, 2000, however much it reads.
     let mut server = Peer::with(Role::Server, config(6000));
     let keys: Vec<_> = [3u32, 5, 7]
         .iter()
@@ -433,21 +434,25 @@ fn auto_tuning_shares_the_budget_among_open_streams() {
             server.accept()
         })
         .collect();
-    for _ in 0..3 {
-        for &k in &keys {
-            server.read_all(k);
-            let id = server.s.stream_id(k).unwrap();
-            let window = server.s.recv_window(k).unwrap() as usize;
-            server.input(&data(id, 0, &vec![1u8; window]));
+    for &k in &keys[1..] {
+        server.read_all(k);
+    }
+    // Stream 7 read last: stream 3 is alone only after reading
+    // `max_auto_window` (8000) bytes with nobody else reading.
+    let mut read = 0;
+    while read < 3 * 8000 {
+        read += server.read_all(keys[0]).len();
+        let window = server.s.recv_window(keys[0]).unwrap() as usize;
+        if read < 8000 {
+            assert_eq!(window, 1000, "not alone yet after {read} bytes");
         }
+        server.input(&data(3, 0, &vec![1u8; window]));
     }
-    for &k in &keys {
-        assert_eq!(
-            server.s.recv_window(k),
-            Ok(2000),
-            "a third of the budget each"
-        );
-    }
+    assert_eq!(
+        server.s.recv_window(keys[0]),
+        Ok(2000),
+        "a third of the budget"
+    );
 
     // With as many streams as the budget holds base windows, nothing grows.
     let mut many = Peer::with(Role::Server, config(3000));
@@ -462,6 +467,79 @@ fn auto_tuning_shares_the_budget_among_open_streams() {
         many.read_all(k);
         assert_eq!(many.s.recv_window(k), Ok(1000));
     }
+}
+
+/// Streams that read side by side keep their base windows, and a grown
+/// window shrinks back once another stream reads: credit is withheld until
+/// the excess is used up, never taken back, so the peer may still send
+/// exactly what it was granted.
+#[test]
+fn auto_tuned_window_shrinks_back_when_another_stream_reads() {
+    let config = Config::default()
+        .with_max_window(1000)
+        .with_window_update_threshold(250)
+        .with_max_auto_window(4000);
+    let mut server = Peer::with(Role::Server, config);
+    server.input(&data(3, FLAG_SYN, &[7u8; 1000]));
+    let bulk = server.accept();
+    server.read_all(bulk);
+    server.input(&data(3, 0, &[7u8; 2000]));
+    server.read_all(bulk);
+    assert_eq!(
+        frames(&server.tx()),
+        vec![F::WndInc(3, 2000), F::WndInc(3, 4000)]
+    );
+    assert_eq!(server.s.recv_window(bulk), Ok(4000));
+    // The peer fills the grown window; meanwhile another stream reads.
+    server.input(&data(3, 0, &[7u8; 4000]));
+    server.input(&data(5, FLAG_SYN, &[1u8; 10]));
+    let rpc = server.accept();
+    assert_eq!(server.read_all(rpc).len(), 10);
+    // Reading the 4000 credits only 1000: the window is back to 1000.
+    assert_eq!(server.read_all(bulk).len(), 4000);
+    let credited: u32 = frames(&server.tx())
+        .iter()
+        .map(|f| match f {
+            F::WndInc(3, inc) => *inc,
+            other => panic!("unexpected {other:?}"),
+        })
+        .sum();
+    assert_eq!(credited, 1000);
+    assert_eq!(server.s.recv_window(bulk), Ok(1000));
+    // Granted 1000 + 2000 + 4000 + 1000, sent 7000: exactly 1000 more fits.
+    server.input(&data(3, 0, &[7u8; 1000]));
+    assert!(frames(&server.tx()).is_empty(), "within the window");
+    assert_eq!(server.s.readable_len(bulk), Ok(1000));
+    server.input(&data(3, 0, &[7u8; 1]));
+    assert_eq!(
+        frames(&server.tx()),
+        vec![F::Rst(3, ErrorCode::FlowControlError)]
+    );
+}
+
+/// One transfer after another (a stream per download) keeps the session to
+/// itself: the next stream grows at once, as the first did.
+#[test]
+fn a_stream_after_a_finished_one_grows_at_once() {
+    let config = Config::default()
+        .with_max_window(1000)
+        .with_window_update_threshold(250)
+        .with_max_auto_window(4000);
+    let mut server = Peer::with(Role::Server, config);
+    server.input(&data(3, FLAG_SYN, &[7u8; 1000]));
+    let first = server.accept();
+    server.read_all(first);
+    assert_eq!(frames(&server.tx()), vec![F::WndInc(3, 2000)]);
+    // The download ends both ways and the stream is gone.
+    server.input(&data(3, FLAG_FIN, b""));
+    assert!(server.read_all(first).is_empty());
+    server.s.close(first).unwrap();
+    server.s.release(first);
+    assert_eq!(frames(&server.tx()), vec![F::Data(3, FLAG_FIN, vec![])]);
+    server.input(&data(5, FLAG_SYN, &[7u8; 1000]));
+    let next = server.accept();
+    server.read_all(next);
+    assert_eq!(frames(&server.tx()), vec![F::WndInc(5, 2000)]);
 }
 
 #[test]

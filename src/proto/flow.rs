@@ -1,6 +1,13 @@
 //! Flow control: each stream's receive window, the WNDINC credit returned as
 //! the application reads (coalesced), and the auto-tuning budget that lets
 //! the windows of streams whose reader keeps up grow.
+//!
+//! A grown window is for a stream that has the session to itself. Whatever a
+//! window admits can sit in the TCP buffers ahead of every other stream's
+//! next frame, so a 4 MiB bulk window beside an rpc stream costs each of its
+//! requests up to a millisecond on loopback. While other streams read too, a
+//! grown window shrinks back to the base window: credit is withheld until
+//! the excess is used up (a peer never loses credit it was granted).
 
 use super::config::Config;
 use super::stream::StreamState;
@@ -17,6 +24,18 @@ pub(crate) struct FlowControl {
     used: usize,
     /// Read bytes are credited back once this many accumulate.
     threshold: u32,
+    /// The stream that read last (0: none yet), whether it is gone, and how
+    /// many bytes were read since another stream last did (saturating).
+    last_reader: u32,
+    last_reader_gone: bool,
+    solo_bytes: usize,
+    /// Bytes a stream must read with no other stream reading before its
+    /// window may grow (again): other streams are active if one of them read
+    /// within the last `max_auto_window` bytes of this stream's traffic, as
+    /// much as a grown window could queue ahead of them. An rpc stream beside
+    /// bulk reads every few hundred KiB of bulk; a heartbeat every few
+    /// seconds only pauses growth for a moment.
+    solo_after: usize,
 }
 
 impl FlowControl {
@@ -27,6 +46,10 @@ impl FlowControl {
             budget: config.auto_window_budget,
             used: 0,
             threshold: config.credit_threshold(),
+            last_reader: 0,
+            last_reader_gone: true,
+            solo_bytes: config.max_auto_window as usize,
+            solo_after: config.max_auto_window as usize,
         }
     }
 
@@ -38,14 +61,29 @@ impl FlowControl {
 
     /// The application read `n` bytes of `s`: the WNDINC increment to send,
     /// if enough credit accumulated. A stream whose reader keeps up (nothing
-    /// left unread) has its window doubled, within its share of the budget
-    /// among `open_streams`, and the extra is granted in the same WNDINC.
+    /// left unread) while no other stream reads has its window doubled,
+    /// within its share of the budget among `open_streams`, and the extra is
+    /// granted in the same WNDINC. While other streams read, a grown window
+    /// shrinks back to the base window instead (see the module docs).
     pub(crate) fn credit(
         &mut self,
         s: &mut StreamState,
         n: usize,
         open_streams: usize,
     ) -> Option<u32> {
+        if s.id != self.last_reader {
+            // Another stream reads: this one is no longer alone. Unless the
+            // last reader is gone: one transfer after another (a stream per
+            // download) keeps the session to itself.
+            if !self.last_reader_gone {
+                self.solo_bytes = 0;
+            }
+            self.last_reader = s.id;
+            self.last_reader_gone = false;
+        }
+        // Alone if it read enough before this read with nobody else reading.
+        let alone = self.solo_bytes >= self.solo_after;
+        self.solo_bytes = self.solo_bytes.saturating_add(n);
         s.credit += n as u32;
         // The threshold stays that of the base window even when this stream's
         // window grew: a sender may ignore extra credit (ngrok's crate caps
@@ -55,7 +93,15 @@ impl FlowControl {
             return None;
         }
         let mut inc = std::mem::take(&mut s.credit);
-        if s.recv_buf.is_empty() {
+        if !alone {
+            // Keep the credit of the excess: what the peer may have in flight
+            // or unread here (the window minus what it was not yet given)
+            // shrinks by as much, so the window stays exact.
+            let shrink = inc.min(s.recv_window - self.max_window);
+            s.recv_window -= shrink;
+            self.used -= shrink as usize;
+            inc -= shrink;
+        } else if s.recv_buf.is_empty() {
             // A stream's window grows only up to an equal share of the budget
             // among the open streams: with many streams their base windows
             // already cover the path, and a few that grew early would take
@@ -70,11 +116,14 @@ impl FlowControl {
             self.used += grow as usize;
             inc += grow;
         }
-        Some(inc)
+        (inc > 0).then_some(inc)
     }
 
     /// A stream is gone: the window it grew returns to the budget.
-    pub(crate) fn release(&mut self, recv_window: u32) {
-        self.used -= (recv_window - self.max_window) as usize;
+    pub(crate) fn release(&mut self, s: &StreamState) {
+        self.used -= (s.recv_window - self.max_window) as usize;
+        if s.id == self.last_reader {
+            self.last_reader_gone = true;
+        }
     }
 }

@@ -965,7 +965,7 @@ impl Session {
         let s = &self.streams[slot];
         if !s.in_table && !s.held {
             let s = self.streams.remove(slot);
-            self.flow.release(s.recv_window);
+            self.flow.release(&s);
             self.memory.sub_buffered(s.recv_buf.len());
             if self.streams.is_empty() {
                 // An idle session keeps no spare buffers.
