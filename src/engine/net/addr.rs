@@ -125,3 +125,16 @@ pub(super) fn sock_name(fd: RawFd, peer: bool) -> io::Result<SocketAddr> {
     })?;
     from_sockaddr(&storage, len)
 }
+
+/// Accept backlog that `bind` asks for: the kernel caps it at `net.core.somaxconn` (4096 by
+/// default since Linux 5.4), so this is "as deep as the system allows", as Go's listeners ask.
+/// A gateway that takes bursts of short connections wants the queue deep: a full queue drops
+/// SYNs, and each drop costs the client a one-second retransmit. `bind_with_backlog` sets another.
+pub const DEFAULT_BACKLOG: u32 = 4096;
+
+/// `listen(2)` with `backlog`, clamped to what the syscall takes.
+pub(super) fn listen(raw: std::os::fd::RawFd, backlog: u32) -> std::io::Result<()> {
+    let backlog = backlog.min(i32::MAX as u32) as i32;
+    // SAFETY: plain syscall on a socket the caller owns.
+    cvt(unsafe { libc::listen(raw, backlog) }).map(|_| ())
+}

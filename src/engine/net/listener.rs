@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use io_uring::{opcode, types};
 
-use super::addr::{cvt, from_sockaddr, new_socket, set_opt, sock_name, to_sockaddr};
+use super::addr::{
+    cvt, from_sockaddr, listen, new_socket, set_opt, sock_name, to_sockaddr, DEFAULT_BACKLOG,
+};
 use super::resolve::ToAddrs;
 use super::stream::{Socket, TcpStream};
 use crate::engine::op::Op;
@@ -25,18 +27,30 @@ pub struct TcpListener {
 }
 
 impl TcpListener {
-    /// Binds and listens (backlog 1024) on the first address that binds. Does not need an
-    /// engine core.
+    /// Binds and listens ([`DEFAULT_BACKLOG`]) on the first address that binds. Does not need
+    /// an engine core.
     ///
     /// Synchronous, meant for startup: a numeric address (a `SocketAddr`, `"127.0.0.1:0"`…) is
     /// parsed inline, but a host name (`"localhost:0"`) is looked up inline too, blocking the
     /// calling thread for the lookup — on an engine core, the whole core. Bind before the
     /// cores start, or pass numeric addresses, to keep a core from waiting on DNS.
     pub fn bind(addr: impl ToAddrs) -> io::Result<TcpListener> {
+        Self::bind_with_backlog(addr, DEFAULT_BACKLOG)
+    }
+
+    /// [`bind`](Self::bind) with an accept backlog of `backlog` connections (the kernel caps it
+    /// at `net.core.somaxconn`).
+    ///
+    /// ```
+    /// let listener = muxado::engine::net::TcpListener::bind_with_backlog("127.0.0.1:0", 64)?;
+    /// assert!(listener.local_addr()?.port() > 0);
+    /// # std::io::Result::Ok(())
+    /// ```
+    pub fn bind_with_backlog(addr: impl ToAddrs, backlog: u32) -> io::Result<TcpListener> {
         let addrs = addr.to_target()?.resolve_inline()?;
         let mut last = None;
         for a in addrs.as_slice() {
-            match Self::bind_one(a) {
+            match Self::bind_one(a, backlog) {
                 Ok(l) => return Ok(l),
                 Err(e) => last = Some(e),
             }
@@ -44,7 +58,7 @@ impl TcpListener {
         Err(last.expect("a resolved target has at least one address"))
     }
 
-    fn bind_one(addr: &SocketAddr) -> io::Result<TcpListener> {
+    fn bind_one(addr: &SocketAddr, backlog: u32) -> io::Result<TcpListener> {
         let fd = new_socket(addr)?;
         let raw = fd.as_raw_fd();
         set_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
@@ -52,8 +66,7 @@ impl TcpListener {
         let (storage, len) = to_sockaddr(addr);
         // SAFETY: `storage` holds a valid address of `len` bytes.
         cvt(unsafe { libc::bind(raw, &storage as *const _ as *const libc::sockaddr, len) })?;
-        // SAFETY: plain syscall on a socket we own.
-        cvt(unsafe { libc::listen(raw, 1024) })?;
+        listen(raw, backlog)?;
         Ok(TcpListener {
             sock: Arc::new(Socket { fd }),
         })

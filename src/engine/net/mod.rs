@@ -21,6 +21,7 @@ mod resolve;
 mod stream;
 mod unix;
 
+pub use addr::DEFAULT_BACKLOG;
 pub use buf::{IoBuf, IoBufMut};
 pub use listener::TcpListener;
 pub use multishot::{MultiRecv, RecvBuf};

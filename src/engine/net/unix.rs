@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use io_uring::{opcode, types};
 
-use super::addr::cvt;
+use super::addr::{cvt, listen, DEFAULT_BACKLOG};
 use super::buf::{IoBuf, IoBufMut};
 use super::listener::close_accepted;
 use super::multishot::MultiRecv;
@@ -146,7 +146,7 @@ pub struct UnixListener {
 }
 
 impl UnixListener {
-    /// Binds to a filesystem path and listens (backlog 1024). Fails with
+    /// Binds to a filesystem path and listens ([`DEFAULT_BACKLOG`]). Fails with
     /// `AddrInUse` if the file exists. Does not need an engine core.
     pub fn bind(path: impl AsRef<Path>) -> io::Result<UnixListener> {
         Self::bind_addr(&UnixAddr::Path(path.as_ref().to_owned()))
@@ -157,15 +157,20 @@ impl UnixListener {
         Self::bind_addr(&UnixAddr::Abstract(name.as_ref().to_vec()))
     }
 
-    /// Binds to `addr` and listens.
+    /// Binds to `addr` and listens ([`DEFAULT_BACKLOG`]).
     pub fn bind_addr(addr: &UnixAddr) -> io::Result<UnixListener> {
+        Self::bind_addr_with_backlog(addr, DEFAULT_BACKLOG)
+    }
+
+    /// Binds to `addr` and listens with an accept backlog of `backlog` connections (the kernel
+    /// caps it at `net.core.somaxconn`).
+    pub fn bind_addr_with_backlog(addr: &UnixAddr, backlog: u32) -> io::Result<UnixListener> {
         let (sun, len) = addr.to_raw()?;
         let fd = unix_socket()?;
         let raw = fd.as_raw_fd();
         // SAFETY: `sun` holds a valid address of `len` bytes.
         cvt(unsafe { libc::bind(raw, &sun as *const _ as *const libc::sockaddr, len) })?;
-        // SAFETY: plain syscall on a socket we own.
-        cvt(unsafe { libc::listen(raw, 1024) })?;
+        listen(raw, backlog)?;
         Ok(UnixListener {
             sock: Arc::new(Socket { fd }),
         })
