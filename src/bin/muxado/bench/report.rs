@@ -214,7 +214,7 @@ const NOTES: &[&str] = &[
     "figures: median (min–max) over the rounds; ratios are paired within a round, then summarised",
     "tcp-best: the best of tcp-uring, tcp-tokio and tcp-tokio-uring in the same round",
     "cpu s: user + system CPU time of the whole process (client and server) during the run",
-    "windows: ours auto-tunes each stream to 4 MiB; ngrok-muxado (no auto-tuning) is given a fixed 4 MiB (1 MiB for bulk/64: 2 MiB and more stall its sessions); yamux auto-tunes (to 16 MiB) with no connection-wide bound",
+    "windows: ours auto-tunes a stream to 4 MiB while it is alone on its session (beside another reading stream it stays at 256 KiB); ngrok-muxado (no auto-tuning) is given a fixed 4 MiB (1 MiB for bulk/64: 2 MiB and more stall its sessions); yamux auto-tunes (to 16 MiB) with no connection-wide bound",
     "sinks: muxado and tcp-uring count received bytes in place (read_with, multishot chunks); the tokio systems (muxado-tokio among them) copy into a (pooled) buffer, as AsyncRead offers nothing else",
     "plain-TCP systems carry each stream on its own connection (mixed: two connections)",
 ];
