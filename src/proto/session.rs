@@ -144,7 +144,10 @@ pub struct Session {
     /// [`Config::idle_timeout`].
     last_input: Option<Instant>,
     goaway_event_queued: bool,
+    /// The GOAWAY being read: its last id and code, and its debug data so
+    /// far. It takes effect, and shows in `remote_goaway`, once complete.
     pending_goaway: (u32, ErrorCode),
+    pending_goaway_debug: Vec<u8>,
 
     out: BytesMut,
     events: VecDeque<Event>,
@@ -186,6 +189,7 @@ impl Session {
             last_input: config.idle_timeout.map(|_| Instant::now()),
             goaway_event_queued: false,
             pending_goaway: (0, ErrorCode::NoError),
+            pending_goaway_debug: Vec::new(),
             out: BytesMut::new(),
             events: VecDeque::new(),
             local_gone_away: false,
@@ -254,7 +258,9 @@ impl Session {
         self.error.is_some()
     }
 
-    /// The peer's GOAWAY (code, debug data), if one arrived.
+    /// The peer's GOAWAY (code, debug data), once one has arrived whole
+    /// (debug data beyond [`Config::max_goaway_debug`] is dropped); the
+    /// last one if several did.
     pub fn remote_goaway(&self) -> Option<(ErrorCode, &[u8])> {
         self.remote_goaway.as_ref().map(|(c, d)| (*c, d.as_slice()))
     }
@@ -804,10 +810,7 @@ impl Session {
             }
             FrameType::GoAway => {
                 self.pending_goaway = frame::parse_goaway(&body);
-                let debug = self
-                    .remote_goaway
-                    .get_or_insert_with(|| (ErrorCode::NoError, Vec::new()));
-                debug.1.clear();
+                self.pending_goaway_debug.clear();
                 let debug_len = header.length - GOAWAY_FIXED_LEN as u32;
                 self.begin_payload(header, debug_len, Sink::GoAwayDebug);
             }
@@ -913,10 +916,9 @@ impl Session {
             }
             Sink::GoAwayDebug => {
                 let limit = self.config.max_goaway_debug;
-                if let Some((_, debug)) = &mut self.remote_goaway {
-                    let n = chunk.len().min(limit.saturating_sub(debug.len()));
-                    debug.extend_from_slice(&chunk[..n]);
-                }
+                let debug = &mut self.pending_goaway_debug;
+                let n = chunk.len().min(limit.saturating_sub(debug.len()));
+                debug.extend_from_slice(&chunk[..n]);
             }
             Sink::Drain => {}
         }
@@ -948,9 +950,8 @@ impl Session {
     /// last id fail with RemoteGoneAway (no RST: the peer never saw them).
     fn on_goaway(&mut self) {
         let (last, code) = self.pending_goaway;
-        if let Some(g) = &mut self.remote_goaway {
-            g.0 = code;
-        }
+        let debug = std::mem::take(&mut self.pending_goaway_debug);
+        self.remote_goaway = Some((code, debug));
         let doomed: Vec<(usize, u32)> = self
             .table
             .iter()
@@ -1601,5 +1602,30 @@ mod tests {
             overruns > 100 && shed > 100 && pauses > 50,
             "the traffic must exercise all three: {overruns} overruns, {shed} shed, {pauses} pauses"
         );
+    }
+
+    /// A GOAWAY shows in `remote_goaway` once whole, with its code and
+    /// debug data, not while its debug data is still arriving; a later one
+    /// replaces it.
+    #[test]
+    fn remote_goaway_shows_once_whole() {
+        let t0 = Instant::now();
+        let mut s = Session::new(Role::Client, Config::default());
+        let mut wire = Vec::new();
+        frame::encode_goaway(&mut wire, 0, ErrorCode::EnhanceYourCalm, b"slow down").unwrap();
+        s.handle_input(t0, &wire[..wire.len() - 4]);
+        assert_eq!(s.remote_goaway(), None, "debug data incomplete");
+        assert!(s.open().is_ok(), "not in force yet");
+        s.handle_input(t0, &wire[wire.len() - 4..]);
+        assert_eq!(
+            s.remote_goaway(),
+            Some((ErrorCode::EnhanceYourCalm, &b"slow down"[..]))
+        );
+        assert_eq!(s.poll_event(), Some(Event::GoAway));
+        assert_eq!(s.open(), Err(Error::RemoteGoneAway));
+        let mut second = Vec::new();
+        frame::encode_goaway(&mut second, 0, ErrorCode::NoError, b"bye").unwrap();
+        s.handle_input(t0, &second);
+        assert_eq!(s.remote_goaway(), Some((ErrorCode::NoError, &b"bye"[..])));
     }
 }
