@@ -37,8 +37,8 @@ use super::memory::MemoryBudget;
 /// see the peer's WNDINC, RST or GOAWAY either, nor a window overrun. An
 /// application that needs one of those to drain its streams (an echo
 /// waiting for credit to write back what it read) would wait for ever on a
-/// session waiting for it. So a pause that frees nothing for `max_pause`
-/// ends: the session reads on, answers every control frame and overrun as
+/// session waiting for it. So a pause in which the application reads
+/// nothing for `max_pause` ends: the session reads on, answers every control frame and overrun as
 /// usual, and resets with RST FlowControlError each stream whose DATA
 /// arrives while it is still over its budget (the reference's answer to a
 /// sender whose window is larger than the receiver's buffer, §4), dropping
@@ -129,11 +129,13 @@ pub struct Config {
     /// `None` (the default) keeps idle sessions.
     pub idle_timeout: Option<Duration>,
     /// How long a session over its memory budget may stop reading its
-    /// transport while nothing it holds is read, reset or freed (each
-    /// byte freed restarts the clock). Past it the session reads on and
-    /// sheds what it cannot hold: DATA that arrives while it is still over
-    /// the budget resets its stream with RST FlowControlError and is
-    /// dropped; control frames and window overruns are answered as usual.
+    /// transport while the application reads nothing from its streams
+    /// (each read restarts the clock; bytes left in a reset stream do not
+    /// count). Past it the session reads on and sheds what it cannot hold:
+    /// DATA that arrives while it is still over the budget resets its
+    /// stream with RST FlowControlError and is dropped; control frames and
+    /// window overruns are answered as usual. Shedding lasts at least as
+    /// long again, and until the session is back under its budget.
     /// Without the bound, an application that waits for something from the
     /// peer (credit, most often) before it reads again would deadlock with
     /// a session that waits for it to read. `None` pauses for as long as it

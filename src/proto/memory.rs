@@ -12,7 +12,8 @@
 //! so TCP's own flow control holds the peer back until the application drains
 //! the streams. Data admitted by flow control is not dropped while the
 //! application drains: a session may exceed its budget by what one call to
-//! `handle_input` carries. Only a pause that frees nothing for
+//! `handle_input` carries. Only a pause in which the application reads
+//! nothing for
 //! [`Config::max_pause`](super::Config::max_pause) ends with the session
 //! reading on and resetting (RST FlowControlError) each stream whose DATA it
 //! cannot hold, so that a peer's credit and overruns are still answered.

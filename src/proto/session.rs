@@ -131,12 +131,21 @@ pub struct Session {
     /// this one).
     budget_retry: Option<Instant>,
     /// While over a memory budget (input paused): when the pause runs out
-    /// unless memory was freed, and the least held when its clock last
-    /// (re)started ([`Config::max_pause`]).
-    pause: Option<(Instant, usize)>,
-    /// The pause ran out with nothing freed: the session reads on, and DATA
-    /// it cannot hold resets its stream (until it is back under budget).
+    /// unless the application reads meanwhile, and `app_read` when its clock
+    /// last (re)started ([`Config::max_pause`]).
+    pause: Option<(Instant, u64)>,
+    /// The pause ran out with nothing read: the session reads on, and DATA
+    /// it cannot hold resets its stream. It ends once the session is under
+    /// its budget, but not before `max_pause` after it began (`shed_since`):
+    /// the resets free memory by themselves, and ending at once would start
+    /// a new pause each time the session filled up again, so that a stuck
+    /// application would see one pause per budget's worth of input (a
+    /// window overrun behind it answered only many pauses later).
     shedding: bool,
+    shed_since: Option<Instant>,
+    /// Bytes the application read from streams that were not reset: its
+    /// progress, as the pause and shedding measure it.
+    app_read: u64,
     /// While a frame is incomplete: when it must be complete
     /// ([`Config::frame_timeout`]).
     frame_deadline: Option<Instant>,
@@ -183,6 +192,8 @@ impl Session {
             budget_retry: None,
             pause: None,
             shedding: false,
+            shed_since: None,
+            app_read: 0,
             frame_deadline: None,
             // The one clock read outside the `now` arguments: an idle
             // session must time out even if it never receives a byte.
@@ -278,12 +289,14 @@ impl Session {
     /// call). Meanwhile new peer streams are refused with RST StreamRefused.
     /// A dead session always wants input (it is drained and dropped).
     ///
-    /// A pause that frees nothing for [`Config::max_pause`] ends (on
-    /// [`Session::handle_timeout`]): this turns true again while the session
-    /// is still over its budget, and DATA it cannot hold then resets its
-    /// stream with RST FlowControlError instead of being held, so that
-    /// control frames (credit the application may be waiting for) and
-    /// overruns are read and answered: a full session never stalls.
+    /// A pause in which the application reads nothing for
+    /// [`Config::max_pause`] ends (on [`Session::handle_timeout`]): this
+    /// turns true again while the session is still over its budget, and
+    /// DATA it cannot hold then resets its stream with RST FlowControlError
+    /// instead of being held, so that control frames (credit the
+    /// application may be waiting for) and overruns are read and answered:
+    /// a full session never stalls. For `max_pause` after that, a session
+    /// that fills up again sheds at once.
     #[inline]
     pub fn wants_input(&self) -> bool {
         self.error.is_some() || self.shedding || !self.memory.over(self.streams.len())
@@ -421,31 +434,44 @@ impl Session {
     }
 
     /// Keeps the pause clock ([`Config::max_pause`]): started when the
-    /// session goes over a budget, restarted when memory was freed since,
-    /// and when it runs out with nothing freed, the session sheds. Back
-    /// under the budget, both end.
+    /// session goes over a budget, restarted when the application read
+    /// since, and when it runs out with nothing read, the session sheds.
+    /// Shedding ends once the session is back under its budget, `max_pause`
+    /// after it began at the earliest.
     fn track_pause(&mut self, now: Instant) {
-        let streams = self.streams.len();
-        if self.error.is_some() || !self.memory.over(streams) {
+        let over = self.memory.over(self.streams.len());
+        if self.error.is_some() {
             self.pause = None;
             self.shedding = false;
+            return;
+        }
+        if self.shedding {
+            let done = match (self.shed_since, self.config.max_pause) {
+                (Some(since), Some(limit)) => now >= since + limit,
+                _ => true,
+            };
+            if !over && done {
+                self.shedding = false;
+                self.shed_since = None;
+            }
+            return;
+        }
+        if !over {
+            self.pause = None;
             return;
         }
         let Some(limit) = self.config.max_pause else {
             return;
         };
-        if self.shedding {
-            return;
-        }
-        let held = self.memory.held(streams);
         match self.pause {
-            Some((deadline, low)) if held >= low && deadline <= now => {
+            Some((deadline, mark)) if self.app_read == mark && deadline <= now => {
                 self.pause = None;
                 self.shedding = true;
+                self.shed_since = Some(now);
             }
-            Some((_, low)) if held >= low => {}
-            // Paused now, or memory was freed since the clock started.
-            _ => self.pause = Some((now + limit, held)),
+            Some((_, mark)) if self.app_read == mark => {}
+            // Paused now, or the application read since the clock started.
+            _ => self.pause = Some((now + limit, self.app_read)),
         }
     }
 
@@ -560,6 +586,9 @@ impl Session {
                 let _ = s.recv_buf.try_reclaim(s.recv_buf.capacity() + 1);
             }
             let large = s.recv_buf.capacity() > KEEP_RECV_BUF;
+            if s.error.is_none() {
+                self.app_read += n as u64;
+            }
             self.memory.sub_buffered(n);
             // A small drained buffer stays with its stream (its size is
             // within the per-stream estimate, STREAM_COST): a stream trading
@@ -1407,7 +1436,7 @@ mod tests {
 
     /// The stall this guards against: paused, the session would never read
     /// the overrun (nor the credit its application waits for). After
-    /// `max_pause` with nothing freed it reads on: the overrun gets RST
+    /// `max_pause` with nothing read it reads on: the overrun gets RST
     /// FlowControlError, a WNDINC is applied, DATA it cannot hold resets its
     /// stream (FlowControlError, nothing buffered), and once the application
     /// drains it, DATA is held again.
@@ -1444,12 +1473,23 @@ mod tests {
             s.read(keys[1], &mut buf),
             Err(Error::LocalReset(ErrorCode::FlowControlError))
         );
-        // Drained under the budget: shedding ends, DATA is held again.
+        // Under the budget again (the reset stream's data was read): DATA
+        // is held again.
         assert!(s.wants_input());
         s.handle_input(t0 + pause, &wire_data(7, 0, 1024));
         assert!(rsts(&mut s).is_empty());
         assert_eq!(s.readable_len(keys[2]), Ok(61 * 1024));
-        // Over again: a new pause, with its clock from now.
+        // But within `max_pause` of the shedding's start, a session that
+        // fills up again sheds at once, without another pause.
+        s.handle_input(t0 + pause, &wire_data(13, FLAG_SYN, 30 * 1024));
+        assert!(rsts(&mut s).is_empty(), "under the budget when it came");
+        assert!(s.wants_input(), "over, and shedding at once");
+        s.handle_input(t0 + pause, &wire_data(13, 0, 1024));
+        assert_eq!(rsts(&mut s), [(13, ErrorCode::FlowControlError)]);
+        // The application reads what stream 3 held before its reset: under
+        // the budget again. Later, shedding has ended; over again means a
+        // new pause, with its clock from then.
+        assert_eq!(s.read(keys[0], &mut buf), Ok(Some(60 * 1024)));
         let later = t0 + 3 * pause;
         s.handle_input(later, &wire_data(11, FLAG_SYN, 60 * 1024));
         assert!(rsts(&mut s).is_empty());
@@ -1457,8 +1497,8 @@ mod tests {
         assert_eq!(s.poll_timeout(), Some(later + pause));
     }
 
-    /// Memory freed during the pause restarts its clock: an application
-    /// that drains, however slowly, is never shed.
+    /// Reading during the pause restarts its clock: an application that
+    /// drains, however slowly, is never shed.
     #[test]
     fn progress_restarts_the_pause_clock() {
         let t0 = Instant::now();
@@ -1467,10 +1507,10 @@ mod tests {
         let mut buf = vec![0u8; 1024];
         assert_eq!(s.read(keys[0], &mut buf), Ok(Some(1024)));
         s.handle_timeout(t0 + pause);
-        assert!(!s.wants_input(), "memory was freed: still paused");
+        assert!(!s.wants_input(), "the application read: still paused");
         assert_eq!(s.poll_timeout(), Some(t0 + 2 * pause));
         s.handle_timeout(t0 + 2 * pause);
-        assert!(s.wants_input(), "nothing freed for a whole pause: read on");
+        assert!(s.wants_input(), "nothing read for a whole pause: read on");
     }
 
     /// `max_pause: None` keeps the old behaviour: paused until drained.
