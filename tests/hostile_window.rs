@@ -220,7 +220,17 @@ fn serve(mode: &str, extra: &[&str]) -> Serve {
     serve_on("uring", mode, extra)
 }
 
+/// `muxado serve` on `driver`. The engine driver needs io_uring: without
+/// it the test says so (scripts/test-no-uring.sh counts it as could-not-run)
+/// rather than failing on a server that exits at once. (The probe runs on a
+/// thread of its own: see hostile_engine.rs.)
 fn serve_on(driver: &str, mode: &str, extra: &[&str]) -> Serve {
+    if driver == "uring" {
+        thread::spawn(muxado::engine::probe)
+            .join()
+            .expect("probe thread")
+            .expect("io_uring unavailable: `muxado serve --driver uring` cannot run");
+    }
     let mut args = vec!["--driver", driver];
     args.extend_from_slice(extra);
     Serve::start(mode, &args)
@@ -362,10 +372,12 @@ fn many_streams_some_past_the_window() {
 /// On the engine driver, and on the tokio driver (the same protocol core).
 #[test]
 fn overrun_while_the_session_is_over_its_budget() {
-    for driver in ["uring", "tokio"] {
-        eprintln!("driver {driver}:");
-        overrun_over_budget(driver);
-    }
+    overrun_over_budget("uring");
+}
+
+#[test]
+fn overrun_while_the_session_is_over_its_budget_tokio() {
+    overrun_over_budget("tokio");
 }
 
 fn overrun_over_budget(driver: &str) {
