@@ -445,6 +445,57 @@ impl Session {
         .await
     }
 
+    /// The peer's GOAWAY, once one has arrived whole: its error code and
+    /// debug data (beyond [`Config::max_goaway_debug`], dropped; the last
+    /// GOAWAY if several came). After it the peer accepts no new stream
+    /// ([`Session::open`] fails with [`Error::RemoteGoneAway`]); streams it
+    /// already knows go on. [`Session::wait`] reports it too, once the
+    /// session has ended; this tells a live session's owner, for instance
+    /// to stop opening streams and reconnect elsewhere.
+    ///
+    /// ```
+    /// use muxado::engine::{self, net::{TcpListener, TcpStream}};
+    /// use muxado::{Config, ErrorCode, Session};
+    ///
+    /// type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+    ///
+    /// engine::block_on(async {
+    ///     let listener = TcpListener::bind("127.0.0.1:0")?;
+    ///     let addr = listener.local_addr()?;
+    ///     let server = engine::spawn(async move {
+    ///         let (tcp, _) = listener.accept().await?;
+    ///         let session = Session::server(tcp, Config::default());
+    ///         let mut stream = session.accept().await?;
+    ///         // Going away: this stream is still served, no new ones.
+    ///         session.go_away(ErrorCode::NoError, b"draining for an upgrade")?;
+    ///         stream.write_all(b"last answer").await?;
+    ///         stream.close_write()?;
+    ///         session.wait().await;
+    ///         Result::Ok(())
+    ///     });
+    ///     let session = Session::client(TcpStream::connect(addr).await?, Config::default());
+    ///     assert_eq!(session.remote_goaway(), None);
+    ///     let mut stream = session.open()?;
+    ///     stream.write_all(b"question").await?;
+    ///     let mut answer = Vec::new();
+    ///     stream.read_to_end(&mut answer).await?;
+    ///     // The GOAWAY came before the answer on the wire.
+    ///     assert_eq!(
+    ///         session.remote_goaway(),
+    ///         Some((ErrorCode::NoError, b"draining for an upgrade".to_vec()))
+    ///     );
+    ///     assert!(session.open().is_err(), "no new streams after GOAWAY");
+    ///     session.close()?;
+    ///     server.await
+    /// })
+    /// .expect("io_uring available")
+    /// .expect("a GOAWAY seen on a live session");
+    /// ```
+    pub fn remote_goaway(&self) -> Option<(ErrorCode, Vec<u8>)> {
+        let st = self.shared.state.borrow();
+        st.proto.remote_goaway().map(|(c, d)| (c, d.to_vec()))
+    }
+
     /// True once the session is dead.
     pub fn is_closed(&self) -> bool {
         self.shared.state.borrow().proto.is_dead()

@@ -9,6 +9,7 @@
 
 mod rawpeer;
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -354,4 +355,139 @@ fn wndinc_overflow_and_max_length_header_keep_the_session() {
     }
     srv.join();
     assert_eq!(open_fds(), fds0, "descriptors after the server stopped");
+}
+
+/// A window overrun on a session over its memory budget. The peer keeps to
+/// its windows on 24 streams until the echo server holds more than its
+/// 512 KiB budget (each echo waits for credit the peer withholds), so the
+/// session pauses its input; then it overruns stream 3. The pause frees
+/// nothing (the echoes wait for that credit, behind the pause), so after
+/// `max_pause` (1 s) the session reads on: the overrun gets RST
+/// FlowControlError, the credit reaches the echoes, and every other stream
+/// either echoes all its bytes or is reset with FlowControlError (DATA the
+/// session could not hold). It was a stall: no answer, ever.
+#[test]
+fn overrun_on_a_session_over_its_budget_is_answered() {
+    let _g = lock();
+    let fds0 = open_fds();
+    const WND: usize = 64 * 1024;
+    let cfg = Config::default()
+        .with_max_window(WND as u32)
+        .with_max_auto_window(WND as u32)
+        .with_max_session_memory(512 * 1024);
+    let srv = EngineServer::start(cfg, 2);
+    let mut c = Raw::connect(srv.addr);
+    let mut w = Raw::from_tcp(c.tcp.try_clone().unwrap());
+    let ids: Vec<u32> = (0..24).map(client_id).collect();
+    // 1. One window per stream, four streams at a time (all at once would
+    // be more than the budget: new streams refused): echoed in full (the
+    // server's send window is a window too) and credited back, but for less
+    // than a quarter window.
+    for batch in ids.chunks(4) {
+        let mut wire = Vec::new();
+        for &id in batch {
+            wire.extend(syn(id, &[1]));
+            wire.extend(data(id, 0, &[1u8; WND - 1]));
+        }
+        w.send(&wire);
+        let t = tally_until(&mut c, T, |t| {
+            batch
+                .iter()
+                .all(|id| t.data.get(id).copied().unwrap_or(0) >= WND as u64)
+        });
+        assert!(
+            t.rsts.is_empty() && t.end.is_none(),
+            "batch {batch:?}: {t:?}"
+        );
+    }
+    // 2. Three quarters of a window more (within the credit): the echoes
+    // wait for our credit; the server holds more than its budget.
+    let mut wire = Vec::new();
+    for &id in &ids {
+        wire.extend(data(id, 0, &[2u8; WND * 3 / 4]));
+    }
+    let writer = thread::spawn(move || {
+        w.send(&wire);
+        w
+    });
+    thread::sleep(Duration::from_millis(300));
+    // 3. The overrun, from another thread (the server may not be reading).
+    let mut w = writer.join().expect("writer");
+    let writer = thread::spawn(move || {
+        w.send(&data(client_id(0), 0, &[3u8; WND + 1]));
+        w
+    });
+    let mut reset = HashMap::new();
+    let mut finished = HashSet::new();
+    let started = Instant::now();
+    watch(&mut c, "the overrun", &mut reset, &mut finished, |r, _| {
+        r.contains_key(&3)
+    });
+    eprintln!("overrun answered after {:?}", started.elapsed());
+    assert_eq!(reset[&3], ErrorCode::FlowControlError.to_u32());
+    // 4. Credit and FIN for every other stream: the session moves again.
+    let mut w = writer.join().expect("writer");
+    let mut wire = Vec::new();
+    for &id in &ids[1..] {
+        wire.extend(wndinc(id, 4 * WND as u32));
+        wire.extend(fin(id));
+    }
+    let writer = thread::spawn(move || {
+        w.send(&wire);
+        w
+    });
+    let others = ids[1..].to_vec();
+    watch(
+        &mut c,
+        "after the credit",
+        &mut reset,
+        &mut finished,
+        |r, f| others.iter().all(|id| r.contains_key(id) || f.contains(id)),
+    );
+    let w = writer.join().expect("writer");
+    eprintln!(
+        "after the credit: {} streams finished, {} reset",
+        finished.len(),
+        reset.len() - 1
+    );
+    for (id, code) in &reset {
+        assert_eq!(*code, ErrorCode::FlowControlError.to_u32(), "stream {id}");
+    }
+    // Drained: the same session echoes a new stream; another client too.
+    assert_eq!(c.echo(client_id(100), b"after", T), b"after");
+    well_behaved_echo(srv.addr, 10);
+    drop((c, w));
+    for _ in 0..2 {
+        let end = srv.next_end();
+        assert_eq!(end.local.code(), ErrorCode::PeerEof, "{end:?}");
+    }
+    srv.join();
+    assert_eq!(open_fds(), fds0, "descriptors after the server stopped");
+}
+
+/// Reads what the server sends until `done`, noting which streams were reset
+/// (and with what code) and which finished (FIN); panics on a GOAWAY, or
+/// naming the stall if `T` passes first.
+fn watch(
+    c: &mut Raw,
+    what: &str,
+    reset: &mut HashMap<u32, u32>,
+    finished: &mut HashSet<u32>,
+    done: impl Fn(&HashMap<u32, u32>, &HashSet<u32>) -> bool,
+) {
+    let deadline = Instant::now() + T;
+    while !done(reset, finished) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match c.next_frame(left) {
+            Ok(Got::Rst { id, code }) => {
+                reset.insert(id, code);
+            }
+            Ok(Got::Data { id, flags, .. }) if flags & muxado::frame::FLAG_FIN != 0 => {
+                finished.insert(id);
+            }
+            Ok(Got::GoAway { code, debug, .. }) => panic!("{what}: GOAWAY({code}, {debug})"),
+            Ok(_) => {}
+            Err(e) => panic!("{what}: stalled ({e:?}); reset {reset:?}, finished {finished:?}"),
+        }
+    }
 }

@@ -23,7 +23,7 @@ use super::memory::MemoryBudget;
 /// | [`max_window`](Config::max_window) per stream | 256 KiB | more DATA than the window: RST FlowControlError on that stream |
 /// | [`max_streams`](Config::max_streams) | 4096 | a new stream: RST StreamRefused (a local `open` fails with `TooManyStreams`) |
 /// | [`accept_backlog`](Config::accept_backlog) | 128 | a new stream while that many wait for `accept`: RST AcceptQueueFull |
-/// | [`max_session_memory`](Config::max_session_memory) | 64 MiB | new streams: RST StreamRefused; the session stops reading its transport (TCP backpressure) until the application drains its streams |
+/// | [`max_session_memory`](Config::max_session_memory) | 64 MiB | new streams: RST StreamRefused; the session stops reading its transport (TCP backpressure) until the application drains its streams, for at most [`max_pause`](Config::max_pause) without progress; then it reads on, and DATA it cannot hold resets its stream with RST FlowControlError |
 /// | [`memory_budget`](Config::memory_budget) (all sessions sharing it) | none | as `max_session_memory`, for every session charging it that holds more than [`SESSION_FLOOR`](super::SESSION_FLOOR) (256 KiB): a small session is never locked out by big ones, so the budget can be exceeded by up to that much per session |
 /// | [`max_send_buffer`](Config::max_send_buffer) | 512 KiB | local writers wait; nothing on the wire |
 /// | [`max_control_backlog`](Config::max_control_backlog) | 1 MiB | a peer that makes us queue replies (WNDINC, RST) but does not read them: GOAWAY EnhanceYourCalm, the session ends |
@@ -33,11 +33,22 @@ use super::memory::MemoryBudget;
 /// | [`frame_timeout`](Config::frame_timeout) | none (`muxado serve`: 10 s) | a frame begun but not completed within it, while the session reads (slowloris): GOAWAY ProtocolError, the session ends |
 /// | [`idle_timeout`](Config::idle_timeout) | none (`muxado serve`: 5 min) | no stream open and no byte received for that long: GOAWAY NoError, the session ends |
 ///
+/// Why the pause is bounded: while the session does not read, it does not
+/// see the peer's WNDINC, RST or GOAWAY either, nor a window overrun. An
+/// application that needs one of those to drain its streams (an echo
+/// waiting for credit to write back what it read) would wait for ever on a
+/// session waiting for it. So a pause in which the application reads
+/// nothing for `max_pause` ends: the session reads on, answers every control frame and overrun as
+/// usual, and resets with RST FlowControlError each stream whose DATA
+/// arrives while it is still over its budget (the reference's answer to a
+/// sender whose window is larger than the receiver's buffer, §4), dropping
+/// that DATA instead of holding it.
+///
 /// What one session can be made to hold is bounded by `max_session_memory`:
 /// received bytes not yet read, a few spare buffers, and
 /// [`STREAM_COST`](super::STREAM_COST) per stream. It can be exceeded by the
-/// bytes of one `handle_input` call (data admitted by flow control is never
-/// dropped); a driver that stops reading when
+/// bytes of one `handle_input` call (data admitted by flow control is not
+/// dropped, except as above once a pause ran out); a driver that stops reading when
 /// [`Session::wants_input`](super::Session::wants_input) turns false keeps
 /// it to that. The outgoing buffer is bounded by `max_send_buffer +
 /// max_control_backlog`. Frame headers and fixed bodies cost at most 8
@@ -121,6 +132,19 @@ pub struct Config {
     /// stopped) would otherwise hold its descriptor and memory for ever.
     /// `None` (the default) keeps idle sessions.
     pub idle_timeout: Option<Duration>,
+    /// How long a session over its memory budget may stop reading its
+    /// transport while the application reads nothing from its streams
+    /// (each read restarts the clock; bytes left in a reset stream do not
+    /// count). Past it the session reads on and sheds what it cannot hold:
+    /// DATA that arrives while it is still over the budget resets its
+    /// stream with RST FlowControlError and is dropped; control frames and
+    /// window overruns are answered as usual. Shedding lasts at least as
+    /// long again, and until the session is back under its budget.
+    /// Without the bound, an application that waits for something from the
+    /// peer (credit, most often) before it reads again would deadlock with
+    /// a session that waits for it to read. `None` pauses for as long as it
+    /// takes (lossless, but a peer can then stall the session). Default 1 s.
+    pub max_pause: Option<Duration>,
 }
 
 impl Default for Config {
@@ -141,6 +165,7 @@ impl Default for Config {
             memory_budget: None,
             frame_timeout: None,
             idle_timeout: None,
+            max_pause: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -248,6 +273,13 @@ impl Config {
     #[must_use]
     pub fn with_idle_timeout(mut self, idle_timeout: Option<Duration>) -> Self {
         self.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// Sets [`max_pause`](Config::max_pause).
+    #[must_use]
+    pub fn with_max_pause(mut self, max_pause: Option<Duration>) -> Self {
+        self.max_pause = max_pause;
         self
     }
 

@@ -10,8 +10,13 @@
 //! Past a budget a session refuses new peer streams and asks its driver to
 //! stop reading the transport ([`Session::wants_input`](super::Session::wants_input)),
 //! so TCP's own flow control holds the peer back until the application drains
-//! the streams. Data already admitted by flow control is never dropped: a
-//! session may exceed its budget by what one call to `handle_input` carries.
+//! the streams. Data admitted by flow control is not dropped while the
+//! application drains: a session may exceed its budget by what one call to
+//! `handle_input` carries. Only a pause in which the application reads
+//! nothing for
+//! [`Config::max_pause`](super::Config::max_pause) ends with the session
+//! reading on and resetting (RST FlowControlError) each stream whose DATA it
+//! cannot hold, so that a peer's credit and overruns are still answered.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -188,8 +193,12 @@ impl SessionMemory {
     }
 
     /// Would one more stream fit, in this session's budget and the shared one?
+    /// The spare buffers do not count: they are a cache, dropped as soon as
+    /// the session needs the room (see [`SessionMemory::settle`]). Counted,
+    /// a pool that grew to a small budget refused every new stream of a
+    /// session that held nothing else.
     pub(crate) fn admits_stream(&self, streams: usize) -> bool {
-        let held = self.held(streams + 1);
+        let held = self.held(streams + 1) - self.pool_bytes;
         if self.global_full || held > self.limit {
             return false;
         }
@@ -377,6 +386,25 @@ mod tests {
             m.settle(0);
         }
         assert!(budget.used() == charged || budget.used() == charged + CHUNK);
+    }
+
+    /// Spare buffers up to the budget do not refuse new streams.
+    #[test]
+    fn spare_buffers_do_not_refuse_streams() {
+        let mut m = SessionMemory::new(64 * 1024, None);
+        for _ in 0..8 {
+            let mut b = BytesMut::with_capacity(8 * 1024);
+            b.extend_from_slice(&[1; 10]);
+            bytes::Buf::advance(&mut b, 10);
+            m.give_buffer(b, 1);
+        }
+        assert!(
+            m.pool_bytes + STREAM_COST > 48 * 1024,
+            "the pool fills the budget"
+        );
+        assert!(m.admits_stream(1), "a cache must not refuse a stream");
+        m.add_buffered(64 * 1024);
+        assert!(!m.admits_stream(1), "buffered data does");
     }
 
     #[test]

@@ -130,6 +130,22 @@ pub struct Session {
     /// sessions that free memory may live on other threads and cannot wake
     /// this one).
     budget_retry: Option<Instant>,
+    /// While over a memory budget (input paused): when the pause runs out
+    /// unless the application reads meanwhile, and `app_read` when its clock
+    /// last (re)started ([`Config::max_pause`]).
+    pause: Option<(Instant, u64)>,
+    /// The pause ran out with nothing read: the session reads on, and DATA
+    /// it cannot hold resets its stream. It ends once the session is under
+    /// its budget, but not before `max_pause` after it began (`shed_since`):
+    /// the resets free memory by themselves, and ending at once would start
+    /// a new pause each time the session filled up again, so that a stuck
+    /// application would see one pause per budget's worth of input (a
+    /// window overrun behind it answered only many pauses later).
+    shedding: bool,
+    shed_since: Option<Instant>,
+    /// Bytes the application read from streams that were not reset: its
+    /// progress, as the pause and shedding measure it.
+    app_read: u64,
     /// While a frame is incomplete: when it must be complete
     /// ([`Config::frame_timeout`]).
     frame_deadline: Option<Instant>,
@@ -137,7 +153,10 @@ pub struct Session {
     /// [`Config::idle_timeout`].
     last_input: Option<Instant>,
     goaway_event_queued: bool,
+    /// The GOAWAY being read: its last id and code, and its debug data so
+    /// far. It takes effect, and shows in `remote_goaway`, once complete.
     pending_goaway: (u32, ErrorCode),
+    pending_goaway_debug: Vec<u8>,
 
     out: BytesMut,
     events: VecDeque<Event>,
@@ -171,12 +190,17 @@ impl Session {
             want_accept: false,
             lingering: VecDeque::new(),
             budget_retry: None,
+            pause: None,
+            shedding: false,
+            shed_since: None,
+            app_read: 0,
             frame_deadline: None,
             // The one clock read outside the `now` arguments: an idle
             // session must time out even if it never receives a byte.
             last_input: config.idle_timeout.map(|_| Instant::now()),
             goaway_event_queued: false,
             pending_goaway: (0, ErrorCode::NoError),
+            pending_goaway_debug: Vec::new(),
             out: BytesMut::new(),
             events: VecDeque::new(),
             local_gone_away: false,
@@ -245,7 +269,9 @@ impl Session {
         self.error.is_some()
     }
 
-    /// The peer's GOAWAY (code, debug data), if one arrived.
+    /// The peer's GOAWAY (code, debug data), once one has arrived whole
+    /// (debug data beyond [`Config::max_goaway_debug`] is dropped); the
+    /// last one if several did.
     pub fn remote_goaway(&self) -> Option<(ErrorCode, &[u8])> {
         self.remote_goaway.as_ref().map(|(c, d)| (*c, d.as_slice()))
     }
@@ -262,9 +288,18 @@ impl Session {
     /// as the application reads or resets its streams (check it after every
     /// call). Meanwhile new peer streams are refused with RST StreamRefused.
     /// A dead session always wants input (it is drained and dropped).
+    ///
+    /// A pause in which the application reads nothing for
+    /// [`Config::max_pause`] ends (on [`Session::handle_timeout`]): this
+    /// turns true again while the session is still over its budget, and
+    /// DATA it cannot hold then resets its stream with RST FlowControlError
+    /// instead of being held, so that control frames (credit the
+    /// application may be waiting for) and overruns are read and answered:
+    /// a full session never stalls. For `max_pause` after that, a session
+    /// that fills up again sheds at once.
     #[inline]
     pub fn wants_input(&self) -> bool {
-        self.error.is_some() || !self.memory.over(self.streams.len())
+        self.error.is_some() || self.shedding || !self.memory.over(self.streams.len())
     }
 
     /// Bytes of memory the session holds now, as its budget counts them:
@@ -291,6 +326,8 @@ impl Session {
         if !data.is_empty() {
             self.last_input = Some(now);
         }
+        // The application may have drained the session since the last input.
+        self.track_pause(now);
         while self.error.is_none() {
             let Some(step) = self.reader.next(&mut data) else {
                 break;
@@ -311,6 +348,7 @@ impl Session {
         if self.memory.global_full() && self.budget_retry.is_none() {
             self.budget_retry = Some(now + BUDGET_RETRY);
         }
+        self.track_pause(now);
         // The deadline belongs to the frame in progress: it is kept only
         // while no new header was read (the same frame is still incomplete);
         // a stream of frames where every read ends inside one is not late.
@@ -392,6 +430,49 @@ impl Session {
             }
         }
         self.memory.settle(self.streams.len());
+        self.track_pause(now);
+    }
+
+    /// Keeps the pause clock ([`Config::max_pause`]): started when the
+    /// session goes over a budget, restarted when the application read
+    /// since, and when it runs out with nothing read, the session sheds.
+    /// Shedding ends once the session is back under its budget, `max_pause`
+    /// after it began at the earliest.
+    fn track_pause(&mut self, now: Instant) {
+        let over = self.memory.over(self.streams.len());
+        if self.error.is_some() {
+            self.pause = None;
+            self.shedding = false;
+            return;
+        }
+        if self.shedding {
+            let done = match (self.shed_since, self.config.max_pause) {
+                (Some(since), Some(limit)) => now >= since + limit,
+                _ => true,
+            };
+            if !over && done {
+                self.shedding = false;
+                self.shed_since = None;
+            }
+            return;
+        }
+        if !over {
+            self.pause = None;
+            return;
+        }
+        let Some(limit) = self.config.max_pause else {
+            return;
+        };
+        match self.pause {
+            Some((deadline, mark)) if self.app_read == mark && deadline <= now => {
+                self.pause = None;
+                self.shedding = true;
+                self.shed_since = Some(now);
+            }
+            Some((_, mark)) if self.app_read == mark => {}
+            // Paused now, or the application read since the clock started.
+            _ => self.pause = Some((now + limit, self.app_read)),
+        }
     }
 
     // ---- mutators ---------------------------------------------------------
@@ -505,6 +586,9 @@ impl Session {
                 let _ = s.recv_buf.try_reclaim(s.recv_buf.capacity() + 1);
             }
             let large = s.recv_buf.capacity() > KEEP_RECV_BUF;
+            if s.error.is_none() {
+                self.app_read += n as u64;
+            }
             self.memory.sub_buffered(n);
             // A small drained buffer stays with its stream (its size is
             // within the per-stream estimate, STREAM_COST): a stream trading
@@ -672,6 +756,7 @@ impl Session {
         for t in [
             self.lingering.front().map(|&(t, _)| t),
             self.budget_retry,
+            self.pause.map(|(t, _)| t),
             self.last_input.and_then(|t| self.idle_deadline(t)),
         ]
         .into_iter()
@@ -754,10 +839,7 @@ impl Session {
             }
             FrameType::GoAway => {
                 self.pending_goaway = frame::parse_goaway(&body);
-                let debug = self
-                    .remote_goaway
-                    .get_or_insert_with(|| (ErrorCode::NoError, Vec::new()));
-                debug.1.clear();
+                self.pending_goaway_debug.clear();
                 let debug_len = header.length - GOAWAY_FIXED_LEN as u32;
                 self.begin_payload(header, debug_len, Sink::GoAwayDebug);
             }
@@ -821,6 +903,7 @@ impl Session {
             return Sink::Drain;
         };
         let key = self.key_of(slot);
+        let streams = self.streams.len();
         let s = &mut self.streams[slot];
         if !s.accepts_data() {
             if h.length > 0 && !s.rst_sent && s.error.is_none() {
@@ -829,6 +912,14 @@ impl Session {
             return Sink::Drain;
         }
         if !FlowControl::admits(s, h.length) {
+            self.reset_stream(now, key, ErrorCode::FlowControlError);
+            return Sink::Drain;
+        }
+        // A session whose pause ran out (see `Config::max_pause`) reads on
+        // but holds no more while over its budget: to the peer, its buffer
+        // is smaller than the window, and the reference answers that with
+        // FlowControlError (§4). The payload is drained.
+        if self.shedding && h.length > 0 && self.memory.over(streams) {
             self.reset_stream(now, key, ErrorCode::FlowControlError);
             return Sink::Drain;
         }
@@ -854,10 +945,9 @@ impl Session {
             }
             Sink::GoAwayDebug => {
                 let limit = self.config.max_goaway_debug;
-                if let Some((_, debug)) = &mut self.remote_goaway {
-                    let n = chunk.len().min(limit.saturating_sub(debug.len()));
-                    debug.extend_from_slice(&chunk[..n]);
-                }
+                let debug = &mut self.pending_goaway_debug;
+                let n = chunk.len().min(limit.saturating_sub(debug.len()));
+                debug.extend_from_slice(&chunk[..n]);
             }
             Sink::Drain => {}
         }
@@ -889,9 +979,8 @@ impl Session {
     /// last id fail with RemoteGoneAway (no RST: the peer never saw them).
     fn on_goaway(&mut self) {
         let (last, code) = self.pending_goaway;
-        if let Some(g) = &mut self.remote_goaway {
-            g.0 = code;
-        }
+        let debug = std::mem::take(&mut self.pending_goaway_debug);
+        self.remote_goaway = Some((code, debug));
         let doomed: Vec<(usize, u32)> = self
             .table
             .iter()
@@ -1300,5 +1389,283 @@ mod tests {
         assert_eq!(busy.poll_timeout(), None, "a stream is open");
         busy.handle_timeout(t0 + 10 * t);
         assert!(!busy.is_dead());
+    }
+
+    fn rsts(s: &mut Session) -> Vec<(u32, ErrorCode)> {
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        if s.poll_transmit(&mut buf) {
+            let mut b = &buf[..];
+            while let Ok(Decode::Frame(f, n)) = Frame::decode(b) {
+                if let Frame::Rst { stream_id, code } = f {
+                    out.push((stream_id, code));
+                }
+                b = &b[n..];
+            }
+        }
+        out
+    }
+
+    fn wire_data(id: u32, flags: u8, n: usize) -> Vec<u8> {
+        let mut w = Vec::new();
+        frame::encode_data(&mut w, id, &vec![7u8; n], flags).unwrap();
+        w
+    }
+
+    /// A server with 64 KiB windows and a 200 KiB budget, holding 60 KiB
+    /// unread on each of streams 3, 5, 7 and 9 (240 KiB: paused).
+    fn full_session(max_pause: Option<Duration>, t0: Instant) -> (Session, Vec<StreamKey>) {
+        let config = Config::default()
+            .with_max_window(64 * 1024)
+            .with_max_auto_window(64 * 1024)
+            .with_max_session_memory(200 * 1024)
+            .with_max_pause(max_pause);
+        let mut s = Session::new(Role::Server, config);
+        for id in [3, 5, 7, 9] {
+            s.handle_input(t0, &wire_data(id, FLAG_SYN, 60 * 1024));
+        }
+        let mut keys = Vec::new();
+        while let Ok(Some(k)) = s.accept() {
+            keys.push(k);
+        }
+        assert_eq!(keys.len(), 4);
+        assert!(!s.wants_input(), "over its budget: paused");
+        assert!(rsts(&mut s).is_empty());
+        (s, keys)
+    }
+
+    /// The stall this guards against: paused, the session would never read
+    /// the overrun (nor the credit its application waits for). After
+    /// `max_pause` with nothing read it reads on: the overrun gets RST
+    /// FlowControlError, a WNDINC is applied, DATA it cannot hold resets its
+    /// stream (FlowControlError, nothing buffered), and once the application
+    /// drains it, DATA is held again.
+    #[test]
+    fn a_pause_that_frees_nothing_ends_and_the_session_sheds() {
+        let t0 = Instant::now();
+        let pause = Duration::from_secs(1);
+        let (mut s, keys) = full_session(Some(pause), t0);
+        assert_eq!(s.poll_timeout(), Some(t0 + pause));
+        s.handle_timeout(t0 + pause / 2);
+        assert!(!s.wants_input(), "not yet");
+        s.handle_timeout(t0 + pause);
+        assert!(s.wants_input(), "the pause ran out: read on");
+        let held = s.memory_held();
+        let send_before = s.send_window(keys[0]).unwrap();
+        let mut input = wire_data(3, 0, 8 * 1024); // overrun: 68 KiB on 64
+        frame::encode_wndinc(&mut input, 3, 1000).unwrap();
+        input.extend(wire_data(5, 0, 1024)); // within the window, over budget
+        s.handle_input(t0 + pause, &input);
+        assert_eq!(
+            rsts(&mut s),
+            [
+                (3, ErrorCode::FlowControlError),
+                (5, ErrorCode::FlowControlError)
+            ]
+        );
+        assert_eq!(s.send_window(keys[0]).unwrap(), send_before + 1000);
+        assert_eq!(s.memory_held(), held, "nothing more was held");
+        assert!(!s.is_dead());
+        // Data that came before the resets is still read, then the error.
+        let mut buf = vec![0u8; 128 * 1024];
+        assert_eq!(s.read(keys[1], &mut buf), Ok(Some(60 * 1024)));
+        assert_eq!(
+            s.read(keys[1], &mut buf),
+            Err(Error::LocalReset(ErrorCode::FlowControlError))
+        );
+        // Under the budget again (the reset stream's data was read): DATA
+        // is held again.
+        assert!(s.wants_input());
+        s.handle_input(t0 + pause, &wire_data(7, 0, 1024));
+        assert!(rsts(&mut s).is_empty());
+        assert_eq!(s.readable_len(keys[2]), Ok(61 * 1024));
+        // But within `max_pause` of the shedding's start, a session that
+        // fills up again sheds at once, without another pause.
+        s.handle_input(t0 + pause, &wire_data(13, FLAG_SYN, 30 * 1024));
+        assert!(rsts(&mut s).is_empty(), "under the budget when it came");
+        assert!(s.wants_input(), "over, and shedding at once");
+        s.handle_input(t0 + pause, &wire_data(13, 0, 1024));
+        assert_eq!(rsts(&mut s), [(13, ErrorCode::FlowControlError)]);
+        // The application reads what stream 3 held before its reset: under
+        // the budget again. Later, shedding has ended; over again means a
+        // new pause, with its clock from then.
+        assert_eq!(s.read(keys[0], &mut buf), Ok(Some(60 * 1024)));
+        let later = t0 + 3 * pause;
+        s.handle_input(later, &wire_data(11, FLAG_SYN, 60 * 1024));
+        assert!(rsts(&mut s).is_empty());
+        assert!(!s.wants_input(), "paused again, not shedding");
+        assert_eq!(s.poll_timeout(), Some(later + pause));
+    }
+
+    /// Reading during the pause restarts its clock: an application that
+    /// drains, however slowly, is never shed.
+    #[test]
+    fn progress_restarts_the_pause_clock() {
+        let t0 = Instant::now();
+        let pause = Duration::from_secs(1);
+        let (mut s, keys) = full_session(Some(pause), t0);
+        let mut buf = vec![0u8; 1024];
+        assert_eq!(s.read(keys[0], &mut buf), Ok(Some(1024)));
+        s.handle_timeout(t0 + pause);
+        assert!(!s.wants_input(), "the application read: still paused");
+        assert_eq!(s.poll_timeout(), Some(t0 + 2 * pause));
+        s.handle_timeout(t0 + 2 * pause);
+        assert!(s.wants_input(), "nothing read for a whole pause: read on");
+    }
+
+    /// `max_pause: None` keeps the old behaviour: paused until drained.
+    #[test]
+    fn without_max_pause_the_pause_lasts_until_drained() {
+        let t0 = Instant::now();
+        let (mut s, keys) = full_session(None, t0);
+        assert_eq!(s.poll_timeout(), None);
+        s.handle_timeout(t0 + Duration::from_secs(3600));
+        assert!(!s.wants_input());
+        let mut buf = vec![0u8; 64 * 1024];
+        assert_eq!(s.read(keys[0], &mut buf), Ok(Some(60 * 1024)));
+        assert!(s.wants_input());
+    }
+
+    /// Random traffic against a small budget, fed only while the session
+    /// wants input, with the clock jumping past `max_pause` at random and an
+    /// application that reads at random: every frame past its stream's
+    /// window is answered with RST FlowControlError, the session never dies
+    /// nor stays paused for two pauses in which nothing is read, and it
+    /// holds no more than its budget plus one frame (what one input can take
+    /// before the session notices).
+    #[test]
+    fn random_overruns_never_stall_or_overflow() {
+        const WINDOW: usize = 16 * 1024;
+        const LIMIT: usize = 64 * 1024;
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rng = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n.max(1) as u64) as usize
+        };
+        let (mut overruns, mut shed, mut pauses) = (0, 0, 0);
+        for round in 0..50 {
+            let pause = Duration::from_millis(100);
+            let config = Config::default()
+                .with_max_window(WINDOW as u32)
+                .with_max_auto_window(WINDOW as u32)
+                .with_max_session_memory(LIMIT)
+                .with_max_pause(Some(pause));
+            let mut s = Session::new(Role::Server, config);
+            let mut now = Instant::now();
+            // The peer's view: unread bytes of each stream it opened that
+            // was not reset (an overrun depends on them alone); ids used.
+            let mut open: Vec<(u32, usize, Option<StreamKey>)> = Vec::new();
+            let mut next_id = 3u32;
+            for step in 0..400 {
+                if !s.wants_input() {
+                    pauses += 1;
+                    if rng(2) == 0 {
+                        for _ in 0..2 {
+                            now += pause;
+                            s.handle_timeout(now);
+                        }
+                        assert!(
+                            s.wants_input(),
+                            "round {round} step {step}: paused for two pauses, nothing read"
+                        );
+                    } else if !open.is_empty() {
+                        // The application reads one stream.
+                        let i = rng(open.len());
+                        if let Some(k) = open[i].2 {
+                            let mut buf = vec![0u8; WINDOW];
+                            if let Ok(Some(n)) = s.read(k, &mut buf) {
+                                open[i].1 -= n;
+                            }
+                        }
+                        continue;
+                    } else {
+                        continue;
+                    }
+                }
+                // Mostly frames that fit, some that may not.
+                let len = if rng(4) == 0 {
+                    rng(WINDOW + WINDOW / 2)
+                } else {
+                    rng(WINDOW / 4)
+                };
+                let (i, flags) = if open.is_empty() || rng(4) == 0 {
+                    open.push((next_id, 0, None));
+                    next_id += 2;
+                    (open.len() - 1, FLAG_SYN)
+                } else {
+                    (rng(open.len()), 0)
+                };
+                let id = open[i].0;
+                let overrun = open[i].1 + len > WINDOW;
+                s.handle_input(now, &wire_data(id, flags, len));
+                assert!(!s.is_dead(), "round {round}: {:?}", s.error());
+                let answers = rsts(&mut s);
+                if overrun {
+                    overruns += 1;
+                    // (A new stream refused for the budget never existed.)
+                    let refused =
+                        flags & FLAG_SYN != 0 && answers == [(id, ErrorCode::StreamRefused)];
+                    assert!(
+                        refused || answers == [(id, ErrorCode::FlowControlError)],
+                        "round {round} step {step}: overrun of stream {id}: {answers:?}"
+                    );
+                }
+                match answers.first() {
+                    Some(&(_, ErrorCode::FlowControlError)) if !overrun => shed += 1,
+                    Some(&(_, ErrorCode::StreamRefused)) => {}
+                    Some(other) if !overrun => panic!("round {round}: {other:?}"),
+                    _ => {}
+                }
+                if answers.is_empty() {
+                    open[i].1 += len;
+                } else {
+                    // Reset or refused: the peer forgets it (an
+                    // application holding it reads the rest, then the error).
+                    open.remove(i);
+                }
+                while let Ok(Some(k)) = s.accept() {
+                    let id = s.stream_id(k).unwrap();
+                    if let Some(o) = open.iter_mut().find(|o| o.0 == id) {
+                        o.2 = Some(k);
+                    }
+                }
+                assert!(
+                    s.buffered_input() <= LIMIT + WINDOW,
+                    "round {round} step {step}: {} bytes buffered",
+                    s.buffered_input()
+                );
+            }
+        }
+        assert!(
+            overruns > 100 && shed > 100 && pauses > 50,
+            "the traffic must exercise all three: {overruns} overruns, {shed} shed, {pauses} pauses"
+        );
+    }
+
+    /// A GOAWAY shows in `remote_goaway` once whole, with its code and
+    /// debug data, not while its debug data is still arriving; a later one
+    /// replaces it.
+    #[test]
+    fn remote_goaway_shows_once_whole() {
+        let t0 = Instant::now();
+        let mut s = Session::new(Role::Client, Config::default());
+        let mut wire = Vec::new();
+        frame::encode_goaway(&mut wire, 0, ErrorCode::EnhanceYourCalm, b"slow down").unwrap();
+        s.handle_input(t0, &wire[..wire.len() - 4]);
+        assert_eq!(s.remote_goaway(), None, "debug data incomplete");
+        assert!(s.open().is_ok(), "not in force yet");
+        s.handle_input(t0, &wire[wire.len() - 4..]);
+        assert_eq!(
+            s.remote_goaway(),
+            Some((ErrorCode::EnhanceYourCalm, &b"slow down"[..]))
+        );
+        assert_eq!(s.poll_event(), Some(Event::GoAway));
+        assert_eq!(s.open(), Err(Error::RemoteGoneAway));
+        let mut second = Vec::new();
+        frame::encode_goaway(&mut second, 0, ErrorCode::NoError, b"bye").unwrap();
+        s.handle_input(t0, &second);
+        assert_eq!(s.remote_goaway(), Some((ErrorCode::NoError, &b"bye"[..])));
     }
 }
