@@ -90,9 +90,8 @@ pub struct Config {
     /// large as the bandwidth-delay product is what keeps one stream as fast
     /// as a TCP connection when the two ends run on different cores. A window
     /// grows only while its stream has the session to itself (no other stream
-    /// read within its last `max_auto_window` bytes); beside other streams it
-    /// shrinks back to `max_window` (credit is withheld, never revoked), since
-    /// all it admits can sit in the transport ahead of their frames. Set it to
+    /// read within its last `max_auto_window` bytes), since all it admits can
+    /// sit in the transport ahead of other streams' frames. Set it to
     /// `max_window` to turn auto-tuning off. Default 4 MiB.
     pub max_auto_window: u32,
     /// Bounds auto-tuning per session: a stream's window grows only while it

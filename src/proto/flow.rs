@@ -2,12 +2,13 @@
 //! the application reads (coalesced), and the auto-tuning budget that lets
 //! the windows of streams whose reader keeps up grow.
 //!
-//! A grown window is for a stream that has the session to itself. Whatever a
+//! A window grows only while its stream has the session to itself. Whatever a
 //! window admits can sit in the TCP buffers ahead of every other stream's
 //! next frame, so a 4 MiB bulk window beside an rpc stream costs each of its
-//! requests up to a millisecond on loopback. While other streams read too, a
-//! grown window shrinks back to the base window: credit is withheld until
-//! the excess is used up (a peer never loses credit it was granted).
+//! requests up to a millisecond on loopback. A grown window is never shrunk
+//! back, though: that would mean withholding credit the peer was granted,
+//! and a sender that ignores extra credit (ngrok's crate caps its window at
+//! the initial size) would then wait for credit that never comes.
 
 use super::config::Config;
 use super::stream::StreamState;
@@ -63,8 +64,7 @@ impl FlowControl {
     /// if enough credit accumulated. A stream whose reader keeps up (nothing
     /// left unread) while no other stream reads has its window doubled,
     /// within its share of the budget among `open_streams`, and the extra is
-    /// granted in the same WNDINC. While other streams read, a grown window
-    /// shrinks back to the base window instead (see the module docs).
+    /// granted in the same WNDINC.
     pub(crate) fn credit(
         &mut self,
         s: &mut StreamState,
@@ -93,15 +93,7 @@ impl FlowControl {
             return None;
         }
         let mut inc = std::mem::take(&mut s.credit);
-        if !alone {
-            // Keep the credit of the excess: what the peer may have in flight
-            // or unread here (the window minus what it was not yet given)
-            // shrinks by as much, so the window stays exact.
-            let shrink = inc.min(s.recv_window - self.max_window);
-            s.recv_window -= shrink;
-            self.used -= shrink as usize;
-            inc -= shrink;
-        } else if s.recv_buf.is_empty() {
+        if alone && s.recv_buf.is_empty() {
             // A stream's window grows only up to an equal share of the budget
             // among the open streams: with many streams their base windows
             // already cover the path, and a few that grew early would take
@@ -116,7 +108,7 @@ impl FlowControl {
             self.used += grow as usize;
             inc += grow;
         }
-        (inc > 0).then_some(inc)
+        Some(inc)
     }
 
     /// A stream is gone: the window it grew returns to the budget.
