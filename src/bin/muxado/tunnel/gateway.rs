@@ -631,8 +631,10 @@ async fn public_conn(
                 );
             }
             debug!(
-                "service {name}: {peer} done: {} bytes in, {} bytes out",
-                moved.tcp_to_stream, moved.stream_to_tcp
+                "service {name}: {peer} {}: {} bytes in, {} bytes out",
+                if moved.aborted { "reset" } else { "done" },
+                moved.tcp_to_stream,
+                moved.stream_to_tcp
             );
             metrics::add(&counters.conns_closed, 1);
             link.active.set(link.active.get() - 1);
