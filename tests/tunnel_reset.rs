@@ -82,6 +82,24 @@ fn next<T>(rx: &Receiver<T>, what: &str) -> T {
         .unwrap_or_else(|_| panic!("the origin never reported {what}"))
 }
 
+/// Waits until the gateway's `name` metric reads `want` (it is counted once
+/// the connection's splice has ended, just after the client saw the end).
+fn wait_metric(t: &Tunnel, name: &str, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = t.scrape();
+        let got = metric(&m, name);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} is {got}, not {want}:\n{m}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 const REQUEST: &[u8] = b"GET /big HTTP/1.1\r\n\r\n";
 const HALF: usize = 48 * 1024;
 
@@ -121,6 +139,7 @@ fn a_backend_reset_mid_response_resets_the_client() {
     for _ in 0..3 {
         truncated_response(t.connect());
     }
+    wait_metric(&t, "muxado_tunnel_connections_reset_total", 3);
 }
 
 /// Greets (so the client holds an unread byte), then reads to the end and
@@ -158,6 +177,7 @@ fn a_client_reset_mid_upload_resets_the_origin() {
             "connection {i}: the origin saw a reset client's upload end like this after {n} bytes"
         );
     }
+    wait_metric(&t, "muxado_tunnel_connections_reset_total", 3);
 }
 
 /// Sends until the connection breaks, and reports how it ended: what the
@@ -222,6 +242,7 @@ fn a_client_reset_mid_download_resets_the_origin() {
             "connection {i}"
         );
     }
+    wait_metric(&t, "muxado_tunnel_connections_reset_total", 3);
 }
 
 #[test]
@@ -246,6 +267,7 @@ fn a_killed_agent_resets_its_clients() {
         "a download cut by the agent's death ended like this"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
+    wait_metric(&t, "muxado_tunnel_connections_reset_total", 1);
 }
 
 /// Reads the request to the client's FIN, reports it, answers with 200 KB
@@ -313,5 +335,10 @@ fn clean_endings_stay_clean() {
             (late, Ending::Eof),
             "connection {i}"
         );
+    }
+    for t in [&t, &t2] {
+        wait_metric(t, "muxado_tunnel_connections_active", 0);
+        wait_metric(t, "muxado_tunnel_connections_total", 3);
+        wait_metric(t, "muxado_tunnel_connections_reset_total", 0);
     }
 }

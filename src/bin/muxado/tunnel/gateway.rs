@@ -636,6 +636,9 @@ async fn public_conn(
                 moved.tcp_to_stream,
                 moved.stream_to_tcp
             );
+            if moved.aborted {
+                metrics::add(&counters.conns_reset, 1);
+            }
             metrics::add(&counters.conns_closed, 1);
             link.active.set(link.active.get() - 1);
         }
