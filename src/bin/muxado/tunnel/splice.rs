@@ -98,7 +98,8 @@ pub struct Moved {
     pub stream_to_tcp: u64,
     /// The idle limit ended it.
     pub idle_closed: bool,
-    /// An error ended it: the stream was reset and the socket closed with RST.
+    /// An error ended it: the stream was reset and the socket closed with RST
+    /// (not set when the idle limit ended it: that client got a FIN).
     pub aborted: bool,
 }
 
@@ -158,7 +159,7 @@ pub async fn splice(
         tcp_to_stream: up_total.get(),
         stream_to_tcp: down_total.get(),
         idle_closed,
-        aborted: failed,
+        aborted: failed && !idle_closed,
     }
 }
 
