@@ -193,8 +193,9 @@ async fn first_failure(
 /// Sets `SO_LINGER` to zero: the socket's close resets the connection (RST,
 /// unsent bytes dropped) instead of ending it with a FIN. If it cannot be
 /// set, the close is an ordinary one (the stream reset still tells the far
-/// end); the error is logged.
-fn abort_on_close(tcp: &TcpStream) {
+/// end); the error is logged. Also for public connections the gateway
+/// refuses: a FIN would read as an empty but complete answer.
+pub fn abort_on_close(tcp: &TcpStream) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
