@@ -277,11 +277,14 @@ fn an_idle_public_connection_is_closed_on_both_sides() {
         thread::sleep(Duration::from_millis(300));
     };
     assert_eq!(IDLE_ORIGIN_ENDED.load(Ordering::Relaxed), 0);
-    // Then silence: closed about a second after the last byte, on both sides.
-    assert!(
-        ends_within(&mut s, Duration::from_secs(4)),
-        "an idle connection stayed open"
-    );
+    // Then silence: closed about a second after the last byte, on both
+    // sides; the client gets a FIN (nothing was in flight), not an RST.
+    s.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
+    let mut one = [0u8; 1];
+    match s.read(&mut one) {
+        Ok(0) => {}
+        other => panic!("an idle connection ended with {other:?}, not a FIN"),
+    }
     let waited = quiet.elapsed();
     assert!(
         waited >= Duration::from_millis(900),
@@ -297,6 +300,21 @@ fn an_idle_public_connection_is_closed_on_both_sides() {
     }
     t.gateway
         .wait_log("without traffic", Duration::from_secs(2));
+    // Counted as closed, not as reset: its client got a FIN.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let m = loop {
+        let m = t.scrape();
+        if metric(&m, "muxado_tunnel_connections_active") == 0 {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "still active:\n{m}");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        metric(&m, "muxado_tunnel_connections_reset_total"),
+        0,
+        "{m}"
+    );
     // The tunnel itself is fine.
     let data = pattern(21, 100_000);
     assert_eq!(echo_roundtrip(t.connect(), data.clone()), data);

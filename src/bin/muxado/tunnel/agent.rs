@@ -734,7 +734,10 @@ async fn serve_stream(
     debug!("service {}: {client} connected to {}", svc.name, svc.origin);
     let moved = splice(tcp, stream, None, None).await;
     debug!(
-        "service {}: {client} done: {} bytes to the origin, {} from it",
-        svc.name, moved.stream_to_tcp, moved.tcp_to_stream
+        "service {}: {client} {}: {} bytes to the origin, {} from it",
+        svc.name,
+        if moved.aborted { "reset" } else { "done" },
+        moved.stream_to_tcp,
+        moved.tcp_to_stream
     );
 }

@@ -41,7 +41,7 @@ use tracing::{debug, info, warn};
 use super::args::GatewayOptions;
 use super::metrics::{self, CoreMetrics, Meter, Registry};
 use super::signals;
-use super::splice::splice;
+use super::splice::{abort_on_close, splice};
 use super::wire::{
     token_matches, ConnHeader, Hello, Reply, Status, CONN_HEADER_MAX, CONTROL_TYPE, NOTICE_DRAIN,
     NOTICE_DRAIN_ACK,
@@ -581,6 +581,7 @@ async fn accept_public(core: Rc<GwCore>, svc: usize, listener: TcpListener) {
             None => {
                 info!("service {name}: refused {peer}: no agent connected");
                 metrics::add(&core.metrics.services[svc].refused, 1);
+                abort_on_close(&tcp);
                 drop(tcp);
             }
         }
@@ -631,13 +632,19 @@ async fn public_conn(
                 );
             }
             debug!(
-                "service {name}: {peer} done: {} bytes in, {} bytes out",
-                moved.tcp_to_stream, moved.stream_to_tcp
+                "service {name}: {peer} {}: {} bytes in, {} bytes out",
+                if moved.aborted { "reset" } else { "done" },
+                moved.tcp_to_stream,
+                moved.stream_to_tcp
             );
+            if moved.aborted {
+                metrics::add(&counters.conns_reset, 1);
+            }
             metrics::add(&counters.conns_closed, 1);
             link.active.set(link.active.get() - 1);
         }
         Some(Err(e)) => {
+            abort_on_close(&tcp);
             info!(
                 "service {name}: refused {peer}: agent {} could not take it: {e}",
                 link.peer
@@ -646,6 +653,7 @@ async fn public_conn(
             link.active.set(link.active.get() - 1);
         }
         None => {
+            abort_on_close(&tcp);
             info!("service {name}: refused {peer}: every agent is draining");
             metrics::add(&counters.refused, 1);
         }

@@ -19,6 +19,9 @@ pub struct ServiceCounters {
     pub conns_opened: AtomicU64,
     /// Of those, finished.
     pub conns_closed: AtomicU64,
+    /// Of those finished, ended by an error (either side reset, or the agent
+    /// session died): the client got an RST.
+    pub conns_reset: AtomicU64,
     /// Public connections refused (no agent, draining, stream open failed).
     pub refused: AtomicU64,
     /// Bytes from public clients to the origin.
@@ -92,12 +95,18 @@ impl Registry {
         };
         type Field = fn(&ServiceCounters) -> &AtomicU64;
         let mut out = String::new();
-        let counters: [(&str, &str, &str, Field); 5] = [
+        let counters: [(&str, &str, &str, Field); 6] = [
             (
                 "muxado_tunnel_connections_total",
                 "counter",
                 "Public connections tunneled to an agent.",
                 |s| &s.conns_opened,
+            ),
+            (
+                "muxado_tunnel_connections_reset_total",
+                "counter",
+                "Tunneled connections ended by an error (the client, the origin or the agent session failed): the client got a TCP RST, not a FIN.",
+                |s| &s.conns_reset,
             ),
             (
                 "muxado_tunnel_refused_total",

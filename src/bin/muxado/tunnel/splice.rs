@@ -15,27 +15,37 @@
 //!   copied once into a buffer taken from this core's pool only when bytes
 //!   are there; the buffer is sent and returned to the pool.
 //!
-//! In steady state nothing is allocated per chunk. Each direction is a task;
-//! both share the stream through a `RefCell` that is borrowed only inside a
-//! poll, never across an await.
+//! In steady state nothing is allocated per chunk. TCP → stream is a task of
+//! its own, stream → TCP runs in the splice's task; both share the stream
+//! through a `RefCell` that is borrowed only inside a poll, never across an
+//! await.
 //!
-//! Endings travel: EOF on one side is a half-close (FIN) on the other, and
-//! the other direction goes on; an error on one side resets the stream or
-//! shuts the socket down, which ends the other direction too.
+//! Endings travel, and an error stays an error:
+//! - a clean EOF on one side is a half-close on the other (a muxado FIN, or
+//!   a TCP FIN by `shutdown(Write)`), and the other direction goes on;
+//! - an error on either side (the TCP peer resets, a send fails, the stream
+//!   is reset by the other end or its session dies) aborts the connection:
+//!   the stream is reset (`StreamReset`, unless it already failed) and the
+//!   socket is closed with `SO_LINGER` 0, which sends a TCP RST. A FIN there
+//!   would tell the client a truncated response was complete. The other
+//!   direction is stopped at once (its pending receive or send cancelled),
+//!   so the close, and the RST, follow right away.
 //!
 //! An idle limit (the gateway's `--idle-timeout`) puts the connection on its
 //! core's idle table (see `idle.rs`): each relayed chunk marks it active, and
 //! the core's sweeper resets the stream and shuts the socket down once it has
-//! been idle too long, which ends both directions as an error would.
+//! been idle too long: the far end sees a reset, the client a FIN (nothing
+//! was in flight to be truncated).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::net::Shutdown;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Duration;
 
-use muxado::engine::{self, net::TcpStream};
+use muxado::engine::{self, net::TcpStream, JoinHandle};
 use muxado::{ErrorCode, Stream};
 
 use super::idle::{Idle, Touch};
@@ -88,12 +98,24 @@ pub struct Moved {
     pub stream_to_tcp: u64,
     /// The idle limit ended it.
     pub idle_closed: bool,
+    /// An error ended it: the stream was reset and the socket closed with RST
+    /// (not set when the idle limit ended it: that client got a FIN).
+    pub aborted: bool,
 }
 
-/// Splices `tcp` and `stream` until both directions have ended. `meter`
-/// (the gateway's) counts bytes from `tcp` as going to the origin. With
-/// `idle`, both sides are closed once no byte has moved either way for
-/// that long.
+/// How one direction ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// Its source's EOF was passed on as a half-close.
+    Clean,
+    /// An error on either side: the whole connection is to be aborted.
+    Failed,
+}
+
+/// Splices `tcp` and `stream` until both directions have ended, or one has
+/// failed. `meter` (the gateway's) counts bytes from `tcp` as going to the
+/// origin. With `idle`, both sides are closed once no byte has moved either
+/// way for that long.
 pub async fn splice(
     tcp: TcpStream,
     stream: Stream,
@@ -103,18 +125,97 @@ pub async fn splice(
     let stream = Rc::new(RefCell::new(stream));
     let idle = idle.map(|limit| Idle::register(limit, tcp.clone(), stream.clone()));
     let touch = idle.as_ref().map(Idle::toucher);
-    let up = engine::spawn(tcp_to_stream(
+    let up_total = Rc::new(Cell::new(0u64));
+    let mut up = engine::spawn(tcp_to_stream(
         tcp.clone(),
         stream.clone(),
         meter.clone(),
         touch,
+        up_total.clone(),
     ));
-    let down = stream_to_tcp(tcp, stream, meter, touch).await;
-    let up = up.await;
+    let down_total = Cell::new(0u64);
+    let failed = {
+        let down = pin!(stream_to_tcp(&tcp, &stream, &meter, touch, &down_total));
+        first_failure(down, &mut up).await
+    };
+    let idle_closed = idle.as_ref().is_some_and(Idle::fired);
+    if failed {
+        // A no-op if the stream already failed (reset by the other end, its
+        // session dead, or by the idle sweeper, whose code stays).
+        let _ = stream.borrow_mut().reset(ErrorCode::StreamReset);
+        // The idle sweeper already sent a FIN: an idle connection has nothing
+        // in flight, so its client is told no more than that.
+        if !idle_closed {
+            abort_on_close(&tcp);
+        }
+        // Stops the other direction now (if it is still running), before the
+        // idle slot its toucher names is freed: its pending receive is
+        // cancelled, and its socket handle goes with it.
+        up.abort();
+    }
+    // The last handles of the socket drop here (or when the ring gives back
+    // a cancelled operation), which closes it: with a RST after a failure.
     Moved {
-        tcp_to_stream: up,
-        stream_to_tcp: down,
-        idle_closed: idle.is_some_and(|i| i.fired()),
+        tcp_to_stream: up_total.get(),
+        stream_to_tcp: down_total.get(),
+        idle_closed,
+        aborted: failed && !idle_closed,
+    }
+}
+
+/// Waits until both directions have ended (false), or one of them failed
+/// (true, at once: the other may still be blocked on its socket or stream).
+async fn first_failure(
+    mut down: Pin<&mut impl Future<Output = End>>,
+    up: &mut JoinHandle<End>,
+) -> bool {
+    let (mut down_end, mut up_end) = (None, None);
+    poll_fn(|cx| {
+        if down_end.is_none() {
+            if let Poll::Ready(e) = down.as_mut().poll(cx) {
+                down_end = Some(e);
+            }
+        }
+        if up_end.is_none() {
+            if let Poll::Ready(e) = Pin::new(&mut *up).poll(cx) {
+                up_end = Some(e);
+            }
+        }
+        match (down_end, up_end) {
+            (Some(End::Failed), _) | (_, Some(End::Failed)) => Poll::Ready(true),
+            (Some(End::Clean), Some(End::Clean)) => Poll::Ready(false),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Sets `SO_LINGER` to zero: the socket's close resets the connection (RST,
+/// unsent bytes dropped) instead of ending it with a FIN. If it cannot be
+/// set, the close is an ordinary one (the stream reset still tells the far
+/// end); the error is logged. Also for public connections the gateway
+/// refuses: a FIN would read as an empty but complete answer.
+pub fn abort_on_close(tcp: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a descriptor `tcp` keeps open, with a pointer to
+    // a live `linger` and its exact size.
+    let r = unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        tracing::debug!(
+            "SO_LINGER 0 refused ({}): the aborted connection ends with a FIN",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -133,21 +234,25 @@ fn count(meter: &Option<Meter>, watch: &Watch, from_tcp: bool, n: usize) {
     }
 }
 
+/// TCP → stream; `total` counts the bytes written into the stream (it is
+/// read after the task ends, or after it was stopped).
 async fn tcp_to_stream(
     tcp: TcpStream,
     stream: Rc<RefCell<Stream>>,
     meter: Option<Meter>,
     watch: Watch,
-) -> u64 {
-    let mut total = 0u64;
+    total: Rc<Cell<u64>>,
+) -> End {
     let mut size = SMALL;
     loop {
         let (r, buf) = tcp.recv(take_sized(size)).await;
         match r {
             Ok(0) => {
                 give_buf(buf);
+                // Fails only if the stream already failed; the other
+                // direction sees that.
                 let _ = stream.borrow_mut().close_write();
-                return total;
+                return End::Clean;
             }
             Ok(n) => {
                 let mut off = 0;
@@ -157,10 +262,9 @@ async fn tcp_to_stream(
                     match w {
                         Ok(k) => off += k,
                         Err(_) => {
-                            // The stream is gone (reset, session dead): end the socket too.
+                            // The stream is gone (reset, session dead).
                             give_buf(buf);
-                            let _ = tcp.shutdown(Shutdown::Both);
-                            return total;
+                            return End::Failed;
                         }
                     }
                 }
@@ -173,25 +277,26 @@ async fn tcp_to_stream(
                     size
                 };
                 give_buf(buf);
-                total += n as u64;
+                total.set(total.get() + n as u64);
                 count(&meter, &watch, true, n);
             }
             Err(_) => {
+                // The TCP peer reset the connection (or the socket failed).
                 give_buf(buf);
-                let _ = stream.borrow_mut().reset(ErrorCode::StreamReset);
-                return total;
+                return End::Failed;
             }
         }
     }
 }
 
+/// Stream → TCP; `total` counts the bytes sent to the socket.
 async fn stream_to_tcp(
-    tcp: TcpStream,
-    stream: Rc<RefCell<Stream>>,
-    meter: Option<Meter>,
+    tcp: &TcpStream,
+    stream: &RefCell<Stream>,
+    meter: &Option<Meter>,
     watch: Watch,
-) -> u64 {
-    let mut total = 0u64;
+    total: &Cell<u64>,
+) -> End {
     loop {
         let mut buf: Option<Vec<u8>> = None;
         let r = poll_fn(|cx| {
@@ -220,27 +325,27 @@ async fn stream_to_tcp(
                 let (sent, b) = tcp.send_all(b).await;
                 give_buf(b);
                 if sent.is_err() {
-                    let _ = stream.borrow_mut().reset(ErrorCode::StreamReset);
-                    let _ = tcp.shutdown(Shutdown::Both);
-                    return total;
+                    // The TCP peer is gone (reset, or the socket failed).
+                    return End::Failed;
                 }
-                total += n as u64;
-                count(&meter, &watch, false, n);
+                total.set(total.get() + n as u64);
+                count(meter, &watch, false, n);
             }
             (Ok(_), b) => {
                 // End of the stream: FIN to the TCP side; reading goes on.
                 if let Some(b) = b {
                     give_buf(b);
                 }
+                // Fails only if the peer is gone; the other direction sees that.
                 let _ = tcp.shutdown(Shutdown::Write);
-                return total;
+                return End::Clean;
             }
             (Err(_), b) => {
+                // Reset by the other end, or its session died.
                 if let Some(b) = b {
                     give_buf(b);
                 }
-                let _ = tcp.shutdown(Shutdown::Both);
-                return total;
+                return End::Failed;
             }
         }
     }
