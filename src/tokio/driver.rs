@@ -17,7 +17,7 @@ use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use ::tokio::time::Sleep;
 use bytes::BytesMut;
 
-use super::shared::Shared;
+use super::shared::{Shared, State, WakeList};
 
 /// How long a dying session tries to deliver its GOAWAY (Go: 250 ms).
 const GOAWAY_GRACE: Duration = Duration::from_millis(250);
@@ -86,6 +86,19 @@ pub struct Driver<T> {
     handed_off: bool,
     /// Bytes read in this poll.
     fed: usize,
+    /// The core may have changed since the driver last looked for output and
+    /// timer changes ([`Driver::look`]): set when it is polled (it was woken),
+    /// after it fed the core, and while a batch is being sent. Cleared by a
+    /// look that found nothing to send, which registered the driver's waker
+    /// under the same lock: any change after that wakes it. So a poll that
+    /// only finds its transport still not readable takes no extra lock.
+    dirty: bool,
+    /// The session was dead at the last look.
+    dead: bool,
+    /// Wakers collected while feeding input or taking a batch (which may
+    /// wake many readers or writers), kept here so that no large list is
+    /// made and dropped per read.
+    wake: WakeList<32>,
     /// The protocol's timer while running, the grace or linger deadline
     /// after. Made on first use, inside the runtime (one allocation).
     sleep: Option<Pin<Box<Sleep>>>,
@@ -108,6 +121,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             input_paused: false,
             handed_off: false,
             fed: 0,
+            dirty: true,
+            dead: false,
+            wake: WakeList::new(),
             sleep: None,
             sleep_at: None,
         }
@@ -136,9 +152,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     /// The transport failed: the session dies with a transport error.
     fn fail(&mut self, e: &io::Error) {
         self.shared
-            .with(|st| st.proto.handle_transport_error(&e.to_string()));
+            .with_many(|st| st.proto.handle_transport_error(&e.to_string()));
         self.read_closed = true;
         self.broken = true;
+        self.dirty = true;
     }
 
     /// One read: Ready(true) if it made progress.
@@ -164,7 +181,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 // After the session's death input is still read but dropped:
                 // a socket closed with unread input answers with RST, and the
                 // peer could lose the last bytes we sent (our GOAWAY among them).
-                let (paused, woke) = self.shared.with_wakes(|st| {
+                let (paused, woke) = self.shared.with_list(&mut self.wake, |st| {
                     if !st.proto.is_dead() {
                         st.recvs += 1;
                         if n == 0 {
@@ -177,6 +194,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 });
                 self.input_paused = paused;
                 self.handed_off |= woke;
+                self.dirty = true;
                 if n == 0 {
                     self.read_closed = true;
                 }
@@ -191,7 +209,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
 
     /// One write step (write, take the next batch, or flush): true if it made
     /// progress. With nothing to send, the driver's waker is registered
-    /// under the same lock that saw the empty buffer.
+    /// under the same lock that saw the empty buffer ([`Driver::look`]).
     fn poll_write_once(&mut self, cx: &mut Context<'_>) -> bool {
         if self.written < self.out.len() {
             return match Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..]) {
@@ -210,19 +228,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 }
             };
         }
-        let out = &mut self.out;
-        let took = self.shared.with(|st| {
-            if st.proto.poll_transmit(out) {
-                st.sends += 1;
-                true
-            } else {
-                st.wait_driver(cx);
-                false
-            }
-        });
-        if took {
-            self.written = 0;
-            self.needs_flush = true;
+        if self.dirty && self.look(cx) {
             return true;
         }
         if self.needs_flush {
@@ -241,22 +247,55 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         false
     }
 
-    /// Runs the protocol's timer: re-arms it, and fires it when due.
-    /// Returns (progress, the session is dead).
-    fn poll_timer(&mut self, cx: &mut Context<'_>) -> (bool, bool) {
-        let (next, dead) = {
-            let mut st = self.shared.lock();
+    /// One lock for everything the driver asks the core between reads: the
+    /// next batch to send (true if there is one), the protocol's next
+    /// deadline (the timer is re-armed to it) and whether the session died.
+    /// With nothing to send, the driver's waker is registered and
+    /// [`Driver::dirty`] cleared.
+    fn look(&mut self, cx: &mut Context<'_>) -> bool {
+        let out = &mut self.out;
+        // A transmission wakes every writer that waited for buffer space.
+        let ((took, next, dead), _) = self.shared.with_list(&mut self.wake, |st| {
+            let took = st.proto.poll_transmit(out);
+            if took {
+                st.sends += 1;
+            } else {
+                st.wait_driver(cx);
+            }
+            // Before the dispatch: a deadline that did not change must not
+            // wake the driver again.
             let next = st.proto.poll_timeout();
             st.armed = next;
-            (next, st.proto.is_dead())
-        };
+            (took, next, st.proto.is_dead())
+        });
         self.set_sleep(next);
-        if !dead && self.sleep_fired(cx) {
-            self.shared
-                .with(|st| st.proto.handle_timeout(Instant::now()));
-            return (true, false);
+        self.dead = dead;
+        if took {
+            self.written = 0;
+            self.needs_flush = true;
+        } else {
+            self.dirty = false;
         }
-        (false, dead)
+        took
+    }
+
+    /// Fires the protocol's timer when it is due: true if it did.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.dead || !self.sleep_fired(cx) {
+            return false;
+        }
+        // Re-armed under the same lock: until the next look (which waits
+        // while a batch is still being sent) the old deadline must not fire
+        // again.
+        let next = self.shared.with(|st| {
+            st.proto.handle_timeout(Instant::now());
+            let next = st.proto.poll_timeout();
+            st.armed = next;
+            next
+        });
+        self.set_sleep(next);
+        self.dirty = true;
+        true
     }
 
     /// Reads, writes and keeps time until nothing moves. Once input has woken
@@ -269,16 +308,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     fn poll_running(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         self.handed_off = false;
         self.fed = 0;
+        // Polled: someone woke the driver, so the core changed.
+        self.dirty = true;
         for _ in 0..BUDGET {
             let skip = self.handed_off && self.fed >= HANDOFF_BYTES;
             let read = !skip && self.poll_read_once(cx);
             let wrote = self.poll_write_once(cx);
-            let (timed, dead) = self.poll_timer(cx);
-            if dead {
+            if self.dead {
                 self.phase = Phase::Flushing;
                 self.set_sleep(Some(Instant::now() + GOAWAY_GRACE));
                 return self.poll_flushing(cx);
             }
+            let timed = self.poll_timer(cx);
             if !(read || wrote || timed) {
                 if skip {
                     // The transport was not polled for reading since: no
@@ -302,6 +343,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             }
             self.poll_read_once(cx);
             if self.written < self.out.len() || self.needs_flush || self.has_pending() {
+                self.dirty = true;
                 if !self.poll_write_once(cx) {
                     return Poll::Pending;
                 }
@@ -358,7 +400,7 @@ impl<T> Drop for Driver<T> {
     /// leaves nobody to move bytes: the session dies, so that no handle waits
     /// forever.
     fn drop(&mut self) {
-        self.shared.with(|st| {
+        self.shared.with_many(|st| {
             if !st.proto.is_dead() {
                 st.proto
                     .handle_transport_error("the session's driver task stopped");
@@ -370,7 +412,7 @@ impl<T> Drop for Driver<T> {
 /// Past its memory budget the session takes no more input until its streams
 /// drain: leaving the transport unread is the backpressure. Returns whether
 /// input is paused; if so the driver is woken when input is wanted again.
-fn pause_input(st: &mut super::shared::State, cx: &Context<'_>) -> bool {
+fn pause_input(st: &mut State, cx: &Context<'_>) -> bool {
     st.input_paused = !st.proto.wants_input() && !st.proto.is_dead();
     if st.input_paused {
         st.wait_driver(cx);
