@@ -279,6 +279,21 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         took
     }
 
+    /// While a batch is still being written the next one is not taken, but
+    /// input may have killed the session or moved its deadline meanwhile:
+    /// a peer that stops reading must not keep a dead session's driver
+    /// waiting on its write (the GOAWAY grace ends it).
+    fn look_in_flight(&mut self) {
+        let (next, dead) = {
+            let mut st = self.shared.lock();
+            let next = st.proto.poll_timeout();
+            st.armed = next;
+            (next, st.proto.is_dead())
+        };
+        self.set_sleep(next);
+        self.dead = dead;
+    }
+
     /// Fires the protocol's timer when it is due: true if it did.
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
         if self.dead || !self.sleep_fired(cx) {
@@ -314,6 +329,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             let skip = self.handed_off && self.fed >= HANDOFF_BYTES;
             let read = !skip && self.poll_read_once(cx);
             let wrote = self.poll_write_once(cx);
+            if self.dirty && self.written < self.out.len() {
+                self.look_in_flight();
+            }
             if self.dead {
                 self.phase = Phase::Flushing;
                 self.set_sleep(Some(Instant::now() + GOAWAY_GRACE));
@@ -418,4 +436,85 @@ fn pause_input(st: &mut State, cx: &Context<'_>) -> bool {
         st.wait_driver(cx);
     }
     st.input_paused
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ::tokio::io::AsyncWriteExt;
+    use ::tokio::net::{TcpListener, TcpSocket};
+
+    use crate::frame::{encode_data, encode_wndinc, FLAG_SYN};
+    use crate::proto::{Config, Role};
+    use crate::tokio::Session;
+
+    /// A peer that stops reading (so that a batch of ours stays half
+    /// written) and then breaks the protocol: the session dies from input
+    /// while the driver waits on the transport for writing. The driver must
+    /// still see the death, give its GOAWAY the grace period and end, not
+    /// wait for a write that never completes.
+    #[test]
+    fn death_by_input_while_a_write_is_blocked_still_ends_the_driver() {
+        let rt = ::tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            // Small buffers on the peer's side fill quickly.
+            let sock = TcpSocket::new_v4().unwrap();
+            sock.set_recv_buffer_size(4096).unwrap();
+            let (accepted, raw) = ::tokio::join!(listener.accept(), sock.connect(addr));
+            let mut raw = raw.unwrap();
+            let (ours, _) = accepted.unwrap();
+            let (session, driver) = Session::with_driver(ours, Role::Server, Config::default());
+            let driver = ::tokio::spawn(driver);
+
+            // Stream 1, opened by the peer, with credit for far more than
+            // the transport will take while nobody reads it.
+            let mut frames = bytes::BytesMut::new();
+            encode_data(&mut frames, 1, b"x", FLAG_SYN).unwrap();
+            encode_wndinc(&mut frames, 1, 1 << 30).unwrap();
+            raw.write_all(&frames).await.unwrap();
+            let mut stream = session.accept().await.unwrap();
+            let writer = ::tokio::spawn(async move {
+                let chunk = vec![7u8; 64 * 1024];
+                // Ends with an error once the session is dead.
+                while stream.write_all(&chunk).await.is_ok() {}
+            });
+            // Until our side's writes have stalled on the transport.
+            let stalled = |s: &Session| s.stats().proto.buffer_stalls > 0;
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !stalled(&session) {
+                assert!(std::time::Instant::now() < deadline, "writes never stalled");
+                ::tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            ::tokio::time::sleep(Duration::from_millis(100)).await;
+
+            // A WNDINC whose length is 5 instead of 4: FrameSizeError.
+            let mut bad = bytes::BytesMut::new();
+            encode_wndinc(&mut bad, 1, 100).unwrap();
+            bad[2] = 5;
+            bad.extend_from_slice(&[0]);
+            raw.write_all(&bad).await.unwrap();
+            let end = ::tokio::time::timeout(Duration::from_secs(5), session.wait())
+                .await
+                .expect("the session did not die");
+            assert_eq!(
+                end.local.code(),
+                crate::ErrorCode::FrameSizeError,
+                "{end:?}"
+            );
+            // GOAWAY grace (250 ms) and linger (1 s) are the most it may take.
+            ::tokio::time::timeout(Duration::from_secs(5), driver)
+                .await
+                .expect("the driver kept waiting on its blocked write")
+                .unwrap();
+            writer.await.unwrap();
+            drop(raw);
+        });
+    }
 }
