@@ -17,7 +17,7 @@ use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use ::tokio::time::Sleep;
 use bytes::BytesMut;
 
-use super::shared::Shared;
+use super::shared::{Shared, State, WakeList};
 
 /// How long a dying session tries to deliver its GOAWAY (Go: 250 ms).
 const GOAWAY_GRACE: Duration = Duration::from_millis(250);
@@ -86,6 +86,19 @@ pub struct Driver<T> {
     handed_off: bool,
     /// Bytes read in this poll.
     fed: usize,
+    /// The core may have changed since the driver last looked for output and
+    /// timer changes ([`Driver::look`]): set when it is polled (it was woken),
+    /// after it fed the core, and while a batch is being sent. Cleared by a
+    /// look that found nothing to send, which registered the driver's waker
+    /// under the same lock: any change after that wakes it. So a poll that
+    /// only finds its transport still not readable takes no extra lock.
+    dirty: bool,
+    /// The session was dead at the last look.
+    dead: bool,
+    /// Wakers collected while feeding input or taking a batch (which may
+    /// wake many readers or writers), kept here so that no large list is
+    /// made and dropped per read.
+    wake: WakeList<32>,
     /// The protocol's timer while running, the grace or linger deadline
     /// after. Made on first use, inside the runtime (one allocation).
     sleep: Option<Pin<Box<Sleep>>>,
@@ -108,6 +121,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             input_paused: false,
             handed_off: false,
             fed: 0,
+            dirty: true,
+            dead: false,
+            wake: WakeList::new(),
             sleep: None,
             sleep_at: None,
         }
@@ -136,9 +152,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     /// The transport failed: the session dies with a transport error.
     fn fail(&mut self, e: &io::Error) {
         self.shared
-            .with(|st| st.proto.handle_transport_error(&e.to_string()));
+            .with_many(|st| st.proto.handle_transport_error(&e.to_string()));
         self.read_closed = true;
         self.broken = true;
+        self.dirty = true;
     }
 
     /// One read: Ready(true) if it made progress.
@@ -164,7 +181,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 // After the session's death input is still read but dropped:
                 // a socket closed with unread input answers with RST, and the
                 // peer could lose the last bytes we sent (our GOAWAY among them).
-                let (paused, woke) = self.shared.with_wakes(|st| {
+                let (paused, woke) = self.shared.with_list(&mut self.wake, |st| {
                     if !st.proto.is_dead() {
                         st.recvs += 1;
                         if n == 0 {
@@ -177,6 +194,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 });
                 self.input_paused = paused;
                 self.handed_off |= woke;
+                self.dirty = true;
                 if n == 0 {
                     self.read_closed = true;
                 }
@@ -191,7 +209,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
 
     /// One write step (write, take the next batch, or flush): true if it made
     /// progress. With nothing to send, the driver's waker is registered
-    /// under the same lock that saw the empty buffer.
+    /// under the same lock that saw the empty buffer ([`Driver::look`]).
     fn poll_write_once(&mut self, cx: &mut Context<'_>) -> bool {
         if self.written < self.out.len() {
             return match Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..]) {
@@ -210,19 +228,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 }
             };
         }
-        let out = &mut self.out;
-        let took = self.shared.with(|st| {
-            if st.proto.poll_transmit(out) {
-                st.sends += 1;
-                true
-            } else {
-                st.wait_driver(cx);
-                false
-            }
-        });
-        if took {
-            self.written = 0;
-            self.needs_flush = true;
+        if self.dirty && self.look(cx) {
             return true;
         }
         if self.needs_flush {
@@ -241,9 +247,43 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         false
     }
 
-    /// Runs the protocol's timer: re-arms it, and fires it when due.
-    /// Returns (progress, the session is dead).
-    fn poll_timer(&mut self, cx: &mut Context<'_>) -> (bool, bool) {
+    /// One lock for everything the driver asks the core between reads: the
+    /// next batch to send (true if there is one), the protocol's next
+    /// deadline (the timer is re-armed to it) and whether the session died.
+    /// With nothing to send, the driver's waker is registered and
+    /// [`Driver::dirty`] cleared.
+    fn look(&mut self, cx: &mut Context<'_>) -> bool {
+        let out = &mut self.out;
+        // A transmission wakes every writer that waited for buffer space.
+        let ((took, next, dead), _) = self.shared.with_list(&mut self.wake, |st| {
+            let took = st.proto.poll_transmit(out);
+            if took {
+                st.sends += 1;
+            } else {
+                st.wait_driver(cx);
+            }
+            // Before the dispatch: a deadline that did not change must not
+            // wake the driver again.
+            let next = st.proto.poll_timeout();
+            st.armed = next;
+            (took, next, st.proto.is_dead())
+        });
+        self.set_sleep(next);
+        self.dead = dead;
+        if took {
+            self.written = 0;
+            self.needs_flush = true;
+        } else {
+            self.dirty = false;
+        }
+        took
+    }
+
+    /// While a batch is still being written the next one is not taken, but
+    /// input may have killed the session or moved its deadline meanwhile:
+    /// a peer that stops reading must not keep a dead session's driver
+    /// waiting on its write (the GOAWAY grace ends it).
+    fn look_in_flight(&mut self) {
         let (next, dead) = {
             let mut st = self.shared.lock();
             let next = st.proto.poll_timeout();
@@ -251,12 +291,26 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             (next, st.proto.is_dead())
         };
         self.set_sleep(next);
-        if !dead && self.sleep_fired(cx) {
-            self.shared
-                .with(|st| st.proto.handle_timeout(Instant::now()));
-            return (true, false);
+        self.dead = dead;
+    }
+
+    /// Fires the protocol's timer when it is due: true if it did.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.dead || !self.sleep_fired(cx) {
+            return false;
         }
-        (false, dead)
+        // Re-armed under the same lock: until the next look (which waits
+        // while a batch is still being sent) the old deadline must not fire
+        // again.
+        let next = self.shared.with(|st| {
+            st.proto.handle_timeout(Instant::now());
+            let next = st.proto.poll_timeout();
+            st.armed = next;
+            next
+        });
+        self.set_sleep(next);
+        self.dirty = true;
+        true
     }
 
     /// Reads, writes and keeps time until nothing moves. Once input has woken
@@ -269,16 +323,21 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     fn poll_running(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         self.handed_off = false;
         self.fed = 0;
+        // Polled: someone woke the driver, so the core changed.
+        self.dirty = true;
         for _ in 0..BUDGET {
             let skip = self.handed_off && self.fed >= HANDOFF_BYTES;
             let read = !skip && self.poll_read_once(cx);
             let wrote = self.poll_write_once(cx);
-            let (timed, dead) = self.poll_timer(cx);
-            if dead {
+            if self.dirty && self.written < self.out.len() {
+                self.look_in_flight();
+            }
+            if self.dead {
                 self.phase = Phase::Flushing;
                 self.set_sleep(Some(Instant::now() + GOAWAY_GRACE));
                 return self.poll_flushing(cx);
             }
+            let timed = self.poll_timer(cx);
             if !(read || wrote || timed) {
                 if skip {
                     // The transport was not polled for reading since: no
@@ -302,6 +361,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             }
             self.poll_read_once(cx);
             if self.written < self.out.len() || self.needs_flush || self.has_pending() {
+                self.dirty = true;
                 if !self.poll_write_once(cx) {
                     return Poll::Pending;
                 }
@@ -358,7 +418,7 @@ impl<T> Drop for Driver<T> {
     /// leaves nobody to move bytes: the session dies, so that no handle waits
     /// forever.
     fn drop(&mut self) {
-        self.shared.with(|st| {
+        self.shared.with_many(|st| {
             if !st.proto.is_dead() {
                 st.proto
                     .handle_transport_error("the session's driver task stopped");
@@ -370,10 +430,91 @@ impl<T> Drop for Driver<T> {
 /// Past its memory budget the session takes no more input until its streams
 /// drain: leaving the transport unread is the backpressure. Returns whether
 /// input is paused; if so the driver is woken when input is wanted again.
-fn pause_input(st: &mut super::shared::State, cx: &Context<'_>) -> bool {
+fn pause_input(st: &mut State, cx: &Context<'_>) -> bool {
     st.input_paused = !st.proto.wants_input() && !st.proto.is_dead();
     if st.input_paused {
         st.wait_driver(cx);
     }
     st.input_paused
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ::tokio::io::AsyncWriteExt;
+    use ::tokio::net::{TcpListener, TcpSocket};
+
+    use crate::frame::{encode_data, encode_wndinc, FLAG_SYN};
+    use crate::proto::{Config, Role};
+    use crate::tokio::Session;
+
+    /// A peer that stops reading (so that a batch of ours stays half
+    /// written) and then breaks the protocol: the session dies from input
+    /// while the driver waits on the transport for writing. The driver must
+    /// still see the death, give its GOAWAY the grace period and end, not
+    /// wait for a write that never completes.
+    #[test]
+    fn death_by_input_while_a_write_is_blocked_still_ends_the_driver() {
+        let rt = ::tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            // Small buffers on the peer's side fill quickly.
+            let sock = TcpSocket::new_v4().unwrap();
+            sock.set_recv_buffer_size(4096).unwrap();
+            let (accepted, raw) = ::tokio::join!(listener.accept(), sock.connect(addr));
+            let mut raw = raw.unwrap();
+            let (ours, _) = accepted.unwrap();
+            let (session, driver) = Session::with_driver(ours, Role::Server, Config::default());
+            let driver = ::tokio::spawn(driver);
+
+            // Stream 1, opened by the peer, with credit for far more than
+            // the transport will take while nobody reads it.
+            let mut frames = bytes::BytesMut::new();
+            encode_data(&mut frames, 1, b"x", FLAG_SYN).unwrap();
+            encode_wndinc(&mut frames, 1, 1 << 30).unwrap();
+            raw.write_all(&frames).await.unwrap();
+            let mut stream = session.accept().await.unwrap();
+            let writer = ::tokio::spawn(async move {
+                let chunk = vec![7u8; 64 * 1024];
+                // Ends with an error once the session is dead.
+                while stream.write_all(&chunk).await.is_ok() {}
+            });
+            // Until our side's writes have stalled on the transport.
+            let stalled = |s: &Session| s.stats().proto.buffer_stalls > 0;
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !stalled(&session) {
+                assert!(std::time::Instant::now() < deadline, "writes never stalled");
+                ::tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            ::tokio::time::sleep(Duration::from_millis(100)).await;
+
+            // A WNDINC whose length is 5 instead of 4: FrameSizeError.
+            let mut bad = bytes::BytesMut::new();
+            encode_wndinc(&mut bad, 1, 100).unwrap();
+            bad[2] = 5;
+            bad.extend_from_slice(&[0]);
+            raw.write_all(&bad).await.unwrap();
+            let end = ::tokio::time::timeout(Duration::from_secs(5), session.wait())
+                .await
+                .expect("the session did not die");
+            assert_eq!(
+                end.local.code(),
+                crate::ErrorCode::FrameSizeError,
+                "{end:?}"
+            );
+            // GOAWAY grace (250 ms) and linger (1 s) are the most it may take.
+            ::tokio::time::timeout(Duration::from_secs(5), driver)
+                .await
+                .expect("the driver kept waiting on its blocked write")
+                .unwrap();
+            writer.await.unwrap();
+            drop(raw);
+        });
+    }
 }

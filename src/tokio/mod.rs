@@ -125,7 +125,7 @@ impl Session {
                 let session = Session {
                     shared: Arc::new(Shared::new(proto::Session::new(role, config))),
                 };
-                session.shared.with(|st| {
+                session.shared.with_many(|st| {
                     st.proto
                         .handle_transport_error(&format!("no tokio runtime: {e}"))
                 });
@@ -179,7 +179,7 @@ impl Session {
     /// Every stream fails with [`Error::SessionClosed`]. A second call fails
     /// with [`Error::SessionClosed`], as in Go.
     pub fn close(&self) -> Result<(), Error> {
-        self.shared.with(|st| {
+        self.shared.with_many(|st| {
             if st.proto.is_dead() {
                 return Err(Error::SessionClosed);
             }

@@ -74,19 +74,34 @@ impl Shared {
     /// Runs `f` on the locked state, dispatches the events it caused, and
     /// wakes their waiters once the lock is released.
     pub(super) fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
-        self.with_wakes(f).0
+        // A handle's call wakes few tasks (the driver, its own stream's
+        // waiters): a small list is cheap to make and drop on every call.
+        self.with_list(&mut WakeList::<4>::new(), f).0
     }
 
-    /// [`Shared::with`], also saying whether it woke anyone.
-    pub(super) fn with_wakes<T>(&self, f: impl FnOnce(&mut State) -> T) -> (T, bool) {
-        let mut wake = WakeList::new();
+    /// [`Shared::with`] for calls that may wake many tasks at once (the
+    /// session's death, closing it): a larger list, so that fewer of them
+    /// are woken under the lock.
+    pub(super) fn with_many<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        self.with_list(&mut WakeList::<32>::new(), f).0
+    }
+
+    /// [`Shared::with`] with the caller's list (the driver keeps one, so
+    /// that feeding input, which may wake many readers, does not make and
+    /// drop a large list every time); it is empty again on return. Also
+    /// says whether it woke anyone.
+    pub(super) fn with_list<T, const N: usize>(
+        &self,
+        wake: &mut WakeList<N>,
+        f: impl FnOnce(&mut State) -> T,
+    ) -> (T, bool) {
         let out = {
             let mut st = self.lock();
             let out = f(&mut st);
-            st.dispatch(&mut wake);
+            st.dispatch(wake);
             out
         };
-        let woke = wake.len > 0;
+        let woke = wake.len() > 0;
         wake.wake_all();
         (out, woke)
     }
@@ -98,7 +113,7 @@ impl Shared {
     /// The last handle is gone: nobody can use the session any more, close it.
     pub(super) fn release_user(&self) {
         if self.users.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.with(|st| st.proto.close_session());
+            self.with_many(|st| st.proto.close_session());
         }
     }
 }
@@ -107,7 +122,7 @@ impl State {
     /// Wakes whoever the protocol's events concern, and the driver if there
     /// is something to send or a timer to re-arm. Called after every handle
     /// or mutate.
-    pub(super) fn dispatch(&mut self, wake: &mut WakeList) {
+    pub(super) fn dispatch<const N: usize>(&mut self, wake: &mut WakeList<N>) {
         while let Some(event) = self.proto.poll_event() {
             match event {
                 Event::Readable(k) => wake.push(self.slot(k).read.take()),
@@ -164,26 +179,29 @@ fn push_waker(list: &mut Vec<Waker>, cx: &Context<'_>) {
 
 /// Wakers collected under the lock, woken after it (tokio's own `WakeList`
 /// idea): a fixed array, so dispatching allocates nothing.
-pub(super) struct WakeList {
-    wakers: [Option<Waker>; WakeList::CAP],
+pub(super) struct WakeList<const N: usize> {
+    wakers: [Option<Waker>; N],
     len: usize,
 }
 
-impl WakeList {
-    const CAP: usize = 32;
-
-    pub(super) fn new() -> WakeList {
+impl<const N: usize> WakeList<N> {
+    pub(super) fn new() -> WakeList<N> {
         WakeList {
-            wakers: Default::default(),
+            wakers: std::array::from_fn(|_| None),
             len: 0,
         }
+    }
+
+    /// Wakers collected and not yet woken.
+    pub(super) fn len(&self) -> usize {
+        self.len
     }
 
     /// Adds a waker. When the list is full, the waker is woken at once (under
     /// the lock): rare, and still correct, since waking only schedules a task.
     pub(super) fn push(&mut self, waker: Option<Waker>) {
         let Some(w) = waker else { return };
-        if self.len == Self::CAP {
+        if self.len == N {
             w.wake();
         } else {
             self.wakers[self.len] = Some(w);
@@ -201,7 +219,7 @@ impl WakeList {
     }
 }
 
-impl Drop for WakeList {
+impl<const N: usize> Drop for WakeList<N> {
     fn drop(&mut self) {
         self.wake_all();
     }
