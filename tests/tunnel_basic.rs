@@ -251,7 +251,7 @@ fn interoperates_with_the_ngrok_tokio_peer() {
     assert_eq!(echo_roundtrip(t.connect(), data.clone()), data);
     // Their gateway, our agent.
     let dir = TempDir::new("ngrok");
-    let (agents, public) = (free_addr(), free_addr());
+    let [agents, public] = free_addrs();
     let args: Vec<String> = [
         "gateway",
         "--runtime",

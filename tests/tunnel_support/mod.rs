@@ -23,6 +23,19 @@ pub fn free_addr() -> SocketAddr {
     l.local_addr().expect("local addr")
 }
 
+/// `N` distinct free loopback addresses: all bound at once, then released
+/// (one at a time, the kernel may hand out the same port twice).
+pub fn free_addrs<const N: usize>() -> [SocketAddr; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("local addr"))
+}
+
+/// The gateway's log line once its metrics endpoint listens (its error
+/// line, "metrics on ADDR: …", must not count).
+const METRICS_UP: &str = "metrics on http://";
+
 /// A directory for logs, removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -195,7 +208,7 @@ pub fn start_gateway(
 pub fn gateway_logging(extra: &[&str], rust_log: &str) -> Tunnel {
     let dir = TempDir::new("gw");
     for _ in 0..4 {
-        let (agents, public, metrics) = (free_addr(), free_addr(), free_addr());
+        let [agents, public, metrics] = free_addrs();
         let mut args: Vec<String> = vec![
             "gateway".into(),
             "--agents".into(),
@@ -210,7 +223,7 @@ pub fn gateway_logging(extra: &[&str], rust_log: &str) -> Tunnel {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let text = gw.log_text();
-            if text.contains("metrics on") {
+            if text.contains(METRICS_UP) {
                 return Tunnel {
                     dir,
                     agents,
@@ -255,7 +268,7 @@ pub fn start_gateway_logging(
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     let mut gw = Proc::start_logging("gateway", dir, &args, TOKEN, rust_log);
-    gw.wait_log("metrics on", Duration::from_secs(10));
+    gw.wait_log(METRICS_UP, Duration::from_secs(10));
     gw
 }
 
