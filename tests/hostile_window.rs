@@ -261,17 +261,23 @@ fn one_frame_past_the_window() {
         // The session goes on: a new stream on it is served in full.
         let msg: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
         assert_eq!(c.request(7, &msg, mode), answer(mode, &msg));
-        other_client(s.addr, mode, b"hello");
         assert!(c.goaway.is_none(), "{mode}: {:?}", c.goaway);
-        drop(c);
-        s.assert_alive();
-        s.assert_fds_back(base, mode);
-        assert!(
-            s.hwm_kib() < SMALL_RSS_KIB,
-            "{mode}: peak RSS {} KiB",
-            s.hwm_kib()
-        );
+        still_serving(&mut s, c, base, mode);
     }
+}
+
+/// After a case: another client is served, and once `c` is gone the server
+/// is alive, back to its `base` descriptors, and its peak RSS stayed small.
+fn still_serving(s: &mut Serve, c: Conn, base: usize, mode: &str) {
+    other_client(s.addr, mode, b"hello");
+    drop(c);
+    s.assert_alive();
+    s.assert_fds_back(base, mode);
+    assert!(
+        s.hwm_kib() < SMALL_RSS_KIB,
+        "{mode}: peak RSS {} KiB",
+        s.hwm_kib()
+    );
 }
 
 /// The echo server stops reading a stream once it cannot write its echo (the
@@ -297,11 +303,7 @@ fn many_frames_past_the_window() {
     );
     let msg = vec![9u8; 50_000];
     assert_eq!(c.request(5, &msg, "after the overrun"), msg);
-    other_client(s.addr, "echo", b"hello");
-    drop(c);
-    s.assert_alive();
-    s.assert_fds_back(base, "many frames past the window");
-    assert!(s.hwm_kib() < SMALL_RSS_KIB, "peak RSS {} KiB", s.hwm_kib());
+    still_serving(&mut s, c, base, "echo");
 }
 
 /// 64 streams at once, half of them overrunning their windows and half
@@ -350,15 +352,7 @@ fn many_streams_some_past_the_window() {
             assert!(!c.rst.contains_key(id), "{mode}: good stream {id} reset");
             assert_eq!(c.kept[id], answer(mode, &msg), "{mode}: stream {id}");
         }
-        other_client(s.addr, mode, b"hello");
-        drop(c);
-        s.assert_alive();
-        s.assert_fds_back(base, mode);
-        assert!(
-            s.hwm_kib() < SMALL_RSS_KIB,
-            "{mode}: peak RSS {} KiB",
-            s.hwm_kib()
-        );
+        still_serving(&mut s, c, base, mode);
     }
 }
 

@@ -357,6 +357,14 @@ fn wndinc_coalesced_and_every_read_byte_credited() {
     );
 }
 
+/// Windows of 1000 bytes, credited every 250, auto-tuned up to `max_auto`.
+fn small_windows(max_auto: u32) -> Config {
+    Config::default()
+        .with_max_window(1000)
+        .with_window_update_threshold(250)
+        .with_max_auto_window(max_auto)
+}
+
 fn no_auto_tuning() -> Config {
     Config::default().with_max_auto_window(Config::default().max_window)
 }
@@ -366,10 +374,7 @@ fn no_auto_tuning() -> Config {
 /// the new flow-control limit. A reader that lags gets no growth.
 #[test]
 fn auto_tuning_grows_the_window_of_a_reader_that_keeps_up() {
-    let config = Config::default()
-        .with_max_window(1000)
-        .with_window_update_threshold(250)
-        .with_max_auto_window(4000);
+    let config = small_windows(4000);
     let mut server = Peer::with(Role::Server, config.clone());
     server.input(&data(3, FLAG_SYN, &[7u8; 1000]));
     let k = server.accept();
@@ -469,21 +474,24 @@ fn auto_tuning_shares_the_budget_among_open_streams() {
     }
 }
 
+/// A server (1000-byte windows, auto-tuned to 4000) whose stream 3 received
+/// and read its first window, and credited it doubled: 2000.
+fn stream_3_grown_once() -> (Peer, StreamKey) {
+    let mut server = Peer::with(Role::Server, small_windows(4000));
+    server.input(&data(3, FLAG_SYN, &[7u8; 1000]));
+    let k = server.accept();
+    server.read_all(k);
+    assert_eq!(frames(&server.tx()), vec![F::WndInc(3, 2000)]);
+    (server, k)
+}
+
 /// A window does not grow while another stream reads (its bulk would queue
 /// ahead of their frames), and a window that grew is not shrunk: credit is
 /// never withheld, since a peer that ignores extra credit (ngrok's crate)
 /// would then wait for credit that never comes.
 #[test]
 fn auto_tuning_pauses_while_another_stream_reads() {
-    let config = Config::default()
-        .with_max_window(1000)
-        .with_window_update_threshold(250)
-        .with_max_auto_window(4000);
-    let mut server = Peer::with(Role::Server, config);
-    server.input(&data(3, FLAG_SYN, &[7u8; 1000]));
-    let bulk = server.accept();
-    server.read_all(bulk);
-    assert_eq!(frames(&server.tx()), vec![F::WndInc(3, 2000)]);
+    let (mut server, bulk) = stream_3_grown_once();
     // Another stream reads: the next credit of stream 3 is what it read,
     // no growth, and nothing withheld.
     server.input(&data(5, FLAG_SYN, &[1u8; 10]));
@@ -514,15 +522,7 @@ fn auto_tuning_pauses_while_another_stream_reads() {
 /// itself: the next stream grows at once, as the first did.
 #[test]
 fn a_stream_after_a_finished_one_grows_at_once() {
-    let config = Config::default()
-        .with_max_window(1000)
-        .with_window_update_threshold(250)
-        .with_max_auto_window(4000);
-    let mut server = Peer::with(Role::Server, config);
-    server.input(&data(3, FLAG_SYN, &[7u8; 1000]));
-    let first = server.accept();
-    server.read_all(first);
-    assert_eq!(frames(&server.tx()), vec![F::WndInc(3, 2000)]);
+    let (mut server, first) = stream_3_grown_once();
     // The download ends both ways and the stream is gone.
     server.input(&data(3, FLAG_FIN, b""));
     assert!(server.read_all(first).is_empty());
