@@ -29,7 +29,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use muxado::engine::{self, net::TcpStream, EngineHandle};
@@ -42,6 +42,7 @@ use tracing::{debug, info, warn};
 use super::args::AgentOptions;
 use super::backoff::Backoff;
 use super::gateway::tunnel_config;
+use super::notify::Notify;
 use super::proxy_protocol;
 use super::signals;
 use super::splice::splice;
@@ -171,7 +172,7 @@ fn request_stop() {
         if let Some(s) = core.session.borrow().as_ref() {
             let _ = s.close();
         }
-        core.notify();
+        core.changed.notify();
     }
 }
 
@@ -183,7 +184,7 @@ fn request_drain(deadline: Instant) {
             return;
         }
         core.draining.set(Some(deadline));
-        core.notify();
+        core.changed.notify();
     }
 }
 
@@ -197,16 +198,11 @@ struct AgentCore {
     /// The gateway said it drains: dial a new session, let the old one finish.
     redial: Cell<bool>,
     session: RefCell<Option<Session>>,
-    wakers: RefCell<Vec<Waker>>,
+    /// Woken when any of the above changes.
+    changed: Notify,
 }
 
 impl AgentCore {
-    fn notify(&self) {
-        for w in self.wakers.borrow_mut().drain(..) {
-            w.wake();
-        }
-    }
-
     /// Stopping or draining: dial nothing new.
     fn winding_down(&self) -> bool {
         self.stopping.get() || self.draining.get().is_some()
@@ -222,19 +218,7 @@ impl AgentCore {
             if let Poll::Ready(v) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Some(v));
             }
-            self.wakers.borrow_mut().push(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
-    }
-
-    /// Waits until `cond` holds, re-checked at every notification.
-    async fn until(&self, cond: impl Fn() -> bool) {
-        poll_fn(|cx| {
-            if cond() {
-                return Poll::Ready(());
-            }
-            self.wakers.borrow_mut().push(cx.waker().clone());
+            self.changed.register(cx);
             Poll::Pending
         })
         .await
@@ -257,7 +241,7 @@ impl Drop for InFlight {
         core.active.set(core.active.get() - 1);
         // Only a drain waits for the count: don't wake anyone otherwise.
         if core.draining.get().is_some() {
-            core.notify();
+            core.changed.notify();
         }
     }
 }
@@ -286,7 +270,7 @@ async fn agent_core(
         active: Cell::new(0),
         redial: Cell::new(false),
         session: RefCell::new(None),
-        wakers: RefCell::new(Vec::new()),
+        changed: Notify::default(),
     });
     CURRENT.with(|c| *c.borrow_mut() = Some(core.clone()));
     let mut backoff = Backoff::new(setup.opts.max_backoff);
@@ -511,7 +495,7 @@ async fn session_once(
         if core.redial.get() || core.winding_down() {
             return Poll::Ready(None);
         }
-        core.wakers.borrow_mut().push(cx.waker().clone());
+        core.changed.register(cx);
         Poll::Pending
     })
     .await;
@@ -592,7 +576,7 @@ fn tls_hint(e: &TlsError, name: &str) -> String {
 async fn drain(index: usize, core: &AgentCore, hb: &Heartbeat, acked: &Cell<bool>) {
     let deadline = core.draining.get().unwrap_or_else(Instant::now);
     let ack_by = deadline.min(Instant::now() + ACK_WAIT);
-    if engine::timeout_at(ack_by, core.until(|| acked.get()))
+    if engine::timeout_at(ack_by, core.changed.until(|| acked.get()))
         .await
         .is_err()
     {
@@ -603,7 +587,7 @@ async fn drain(index: usize, core: &AgentCore, hb: &Heartbeat, acked: &Cell<bool
     if n > 0 {
         info!("core {index}: draining: waiting for {n} connections to finish");
     }
-    if engine::timeout_at(deadline, core.until(|| core.active.get() == 0))
+    if engine::timeout_at(deadline, core.changed.until(|| core.active.get() == 0))
         .await
         .is_ok()
     {
@@ -634,7 +618,7 @@ async fn watch_control(mut ctl: Stream, core: Rc<AgentCore>, acked: Rc<Cell<bool
                 return Poll::Ready(Some(r));
             }
             if !told {
-                core.wakers.borrow_mut().push(cx.waker().clone());
+                core.changed.register(cx);
             }
             Poll::Pending
         })
@@ -648,11 +632,11 @@ async fn watch_control(mut ctl: Stream, core: Rc<AgentCore>, acked: Rc<Cell<bool
             }
             Some(Ok(1)) if b[0] == NOTICE_DRAIN => {
                 core.redial.set(true);
-                core.notify();
+                core.changed.notify();
             }
             Some(Ok(1)) if b[0] == NOTICE_DRAIN_ACK => {
                 acked.set(true);
-                core.notify();
+                core.changed.notify();
             }
             // Unknown notices are ignored (a newer gateway).
             Some(Ok(n)) if n > 0 => {}

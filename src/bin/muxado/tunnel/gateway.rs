@@ -28,7 +28,6 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use muxado::engine::{self, net::TcpListener, net::TcpStream, EngineHandle, JoinHandle};
@@ -40,6 +39,7 @@ use tracing::{debug, info, warn};
 
 use super::args::GatewayOptions;
 use super::metrics::{self, CoreMetrics, Meter, Registry};
+use super::notify::Notify;
 use super::signals;
 use super::splice::{abort_on_close, splice};
 use super::wire::{
@@ -194,32 +194,6 @@ fn request_drain() {
     if let Some(core) = CURRENT.with(|c| c.borrow().clone()) {
         core.draining.set(true);
         core.changed.notify();
-    }
-}
-
-/// Wakes the tasks waiting for a change of the core's state.
-#[derive(Default)]
-struct Notify {
-    wakers: RefCell<Vec<Waker>>,
-}
-
-impl Notify {
-    fn notify(&self) {
-        for w in self.wakers.borrow_mut().drain(..) {
-            w.wake();
-        }
-    }
-
-    /// Waits until `cond` holds, re-checking after every notification.
-    async fn until(&self, cond: impl Fn() -> bool) {
-        poll_fn(|cx| {
-            if cond() {
-                return Poll::Ready(());
-            }
-            self.wakers.borrow_mut().push(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
     }
 }
 

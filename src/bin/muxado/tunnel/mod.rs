@@ -26,6 +26,7 @@ mod gateway;
 mod idle;
 mod metrics;
 mod ngrok;
+mod notify;
 mod proxy_protocol;
 mod signals;
 mod splice;
