@@ -200,6 +200,27 @@ pub fn start_gateway(
     start_gateway_logging(dir, agents, public, metrics, extra, &default_log())
 }
 
+/// `muxado gateway` arguments: agents on `agents`, `web` on `public`,
+/// metrics on `metrics`, then `extra`.
+fn gateway_args(
+    agents: SocketAddr,
+    public: SocketAddr,
+    metrics: SocketAddr,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "gateway".into(),
+        "--agents".into(),
+        agents.to_string(),
+        "--expose".into(),
+        format!("web={public}"),
+        "--metrics".into(),
+        metrics.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 /// A gateway exposing `web` with `RUST_LOG=rust_log`.
 ///
 /// The free ports are picked before the gateway binds them, so a parallel
@@ -209,16 +230,7 @@ pub fn gateway_logging(extra: &[&str], rust_log: &str) -> Tunnel {
     let dir = TempDir::new("gw");
     for _ in 0..4 {
         let [agents, public, metrics] = free_addrs();
-        let mut args: Vec<String> = vec![
-            "gateway".into(),
-            "--agents".into(),
-            agents.to_string(),
-            "--expose".into(),
-            format!("web={public}"),
-            "--metrics".into(),
-            metrics.to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let args = gateway_args(agents, public, metrics, extra);
         let mut gw = Proc::start_logging("gateway", &dir, &args, TOKEN, rust_log);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -257,16 +269,7 @@ pub fn start_gateway_logging(
     extra: &[&str],
     rust_log: &str,
 ) -> Proc {
-    let mut args: Vec<String> = vec![
-        "gateway".into(),
-        "--agents".into(),
-        agents.to_string(),
-        "--expose".into(),
-        format!("web={public}"),
-        "--metrics".into(),
-        metrics.to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
+    let args = gateway_args(agents, public, metrics, extra);
     let mut gw = Proc::start_logging("gateway", dir, &args, TOKEN, rust_log);
     gw.wait_log(METRICS_UP, Duration::from_secs(10));
     gw
