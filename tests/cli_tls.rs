@@ -11,52 +11,14 @@ mod cli;
 
 use std::time::Duration;
 
-use cli::{arg, muxado, require_uring, self_signed, Output, Server, TempDir};
-
-const LIMIT: Duration = Duration::from_secs(90);
+use cli::{
+    arg, bench_short, check_rows, muxado, require_uring, self_signed, Output, Server, TempDir,
+};
 
 /// `muxado bench --connect <server> --tls-ca <ca> --json …` with short runs.
 fn bench_tls(server: &Server, ca: &std::path::Path, extra: &[&str]) -> Output {
     let addr = server.addr.to_string();
-    let mut args = vec![
-        "bench",
-        "--connect",
-        &addr,
-        "--tls-ca",
-        arg(ca),
-        "--duration",
-        "0.15",
-        "--repeat",
-        "1",
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    muxado(&args, LIMIT)
-}
-
-/// Every JSON line names one of `systems` and did work; all of `systems`
-/// appear, `cases` times each.
-fn check_rows(r: &Output, systems: &[&str], cases: usize) {
-    assert!(r.ok, "bench failed:\n{}", r.stderr);
-    let lines: Vec<&str> = r.stdout.lines().collect();
-    assert_eq!(
-        lines.len(),
-        systems.len() * cases,
-        "{}\n{}",
-        r.stdout,
-        r.stderr
-    );
-    for l in &lines {
-        assert!(l.starts_with('{'), "{l}");
-        assert!(!l.contains("\"ops\":0,"), "a row did nothing: {l}");
-    }
-    for s in systems {
-        let n = lines
-            .iter()
-            .filter(|l| l.contains(&format!("\"system\":\"{s}\"")))
-            .count();
-        assert_eq!(n, cases, "rows of {s}:\n{}", r.stdout);
-    }
+    bench_short(&["--connect", &addr, "--tls-ca", arg(ca)], extra)
 }
 
 /// Echo (rpc, open) and sink (bulk) over TLS against a server on `driver`,

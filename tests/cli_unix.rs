@@ -9,49 +9,15 @@ mod cli;
 
 use std::time::Duration;
 
-use cli::{arg, muxado, require_uring, self_signed, Output, Server, TempDir};
+use cli::{
+    arg, bench_short, check_rows, muxado, require_uring, self_signed, Output, Server, TempDir,
+};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
 /// `muxado bench --unix <path> …` with short runs, one JSON line per row.
 fn bench_unix(path: &std::path::Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "bench",
-        "--unix",
-        arg(path),
-        "--duration",
-        "0.15",
-        "--repeat",
-        "1",
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    muxado(&args, LIMIT)
-}
-
-/// `rows` JSON lines, each of which did work, `per_system` of each of `systems`.
-fn check_rows(r: &Output, systems: &[&str], per_system: usize) {
-    assert!(r.ok, "bench failed:\n{}", r.stderr);
-    let lines: Vec<&str> = r.stdout.lines().collect();
-    assert_eq!(
-        lines.len(),
-        systems.len() * per_system,
-        "{}\n{}",
-        r.stdout,
-        r.stderr
-    );
-    for l in &lines {
-        assert!(
-            l.starts_with('{') && l.contains("\"placement\":\"remote\""),
-            "{l}"
-        );
-        assert!(!l.contains("\"ops\":0,"), "a row did nothing: {l}");
-    }
-    for s in systems {
-        let tag = format!("\"system\":\"{s}\"");
-        let n = lines.iter().filter(|l| l.contains(&tag)).count();
-        assert_eq!(n, per_system, "rows of {s}:\n{}", r.stdout);
-    }
+    bench_short(&["--unix", arg(path)], extra)
 }
 
 /// Echo (rpc, open) and sink (bulk) over a Unix socket against a server on

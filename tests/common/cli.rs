@@ -239,3 +239,39 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
 pub fn muxado(args: &[&str], limit: Duration) -> Output {
     run_bounded(Command::new(BIN).args(args), limit)
 }
+
+/// `muxado bench <target…> --duration 0.15 --repeat 1 --json <extra…>`: short
+/// runs against a server elsewhere, one JSON line per row, within 90 s.
+pub fn bench_short(target: &[&str], extra: &[&str]) -> Output {
+    let mut args = vec!["bench"];
+    args.extend_from_slice(target);
+    args.extend_from_slice(&["--duration", "0.15", "--repeat", "1", "--json"]);
+    args.extend_from_slice(extra);
+    muxado(&args, Duration::from_secs(90))
+}
+
+/// The bench succeeded with `per_system` JSON rows for each of `systems` and
+/// nothing else, every row measured against the remote server and did work.
+pub fn check_rows(r: &Output, systems: &[&str], per_system: usize) {
+    assert!(r.ok, "bench failed:\n{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        systems.len() * per_system,
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    for l in &lines {
+        assert!(
+            l.starts_with('{') && l.contains("\"placement\":\"remote\""),
+            "{l}"
+        );
+        assert!(!l.contains("\"ops\":0,"), "a row did nothing: {l}");
+    }
+    for s in systems {
+        let tag = format!("\"system\":\"{s}\"");
+        let n = lines.iter().filter(|l| l.contains(&tag)).count();
+        assert_eq!(n, per_system, "rows of {s}:\n{}", r.stdout);
+    }
+}
