@@ -61,11 +61,38 @@ const GOALS: [(&str, &str); 26] = [
     ("open/16", "muxado-tokio ≥ 3× yamux"),
 ];
 
+/// Runs `args` with `--out` a fresh temp dir (named by `tag`) and returns
+/// the output and the `results.md` and `results.json` it wrote. Without
+/// io_uring the engine's systems cannot run: that fails loudly here.
+fn bench_into_dir(tag: &str, args: &[&str], limit: Duration) -> (cli::Output, String, String) {
+    let dir = std::env::temp_dir().join(format!("muxado-bench-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut args = args.to_vec();
+    args.extend_from_slice(&["--out", dir.to_str().expect("utf-8 temp dir")]);
+    let r = cli::muxado(&args, limit);
+    assert!(
+        !r.stderr.contains("io_uring unavailable"),
+        "cannot run the bench here:\n{}",
+        r.stderr
+    );
+    let md = std::fs::read_to_string(dir.join("results.md"));
+    let json = std::fs::read_to_string(dir.join("results.json"));
+    let _ = std::fs::remove_dir_all(&dir);
+    (r, md.expect("results.md"), json.expect("results.json"))
+}
+
+/// The progress lines that report a failed round.
+fn failed_rounds(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("  ") && l.contains(" round "))
+        .collect()
+}
+
 #[test]
 fn whole_suite_reports_every_row_and_goal() {
-    let dir = std::env::temp_dir().join(format!("muxado-bench-smoke-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let r = cli::muxado(
+    let (r, md, json) = bench_into_dir(
+        "smoke",
         &[
             "bench",
             // The engine's systems are part of the suite: without io_uring
@@ -76,28 +103,13 @@ fn whole_suite_reports_every_row_and_goal() {
             "0.03",
             "--repeat",
             "2",
-            "--out",
-            dir.to_str().expect("utf-8 temp dir"),
         ],
         Duration::from_secs(600),
     );
-    assert!(
-        !r.stderr.contains("io_uring unavailable"),
-        "cannot run the suite here:\n{}",
-        r.stderr
-    );
-    let md = std::fs::read_to_string(dir.join("results.md"));
-    let json = std::fs::read_to_string(dir.join("results.json"));
-    let _ = std::fs::remove_dir_all(&dir);
-    let (md, json) = (md.expect("results.md"), json.expect("results.json"));
     // Our systems must run every time. A peer's failed run (ngrok's crate
     // stalls now and then with 64 bulk streams) must show in the table and
     // the exit status, its goals as missed; it is printed here, not hidden.
-    let failed: Vec<&str> = r
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("  ") && l.contains(" round "))
-        .collect();
+    let failed = failed_rounds(&r.stderr);
     for f in &failed {
         assert!(
             !f.contains(" muxado round ") && !f.contains(" tcp-uring round "),
@@ -171,9 +183,8 @@ fn whole_suite_reports_every_row_and_goal() {
 /// and the results file says what the TLS rows ran over.
 #[test]
 fn tls_rows_beside_the_plain_ones() {
-    let dir = std::env::temp_dir().join(format!("muxado-bench-smoke-tls-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let r = cli::muxado(
+    let (r, md, json) = bench_into_dir(
+        "smoke-tls",
         &[
             "bench",
             // muxado+tls runs on the engine: without io_uring this fails
@@ -193,27 +204,12 @@ fn tls_rows_beside_the_plain_ones() {
             "0.03",
             "--repeat",
             "2",
-            "--out",
-            dir.to_str().expect("utf-8 temp dir"),
         ],
         Duration::from_secs(300),
     );
-    assert!(
-        !r.stderr.contains("io_uring unavailable"),
-        "cannot run the TLS rows here:\n{}",
-        r.stderr
-    );
-    let md = std::fs::read_to_string(dir.join("results.md"));
-    let json = std::fs::read_to_string(dir.join("results.json"));
-    let _ = std::fs::remove_dir_all(&dir);
-    let (md, json) = (md.expect("results.md"), json.expect("results.json"));
     // Our systems, plain and over TLS, must run every time; a peer's failed
     // run is reported (and fails the exit status), not hidden.
-    let failed: Vec<&str> = r
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("  ") && l.contains(" round "))
-        .collect();
+    let failed = failed_rounds(&r.stderr);
     for f in &failed {
         assert!(
             f.contains(" ngrok-muxado"),
