@@ -15,6 +15,18 @@ use cli::{
 
 const LIMIT: Duration = Duration::from_secs(90);
 
+/// One rpc stream, muxado-tokio only.
+const TOKIO_RPC_1: &[&str] = &[
+    "--driver",
+    "tokio",
+    "--systems",
+    "muxado-tokio",
+    "--scenario",
+    "rpc",
+    "--streams",
+    "1",
+];
+
 /// `muxado bench --unix <path> …` with short runs, one JSON line per row.
 fn bench_unix(path: &std::path::Path, extra: &[&str]) -> Output {
     bench_short(&["--unix", arg(path)], extra)
@@ -132,23 +144,7 @@ fn a_stale_socket_is_replaced_and_a_live_one_or_a_file_refused() {
     drop(first);
     assert!(path.exists(), "the killed server's socket file is gone");
     let second = Server::start_unix(&path, &["--driver", "tokio", "--mode", "echo"]);
-    check_rows(
-        &bench_unix(
-            &path,
-            &[
-                "--driver",
-                "tokio",
-                "--systems",
-                "muxado-tokio",
-                "--scenario",
-                "rpc",
-                "--streams",
-                "1",
-            ],
-        ),
-        &["muxado-tokio"],
-        1,
-    );
+    check_rows(&bench_unix(&path, TOKIO_RPC_1), &["muxado-tokio"], 1);
     drop(second);
     // A regular file at the path is never removed.
     let file = dir.path("plain-file");
@@ -160,19 +156,7 @@ fn a_stale_socket_is_replaced_and_a_live_one_or_a_file_refused() {
     assert!(!r.ok && r.stderr.contains("not a socket"), "{}", r.stderr);
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
     // Nothing at the path: the client names the path and fails.
-    let r = bench_unix(
-        &dir.path("nobody.sock"),
-        &[
-            "--driver",
-            "tokio",
-            "--systems",
-            "muxado-tokio",
-            "--scenario",
-            "rpc",
-            "--streams",
-            "1",
-        ],
-    );
+    let r = bench_unix(&dir.path("nobody.sock"), TOKIO_RPC_1);
     assert!(!r.ok && r.stderr.contains("connect"), "{}", r.stderr);
 }
 
