@@ -134,14 +134,14 @@ pub struct Session {
     /// unless the application reads meanwhile, and `app_read` when its clock
     /// last (re)started ([`Config::max_pause`]).
     pause: Option<(Instant, u64)>,
-    /// The pause ran out with nothing read: the session reads on, and DATA
-    /// it cannot hold resets its stream. It ends once the session is under
-    /// its budget, but not before `max_pause` after it began (`shed_since`):
+    /// Since when the session sheds (`None`: it does not): the pause ran out
+    /// with nothing read, so the session reads on, and DATA it cannot hold
+    /// resets its stream. It ends once the session is under its budget, but
+    /// not before `max_pause` after it began:
     /// the resets free memory by themselves, and ending at once would start
     /// a new pause each time the session filled up again, so that a stuck
     /// application would see one pause per budget's worth of input (a
     /// window overrun behind it answered only many pauses later).
-    shedding: bool,
     shed_since: Option<Instant>,
     /// Bytes the application read from streams that were not reset: its
     /// progress, as the pause and shedding measure it.
@@ -191,7 +191,6 @@ impl Session {
             lingering: VecDeque::new(),
             budget_retry: None,
             pause: None,
-            shedding: false,
             shed_since: None,
             app_read: 0,
             frame_deadline: None,
@@ -299,7 +298,7 @@ impl Session {
     /// that fills up again sheds at once.
     #[inline]
     pub fn wants_input(&self) -> bool {
-        self.error.is_some() || self.shedding || !self.memory.over(self.streams.len())
+        self.error.is_some() || self.shed_since.is_some() || !self.memory.over(self.streams.len())
     }
 
     /// Bytes of memory the session holds now, as its budget counts them:
@@ -442,16 +441,15 @@ impl Session {
         let over = self.memory.over(self.streams.len());
         if self.error.is_some() {
             self.pause = None;
-            self.shedding = false;
+            self.shed_since = None;
             return;
         }
-        if self.shedding {
-            let done = match (self.shed_since, self.config.max_pause) {
-                (Some(since), Some(limit)) => now >= since + limit,
-                _ => true,
-            };
+        if let Some(since) = self.shed_since {
+            let done = self
+                .config
+                .max_pause
+                .map_or(true, |limit| now >= since + limit);
             if !over && done {
-                self.shedding = false;
                 self.shed_since = None;
             }
             return;
@@ -466,7 +464,6 @@ impl Session {
         match self.pause {
             Some((deadline, mark)) if self.app_read == mark && deadline <= now => {
                 self.pause = None;
-                self.shedding = true;
                 self.shed_since = Some(now);
             }
             Some((_, mark)) if self.app_read == mark => {}
@@ -919,7 +916,7 @@ impl Session {
         // but holds no more while over its budget: to the peer, its buffer
         // is smaller than the window, and the reference answers that with
         // FlowControlError (§4). The payload is drained.
-        if self.shedding && h.length > 0 && self.memory.over(streams) {
+        if self.shed_since.is_some() && h.length > 0 && self.memory.over(streams) {
             self.reset_stream(now, key, ErrorCode::FlowControlError);
             return Sink::Drain;
         }
