@@ -69,8 +69,12 @@ pub struct Stats {
     pub frames_out: u64,
     /// Bytes handed to [`Session::handle_input`].
     pub bytes_in: u64,
-    /// Bytes handed out by [`Session::poll_transmit`].
+    /// Bytes handed out by [`Session::poll_transmit`] (and
+    /// [`Session::poll_transmit_vectored`]).
     pub bytes_out: u64,
+    /// Payload bytes [`Session::write_bytes`] queued by reference instead of
+    /// copying them (part of `bytes_out` once transmitted).
+    pub bytes_by_reference: u64,
     /// Times a write waited because the stream's send window was empty.
     pub window_stalls: u64,
     /// Times a write waited for outgoing buffer space or its fairness quota.
@@ -546,6 +550,7 @@ impl Session {
             };
             self.out.parts.push((self.out.buf.len(), part));
             self.out.parts_len += n;
+            self.stats.bytes_by_reference += n as u64;
         } else {
             copy::extend(&mut self.out.buf, &data[..n]);
         }
