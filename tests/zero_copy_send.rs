@@ -5,7 +5,8 @@
 //!   by-reference writes (`write_all_bytes`) of every size interleave on
 //!   several streams, over TCP (with a small `SO_SNDBUF` and a slow reader,
 //!   so that sends are partial and resume mid-iovec) and Unix sockets, with
-//!   plain and zero-copy (`SENDMSG_ZC`) sends on the engine, and with a
+//!   plain and zero-copy (`SENDMSG_ZC`) sends on the engine, over the
+//!   engine's TLS (which takes the transmission flattened), and with a
 //!   vectored and a non-vectored transport on tokio.
 //! - A transmission of more pieces than one `sendmsg` takes (1024) goes out
 //!   whole.
@@ -25,7 +26,10 @@ use bytes::Bytes;
 use muxado::engine::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use muxado::engine::{self, Builder};
 use muxado::proto::ZERO_COPY_MIN;
+use muxado::transport::{TlsClientConfig, TlsServerConfig, TlsStream};
 use muxado::{Config, Session};
+
+mod transport_util;
 
 // ---- counting allocator ---------------------------------------------------
 
@@ -174,6 +178,8 @@ enum Link {
     Tcp,
     /// A Unix socket in a temporary directory.
     Unix,
+    /// TLS over TCP (small `SO_SNDBUF` too).
+    Tls,
 }
 
 async fn engine_pair(link: Link) -> (Session, Session) {
@@ -203,6 +209,25 @@ async fn engine_pair(link: Link) -> (Session, Session) {
             let server = Session::server(accept.await, Config::default());
             let _ = std::fs::remove_dir_all(&dir);
             (Session::client(unix, Config::default()), server)
+        }
+        Link::Tls => {
+            let pki = transport_util::Pki::new();
+            let server_cfg =
+                TlsServerConfig::from_pem(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes()).unwrap();
+            let client_cfg = TlsClientConfig::from_ca_pem(pki.ca_pem.as_bytes()).unwrap();
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let accept = engine::spawn(async move {
+                let (tcp, _) = listener.accept().await.unwrap();
+                TlsStream::accept(tcp, &server_cfg).await.unwrap()
+            });
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            set_sndbuf(tcp.as_raw_fd(), 16 * 1024);
+            let tls = TlsStream::connect(tcp, &client_cfg, "localhost")
+                .await
+                .unwrap();
+            let server = Session::server(accept.await, Config::default());
+            (Session::client(tls, Config::default()), server)
         }
     }
 }
@@ -296,6 +321,12 @@ fn engine_tcp_zero_copy_sends_resume_mid_iovec() {
 #[test]
 fn engine_unix_mixed_writes_arrive_intact() {
     engine_transfer(Builder::default(), Link::Unix);
+}
+
+/// TLS takes the transmission flattened (it copies into records anyway).
+#[test]
+fn engine_tls_mixed_writes_arrive_intact() {
+    engine_transfer(Builder::default(), Link::Tls);
 }
 
 /// 16 streams each queue 64 by-reference frames of `ZERO_COPY_MIN` bytes in
