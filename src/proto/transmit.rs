@@ -67,14 +67,17 @@ impl Transmit {
 
     /// Takes the frame buffer out (the transmission keeps an empty one), for a
     /// sender that owns a single buffer while it sends; give it back with
-    /// [`Transmit::put_flat`]. Only meaningful without parts.
-    pub fn take_flat(&mut self) -> BytesMut {
+    /// [`Transmit::put_flat`]. Only for a transmission without parts (whose
+    /// offsets point into the buffer): the caller checks.
+    pub(crate) fn take_flat(&mut self) -> BytesMut {
+        debug_assert!(self.parts.is_empty());
         std::mem::take(&mut self.buf)
     }
 
     /// Gives back the buffer [`Transmit::take_flat`] took (its contents are
     /// kept; its capacity is reused by the next transmission).
-    pub fn put_flat(&mut self, buf: BytesMut) {
+    pub(crate) fn put_flat(&mut self, buf: BytesMut) {
+        debug_assert!(self.parts.is_empty());
         self.buf = buf;
     }
 
