@@ -854,7 +854,8 @@ impl Stream {
 
     /// Writes some of `data` like [`Stream::write`], but without copying it:
     /// a payload of at least [`ZERO_COPY_MIN`](crate::proto::ZERO_COPY_MIN)
-    /// bytes is queued by reference (a [`Bytes::slice`], no allocation) and
+    /// bytes is queued by reference (a [`Bytes::slice`]; see
+    /// [`proto::Session::write_bytes`](crate::proto::Session::write_bytes)) and
     /// sent from where it is, by a vectored send beside the frame headers.
     /// Returns how many bytes were taken; send the rest with
     /// `data.slice(n..)`, or use [`Stream::write_all_bytes`].

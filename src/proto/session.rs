@@ -537,6 +537,14 @@ impl Session {
     /// sent from where it is ([`Session::poll_transmit_vectored`]). The queued
     /// payload counts toward [`Config::max_send_buffer`] like copied bytes.
     /// Shorter payloads are copied (cheaper than the bookkeeping).
+    ///
+    /// `data` is borrowed so that a write that must wait costs nothing; what
+    /// is taken is a clone or slice of it, which allocates nothing for a
+    /// static or shared `Bytes` (one made from a `Vec` becomes shared, with
+    /// one allocation, at its first clone). Like copied bytes, queued parts
+    /// are sent even if the stream is reset or the session dies meanwhile
+    /// (before the RST or GOAWAY), and are released once transmitted (or
+    /// with the session).
     pub fn write_bytes(&mut self, key: StreamKey, data: &Bytes) -> Result<usize, Error> {
         let Some((id, n, flags)) = self.admit_data(key, data.len())? else {
             return Ok(0);

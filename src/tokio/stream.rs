@@ -83,7 +83,8 @@ impl Stream {
 
     /// Writes some of `data` like [`Stream::write`], but without copying it:
     /// a payload of at least [`ZERO_COPY_MIN`](crate::proto::ZERO_COPY_MIN)
-    /// bytes is queued by reference (a [`Bytes::slice`], no allocation) and
+    /// bytes is queued by reference (a [`Bytes::slice`]; see
+    /// [`proto::Session::write_bytes`](crate::proto::Session::write_bytes)) and
     /// the driver sends it from where it is (`poll_write_vectored` when the
     /// transport writes vectored, else piece by piece). Returns how many bytes
     /// were taken; see also [`Stream::write_all_bytes`].
