@@ -54,8 +54,9 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::Bytes;
 
+use crate::engine::net::VectoredSend;
 use crate::engine::{self, Sleep};
 use crate::error::{Error, ErrorCode};
 use crate::proto::{self, Config, Event, Role, StreamKey};
@@ -625,7 +626,7 @@ async fn writer(shared: Rc<Shared>) {
     // Empty until the first send: the protocol's buffer and this one trade
     // places at every send, and grow to what the traffic needs. (A 64 KiB
     // buffer per session was a measurable part of a short session's cost.)
-    let mut spare = BytesMut::new();
+    let mut spare = VectoredSend::new();
     loop {
         let ready = poll_fn(|cx| {
             let mut st = shared.state.borrow_mut();
@@ -651,7 +652,7 @@ async fn writer(shared: Rc<Shared>) {
         // one more loop turn (a system call, and latency).
         let dying = {
             let mut st = shared.state.borrow_mut();
-            if st.proto.poll_transmit(&mut spare) {
+            if st.proto.poll_transmit_vectored(&mut spare.t) {
                 st.sends += 1;
                 st.dispatch(&shared);
                 Some(st.proto.is_dead())
@@ -660,8 +661,8 @@ async fn writer(shared: Rc<Shared>) {
             }
         };
         let Some(dying) = dying else {
-            // No frames after all (`spare` still holds the last send's
-            // bytes); the transport may have bytes of its own (TLS).
+            // No frames after all; the transport may have bytes of its own
+            // (TLS).
             if let Err(e) = shared.transport.flush().await {
                 let mut st = shared.state.borrow_mut();
                 st.proto.handle_transport_error(&e.to_string());
@@ -670,23 +671,20 @@ async fn writer(shared: Rc<Shared>) {
             }
             continue;
         };
-        let (result, buf) = if dying {
-            let send = async {
-                match &shared.transport {
-                    // The last bytes (the GOAWAY) wait in the socket for the
-                    // FIN that follows at once, and leave with it in one
-                    // segment.
-                    Transport::Tcp(tcp) => tcp.send_all_more(spare).await,
-                    _ => shared.transport.send_all(spare).await,
-                }
-            };
-            match engine::timeout(GOAWAY_GRACE, send).await {
+        // Frames go out as one buffer, or vectored with the payloads that
+        // `write_bytes` queued by reference (see `Transport::send_transmit`).
+        let (result, mut buf) = if dying {
+            // The last bytes (the GOAWAY) wait in the socket for the FIN
+            // that follows at once, and leave with it in one segment.
+            match engine::timeout(GOAWAY_GRACE, shared.transport.send_transmit(spare, true)).await {
                 Ok(done) => done,
                 Err(_) => break,
             }
         } else {
-            shared.transport.send_all(spare).await
+            shared.transport.send_transmit(spare, false).await
         };
+        // The payloads are sent: let go of them now, not at the next send.
+        buf.t.clear();
         spare = buf;
         if result.is_ok() {
             let mut st = shared.state.borrow_mut();
@@ -854,6 +852,26 @@ impl Stream {
         Ok(())
     }
 
+    /// Writes some of `data` like [`Stream::write`], but without copying it:
+    /// a payload of at least [`ZERO_COPY_MIN`](crate::proto::ZERO_COPY_MIN)
+    /// bytes is queued by reference (a [`Bytes::slice`]; see
+    /// [`proto::Session::write_bytes`](crate::proto::Session::write_bytes)) and
+    /// sent from where it is, by a vectored send beside the frame headers.
+    /// Returns how many bytes were taken; send the rest with
+    /// `data.slice(n..)`, or use [`Stream::write_all_bytes`].
+    pub async fn write_bytes(&mut self, data: &Bytes) -> Result<usize, Error> {
+        poll_fn(|cx| self.poll_write_bytes(cx, data)).await
+    }
+
+    /// Writes all of `data` without copying it (see [`Stream::write_bytes`]).
+    pub async fn write_all_bytes(&mut self, mut data: Bytes) -> Result<(), Error> {
+        while !data.is_empty() {
+            let n = self.write_bytes(&data).await?;
+            bytes::Buf::advance(&mut data, n);
+        }
+        Ok(())
+    }
+
     /// Half-closes: no more writes; the peer reads EOF after the data. Reading goes on.
     pub fn close_write(&mut self) -> Result<(), Error> {
         self.with_state(|st, key| st.proto.close_write(key))
@@ -971,6 +989,24 @@ impl Stream {
     ) -> Poll<Result<usize, Error>> {
         let mut st = self.shared.state.borrow_mut();
         let out = match st.proto.write(self.key, data) {
+            Ok(0) if !data.is_empty() => {
+                register(&mut st.slot(self.key).write, cx);
+                expired(&mut self.write_deadline, cx, "write")
+            }
+            r => Poll::Ready(r),
+        };
+        st.dispatch(&self.shared);
+        out
+    }
+
+    /// Poll form of [`Stream::write_bytes`].
+    pub fn poll_write_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &Bytes,
+    ) -> Poll<Result<usize, Error>> {
+        let mut st = self.shared.state.borrow_mut();
+        let out = match st.proto.write_bytes(self.key, data) {
             Ok(0) if !data.is_empty() => {
                 register(&mut st.slot(self.key).write, cx);
                 expired(&mut self.write_deadline, cx, "write")

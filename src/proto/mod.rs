@@ -20,9 +20,11 @@ mod reader;
 mod scheduler;
 mod session;
 mod stream;
+mod transmit;
 
 pub use config::Config;
 pub use ids::Role;
 pub use memory::{MemoryBudget, SESSION_FLOOR, STREAM_COST};
 pub use session::{Event, Session, Stats, MAX_WINDOW};
 pub use stream::StreamKey;
+pub use transmit::{Chunks, Transmit, ZERO_COPY_MIN};

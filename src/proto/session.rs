@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use slab::Slab;
 
 use super::config::Config;
@@ -23,6 +23,7 @@ use super::memory::SessionMemory;
 use super::reader::{FrameReader, Sink, Step};
 use super::scheduler::{Scheduler, Stall};
 use super::stream::{StreamKey, StreamState};
+use super::transmit::{Transmit, ZERO_COPY_MIN};
 use crate::copy;
 use crate::error::{Error, ErrorCode};
 use crate::frame::{self, FrameType, Header, FLAG_FIN, FLAG_SYN, GOAWAY_FIXED_LEN, MAX_PAYLOAD};
@@ -68,8 +69,12 @@ pub struct Stats {
     pub frames_out: u64,
     /// Bytes handed to [`Session::handle_input`].
     pub bytes_in: u64,
-    /// Bytes handed out by [`Session::poll_transmit`].
+    /// Bytes handed out by [`Session::poll_transmit`] (and
+    /// [`Session::poll_transmit_vectored`]).
     pub bytes_out: u64,
+    /// Payload bytes [`Session::write_bytes`] queued by reference instead of
+    /// copying them (part of `bytes_out` once transmitted).
+    pub bytes_by_reference: u64,
     /// Times a write waited because the stream's send window was empty.
     pub window_stalls: u64,
     /// Times a write waited for outgoing buffer space or its fairness quota.
@@ -158,7 +163,7 @@ pub struct Session {
     pending_goaway: (u32, ErrorCode),
     pending_goaway_debug: Vec<u8>,
 
-    out: BytesMut,
+    out: Transmit,
     events: VecDeque<Event>,
 
     local_gone_away: bool,
@@ -200,7 +205,7 @@ impl Session {
             goaway_event_queued: false,
             pending_goaway: (0, ErrorCode::NoError),
             pending_goaway_debug: Vec::new(),
-            out: BytesMut::new(),
+            out: Transmit::new(),
             events: VecDeque::new(),
             local_gone_away: false,
             remote_goaway: None,
@@ -275,7 +280,8 @@ impl Session {
         self.remote_goaway.as_ref().map(|(c, d)| (*c, d.as_slice()))
     }
 
-    /// Bytes waiting in the outgoing buffer.
+    /// Bytes waiting to be transmitted: frames in the outgoing buffer and
+    /// the payloads queued by reference beside them.
     pub fn pending_transmit(&self) -> usize {
         self.out.len()
     }
@@ -371,14 +377,14 @@ impl Session {
     pub fn handle_eof(&mut self) {
         let quiet =
             self.remote_goaway.is_some() && !self.reader.mid_frame() && self.error.is_none();
-        let mark = self.out.len();
+        let mark = self.out.buf.len();
         self.die(Error::PeerEof(if self.reader.mid_frame() {
             "unexpected EOF from remote peer in the middle of a frame"
         } else {
             "read EOF from remote peer"
         }));
         if quiet {
-            self.out.truncate(mark);
+            self.out.buf.truncate(mark);
             self.stats.frames_out -= 1;
         }
     }
@@ -516,14 +522,65 @@ impl Session {
     /// `data` means wait for [`Event::Writable`] (window empty, buffer full, or
     /// this stream's fair share of the current transmission used up).
     pub fn write(&mut self, key: StreamKey, data: &[u8]) -> Result<usize, Error> {
+        let Some((id, n, flags)) = self.admit_data(key, data.len())? else {
+            return Ok(0);
+        };
+        frame::encode_data_header(&mut self.out.buf, id, n, flags).expect("id and length checked");
+        copy::extend(&mut self.out.buf, &data[..n]);
+        Ok(n)
+    }
+
+    /// Like [`Session::write`], with the same window, buffer and fairness
+    /// rules, but a payload of at least [`ZERO_COPY_MIN`] bytes is not copied:
+    /// the frame's header goes into the outgoing buffer and the payload (a
+    /// [`Bytes::slice`] of `data`: no allocation) is queued beside it, to be
+    /// sent from where it is ([`Session::poll_transmit_vectored`]). The queued
+    /// payload counts toward [`Config::max_send_buffer`] like copied bytes.
+    /// Shorter payloads are copied (cheaper than the bookkeeping).
+    ///
+    /// `data` is borrowed so that a write that must wait costs nothing; what
+    /// is taken is a clone or slice of it, which allocates nothing for a
+    /// static or shared `Bytes` (one made from a `Vec` becomes shared, with
+    /// one allocation, at its first clone). Like copied bytes, queued parts
+    /// are sent even if the stream is reset or the session dies meanwhile
+    /// (before the RST or GOAWAY), and are released once transmitted (or
+    /// with the session).
+    pub fn write_bytes(&mut self, key: StreamKey, data: &Bytes) -> Result<usize, Error> {
+        let Some((id, n, flags)) = self.admit_data(key, data.len())? else {
+            return Ok(0);
+        };
+        frame::encode_data_header(&mut self.out.buf, id, n, flags).expect("id and length checked");
+        if n >= ZERO_COPY_MIN {
+            let part = if n == data.len() {
+                data.clone()
+            } else {
+                data.slice(..n)
+            };
+            self.out.parts.push((self.out.buf.len(), part));
+            self.out.parts_len += n;
+            self.stats.bytes_by_reference += n as u64;
+        } else {
+            copy::extend(&mut self.out.buf, &data[..n]);
+        }
+        Ok(n)
+    }
+
+    /// Admits up to `len` bytes of DATA on `key`: `Some((id, n, flags))` for
+    /// a frame of `n` bytes the caller then queues, `None` to wait (the stream
+    /// is told to expect [`Event::Writable`]).
+    fn admit_data(
+        &mut self,
+        key: StreamKey,
+        len: usize,
+    ) -> Result<Option<(u32, usize, u8)>, Error> {
         let room = self.config.max_send_buffer.saturating_sub(self.out.len());
         let s = self.get_mut(key)?;
         check_writable(s)?;
-        if data.is_empty() {
-            return Ok(0);
+        if len == 0 {
+            return Ok(None);
         }
         let s = &mut self.streams[key.slot as usize];
-        let n = match self.sched.admit(key, s, data.len(), room, &self.config) {
+        let n = match self.sched.admit(key, s, len, room, &self.config) {
             Ok(n) => n,
             Err(stall) => {
                 s.want_write = true;
@@ -531,17 +588,14 @@ impl Session {
                     Stall::Window => self.stats.window_stalls += 1,
                     Stall::Buffer => self.stats.buffer_stalls += 1,
                 }
-                return Ok(0);
+                return Ok(None);
             }
         };
         let flags = if s.syn_sent { 0 } else { FLAG_SYN };
         s.syn_sent = true;
         s.send_window -= n as u64;
-        let id = s.id;
-        frame::encode_data_header(&mut self.out, id, n, flags).expect("id and length checked");
-        copy::extend(&mut self.out, &data[..n]);
         self.stats.frames_out += 1;
-        Ok(n)
+        Ok(Some((s.id, n, flags)))
     }
 
     /// Copies received bytes into `dst`. `Ok(Some(n))` with n > 0: data;
@@ -695,7 +749,7 @@ impl Session {
             return Err(Error::SessionClosed);
         }
         let debug = &debug[..debug.len().min(MAX_PAYLOAD as usize - GOAWAY_FIXED_LEN)];
-        frame::encode_goaway(&mut self.out, self.remote_last_id, code, debug)
+        frame::encode_goaway(&mut self.out.buf, self.remote_last_id, code, debug)
             .expect("last id and length are in range");
         self.stats.frames_out += 1;
         self.local_gone_away = true;
@@ -715,13 +769,45 @@ impl Session {
     /// new outgoing buffer and the filled one is returned in `spare`, so
     /// neither side copies or allocates. Returns false when there is nothing to
     /// send. Writers that waited for buffer space are woken.
+    ///
+    /// Payloads that [`Session::write_bytes`] queued by reference are copied
+    /// into `spare` in their place: a driver that can send vectored should
+    /// call [`Session::poll_transmit_vectored`] instead.
     pub fn poll_transmit(&mut self, spare: &mut BytesMut) -> bool {
         if self.out.is_empty() {
             return false;
         }
         spare.clear();
-        std::mem::swap(spare, &mut self.out);
-        self.stats.bytes_out += spare.len() as u64;
+        if self.out.has_parts() {
+            self.out.flatten_into(spare);
+            self.out.clear();
+        } else {
+            std::mem::swap(spare, &mut self.out.buf);
+        }
+        self.on_transmitted(spare.len());
+        true
+    }
+
+    /// Hands the bytes to transmit to the caller, payloads queued by
+    /// [`Session::write_bytes`] included by reference: `t` (its contents are
+    /// released, its buffers reused) trades places with the session's
+    /// outgoing [`Transmit`], so nothing is copied or allocated. Send its
+    /// [`Transmit::chunks`] in order. Returns false when there is nothing to
+    /// send. Writers that waited for buffer space are woken.
+    pub fn poll_transmit_vectored(&mut self, t: &mut Transmit) -> bool {
+        if self.out.is_empty() {
+            return false;
+        }
+        t.clear();
+        std::mem::swap(t, &mut self.out);
+        self.on_transmitted(t.len());
+        true
+    }
+
+    /// `n` bytes left the session: a new transmit epoch, and the writers that
+    /// waited for buffer space are woken.
+    fn on_transmitted(&mut self, n: usize) {
+        self.stats.bytes_out += n as u64;
         self.sched.on_transmit();
         while let Some(key) = self.sched.next_waiter() {
             if let Some(s) = self.get_mut_opt(key) {
@@ -729,7 +815,6 @@ impl Session {
                 self.notify_write(key);
             }
         }
-        true
     }
 
     /// The next event, if any.
@@ -1079,7 +1164,7 @@ impl Session {
         s.syn_sent = true;
         s.send_fin = true;
         let (id, fully) = (s.id, s.fully_closed());
-        frame::encode_data(&mut self.out, id, &[], flags).expect("valid id");
+        frame::encode_data(&mut self.out.buf, id, &[], flags).expect("valid id");
         self.stats.frames_out += 1;
         if fully {
             self.unregister(key.slot as usize, id);
@@ -1088,7 +1173,7 @@ impl Session {
 
     fn send_rst(&mut self, id: u32, code: ErrorCode) {
         if self.error.is_none() {
-            frame::encode_rst(&mut self.out, id, code).expect("valid id");
+            frame::encode_rst(&mut self.out.buf, id, code).expect("valid id");
             self.stats.frames_out += 1;
         }
     }
@@ -1146,7 +1231,7 @@ impl Session {
         let Some(inc) = self.flow.credit(s, n, self.table.len()) else {
             return;
         };
-        frame::encode_wndinc(&mut self.out, s.id, inc).expect("credit within window");
+        frame::encode_wndinc(&mut self.out.buf, s.id, inc).expect("credit within window");
         self.stats.frames_out += 1;
     }
 
@@ -1172,8 +1257,13 @@ impl Session {
             Error::SessionClosed => (ErrorCode::NoError, "no error".into()),
             e => (e.code(), e.to_string().into()),
         };
-        frame::encode_goaway(&mut self.out, self.remote_last_id, code, debug.as_bytes())
-            .expect("last id and length are in range");
+        frame::encode_goaway(
+            &mut self.out.buf,
+            self.remote_last_id,
+            code,
+            debug.as_bytes(),
+        )
+        .expect("last id and length are in range");
         self.stats.frames_out += 1;
         self.error = Some(error);
         self.table.clear();

@@ -7,7 +7,7 @@
 //! reading its WNDINCs), and the transport needs no split or lock.
 
 use std::future::Future;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use ::tokio::time::Sleep;
-use bytes::BytesMut;
 
 use super::shared::{Shared, State, WakeList};
+use crate::proto::Transmit;
 
 /// How long a dying session tries to deliver its GOAWAY (Go: 250 ms).
 const GOAWAY_GRACE: Duration = Duration::from_millis(250);
@@ -36,6 +36,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// and WNDINCs still go in batches of a few reads. Input of many small
 /// frames rarely reaches it: the socket runs dry first.
 const HANDOFF_BYTES: usize = 256 * 1024;
+
+/// Most pieces one vectored write takes (on the stack: no allocation); a
+/// batch with more goes out in several writes.
+const MAX_IO_SLICES: usize = 64;
 
 /// Transport operations per poll before the driver yields to other tasks.
 const BUDGET: usize = 64;
@@ -71,9 +75,10 @@ pub struct Driver<T> {
     read_closed: bool,
     /// The transport failed: nothing more can be sent on it.
     broken: bool,
-    /// Bytes being written: `out[written..]` is left. Swapped with the
-    /// core's buffer, never reallocated in steady state.
-    out: BytesMut,
+    /// Bytes being written: all from byte `written` on is left. Traded with
+    /// the core's, never reallocated in steady state; payloads queued by
+    /// `write_bytes` are in it by reference and go out vectored.
+    out: Transmit,
     written: usize,
     needs_flush: bool,
     /// The session's memory budget was spent at the last look: re-checked
@@ -115,7 +120,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             rbuf: vec![0; READ_CHUNK].into_boxed_slice(),
             read_closed: false,
             broken: false,
-            out: BytesMut::with_capacity(READ_CHUNK),
+            out: Transmit::new(),
             written: 0,
             needs_flush: false,
             input_paused: false,
@@ -212,7 +217,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     /// under the same lock that saw the empty buffer ([`Driver::look`]).
     fn poll_write_once(&mut self, cx: &mut Context<'_>) -> bool {
         if self.written < self.out.len() {
-            return match Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..]) {
+            return match self.poll_write_out(cx) {
                 Poll::Pending => false,
                 Poll::Ready(Ok(0)) => {
                     self.fail(&io::ErrorKind::WriteZero.into());
@@ -220,6 +225,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 }
                 Poll::Ready(Ok(n)) => {
                     self.written += n;
+                    if self.written >= self.out.len() {
+                        // Sent: let go of the payloads now, not at the next
+                        // batch.
+                        self.out.clear();
+                        self.written = 0;
+                    }
                     true
                 }
                 Poll::Ready(Err(e)) => {
@@ -247,6 +258,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         false
     }
 
+    /// One write of what is left of the batch: a single buffer as is;
+    /// frames with payloads held by reference vectored if the transport
+    /// writes vectored, else piece by piece.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let io = Pin::new(&mut self.io);
+        if !self.out.has_parts() {
+            return io.poll_write(cx, &self.out.flat()[self.written..]);
+        }
+        if io.is_write_vectored() {
+            let mut slices = [IoSlice::new(&[]); MAX_IO_SLICES];
+            let n = self.out.io_slices(self.written, &mut slices);
+            return io.poll_write_vectored(cx, &slices[..n]);
+        }
+        io.poll_write(cx, self.out.chunk_at(self.written))
+    }
+
     /// One lock for everything the driver asks the core between reads: the
     /// next batch to send (true if there is one), the protocol's next
     /// deadline (the timer is re-armed to it) and whether the session died.
@@ -256,7 +283,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         let out = &mut self.out;
         // A transmission wakes every writer that waited for buffer space.
         let ((took, next, dead), _) = self.shared.with_list(&mut self.wake, |st| {
-            let took = st.proto.poll_transmit(out);
+            let took = st.proto.poll_transmit_vectored(out);
             if took {
                 st.sends += 1;
             } else {

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use ::tokio::time::Sleep;
+use bytes::Bytes;
 
 use super::shared::{register, Shared};
 use super::SessionStats;
@@ -76,6 +77,26 @@ impl Stream {
         while !data.is_empty() {
             let n = self.write(data).await?;
             data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Writes some of `data` like [`Stream::write`], but without copying it:
+    /// a payload of at least [`ZERO_COPY_MIN`](crate::proto::ZERO_COPY_MIN)
+    /// bytes is queued by reference (a [`Bytes::slice`]; see
+    /// [`proto::Session::write_bytes`](crate::proto::Session::write_bytes)) and
+    /// the driver sends it from where it is (`poll_write_vectored` when the
+    /// transport writes vectored, else piece by piece). Returns how many bytes
+    /// were taken; see also [`Stream::write_all_bytes`].
+    pub async fn write_bytes(&mut self, data: &Bytes) -> Result<usize, Error> {
+        poll_fn(|cx| self.poll_write_bytes(cx, data)).await
+    }
+
+    /// Writes all of `data` without copying it (see [`Stream::write_bytes`]).
+    pub async fn write_all_bytes(&mut self, mut data: Bytes) -> Result<(), Error> {
+        while !data.is_empty() {
+            let n = self.write_bytes(&data).await?;
+            bytes::Buf::advance(&mut data, n);
         }
         Ok(())
     }
@@ -179,6 +200,28 @@ impl Stream {
         let key = self.key;
         let r = self.shared.with(|st| {
             let r = st.proto.write(key, data);
+            if let Ok(0) = r {
+                if !data.is_empty() {
+                    register(&mut st.slot(key).write, cx);
+                }
+            }
+            r
+        });
+        match r {
+            Ok(0) if !data.is_empty() => expired(&mut self.write_deadline, cx, "write"),
+            r => Poll::Ready(r),
+        }
+    }
+
+    /// Poll form of [`Stream::write_bytes`].
+    pub fn poll_write_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &Bytes,
+    ) -> Poll<Result<usize, Error>> {
+        let key = self.key;
+        let r = self.shared.with(|st| {
+            let r = st.proto.write_bytes(key, data);
             if let Ok(0) = r {
                 if !data.is_empty() {
                     register(&mut st.slot(key).write, cx);

@@ -63,7 +63,7 @@ use std::task::Context;
 
 use bytes::BytesMut;
 
-use crate::engine::net::{MultiRecv, RecvBuf, TcpStream, UnixStream};
+use crate::engine::net::{MultiRecv, RecvBuf, TcpStream, UnixStream, VectoredSend};
 
 pub use tls::{TlsClientConfig, TlsError, TlsServerConfig, TlsStream, DEFAULT_HANDSHAKE_TIMEOUT};
 
@@ -148,6 +148,41 @@ impl Transport {
             Transport::Tcp(s) => s.send_all_session(buf).await,
             Transport::Unix(s) => s.send_all_session(buf).await,
             Transport::Tls(s) => s.send_all(buf).await,
+        }
+    }
+
+    /// Sends all of a session's transmission and gives its buffers back. A
+    /// transmission without parts goes the single-buffer way
+    /// ([`Transport::send_all`]); one with payloads held by reference goes out
+    /// vectored on TCP and Unix sockets (no copy), and flattened into `v.flat`
+    /// for TLS (which copies into records anyway). With `more` (the last bytes
+    /// before a FIN), TCP and Unix send with `MSG_MORE`.
+    pub(crate) async fn send_transmit(
+        &self,
+        mut v: VectoredSend,
+        more: bool,
+    ) -> (io::Result<()>, VectoredSend) {
+        if !v.t.has_parts() {
+            let buf = v.t.take_flat();
+            let (r, buf) = match self {
+                Transport::Tcp(s) if more => s.send_all_more(buf).await,
+                _ => self.send_all(buf).await,
+            };
+            v.t.put_flat(buf);
+            return (r, v);
+        }
+        match self {
+            Transport::Tcp(s) => s.send_vectored_session(v, more).await,
+            Transport::Unix(s) => s.send_vectored_session(v, more).await,
+            Transport::Tls(s) => {
+                let mut flat = std::mem::take(&mut v.flat);
+                flat.clear();
+                v.t.flatten_into(&mut flat);
+                let (r, mut flat) = s.send_all(flat).await;
+                flat.clear();
+                v.flat = flat;
+                (r, v)
+            }
         }
     }
 

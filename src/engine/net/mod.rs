@@ -27,4 +27,5 @@ pub use listener::TcpListener;
 pub use multishot::{MultiRecv, RecvBuf};
 pub use resolve::{Target, ToAddrs, MAX_LOOKUPS_IN_FLIGHT};
 pub use stream::TcpStream;
+pub(crate) use stream::VectoredSend;
 pub use unix::{UnixAddr, UnixListener, UnixStream};

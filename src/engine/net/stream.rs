@@ -14,6 +14,74 @@ use super::multishot::MultiRecv;
 use super::resolve::ToAddrs;
 use crate::engine::core_loop;
 use crate::engine::op::Op;
+use crate::proto::Transmit;
+
+/// Most iovecs one `sendmsg` takes (Linux's `UIO_MAXIOV`); a transmission with more pieces
+/// goes out in several sends.
+const IOV_MAX: usize = 1024;
+
+/// A session's [`Transmit`] with what a vectored send of it needs: the iovecs and the
+/// `msghdr` that point into it. The operation owns all of it while the kernel reads it, and
+/// gives it back; the writer keeps one and reuses it, so a send allocates nothing.
+pub(crate) struct VectoredSend {
+    /// What to send; filled by the session.
+    pub(crate) t: Transmit,
+    /// A flat copy, for a transport that cannot take the pieces (TLS copies anyway).
+    pub(crate) flat: bytes::BytesMut,
+    iov: Vec<libc::iovec>,
+    /// Boxed so that its address stays put while the op (which the future moves) owns it.
+    msg: Option<Box<libc::msghdr>>,
+}
+
+impl std::fmt::Debug for VectoredSend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VectoredSend")
+            .field("len", &self.t.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VectoredSend {
+    /// Empty; allocates nothing until used.
+    pub(crate) fn new() -> VectoredSend {
+        VectoredSend {
+            t: Transmit::new(),
+            flat: bytes::BytesMut::new(),
+            iov: Vec::new(),
+            msg: None,
+        }
+    }
+
+    /// Points the iovecs and the `msghdr` at the transmission's bytes from `offset` on (at
+    /// most [`IOV_MAX`] pieces) and returns the `msghdr`.
+    fn prepare(&mut self, offset: usize) -> *const libc::msghdr {
+        self.iov.clear();
+        self.iov.reserve(self.t.max_chunks().min(IOV_MAX));
+        let mut skip = offset;
+        for c in self.t.chunks() {
+            if skip >= c.len() {
+                skip -= c.len();
+                continue;
+            }
+            let c = &c[skip..];
+            skip = 0;
+            self.iov.push(libc::iovec {
+                iov_base: c.as_ptr() as *mut libc::c_void,
+                iov_len: c.len(),
+            });
+            if self.iov.len() == IOV_MAX {
+                break;
+            }
+        }
+        // SAFETY: an all-zero msghdr is valid (no name, no control data).
+        let msg = self
+            .msg
+            .get_or_insert_with(|| Box::new(unsafe { std::mem::zeroed() }));
+        msg.msg_iov = self.iov.as_mut_ptr();
+        msg.msg_iovlen = self.iov.len() as _;
+        &**msg
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SendKind {
@@ -300,6 +368,90 @@ impl TcpStream {
             }
         }
         (Ok(()), buf)
+    }
+
+    /// Sends all of `v.t` with vectored sends (`IORING_OP_SENDMSG`, or `SENDMSG_ZC` when the
+    /// core's settings say so, as in [`send_all_session`](Self::send_all_session)): the
+    /// frame bytes and the payloads queued by reference leave from where they are, without
+    /// a copy into one buffer. A partial send resumes at the right piece and offset. With
+    /// `more`, `MSG_MORE` (see [`send_all_more`](Self::send_all_more)) and no zero-copy.
+    pub(crate) async fn send_vectored_session(
+        &self,
+        mut v: VectoredSend,
+        more: bool,
+    ) -> (io::Result<()>, VectoredSend) {
+        let mut zc_min = if more {
+            None
+        } else {
+            core_loop::with_driver(|d| d.send.zc_min).flatten()
+        };
+        let total = v.t.len();
+        let mut done = 0;
+        while done < total {
+            let kind = match zc_min {
+                Some(min) if total - done >= min => SendKind::ZeroCopy,
+                _ if more => SendKind::CopyMore,
+                _ => SendKind::CopyAll,
+            };
+            let (r, back) = self.sendmsg_with(v, done, kind).await;
+            v = back;
+            match r {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), v),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if kind == SendKind::ZeroCopy
+                        && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) =>
+                {
+                    if crate::engine::first_time("sendmsg-zc-refused") {
+                        tracing::info!(error = %e, fallback = "SENDMSG", "SENDMSG_ZC refused on a socket");
+                    }
+                    zc_min = None;
+                }
+                Err(e) => return (Err(e), v),
+            }
+        }
+        (Ok(()), v)
+    }
+
+    /// One vectored send of `v.t` from `offset` on, the way `kind` says.
+    async fn sendmsg_with(
+        &self,
+        mut v: VectoredSend,
+        offset: usize,
+        kind: SendKind,
+    ) -> (io::Result<usize>, VectoredSend) {
+        let msg = v.prepare(offset);
+        // SAFETY: the msghdr is boxed and owned by `v`; its iovecs live in `v.iov` (heap) and
+        // point into `v.t`'s buffer and its `Bytes` parts, whose storage does not move when
+        // `v` moves; the op owns `v` and the socket until its final CQE (for SENDMSG_ZC the
+        // notification), and nothing mutates them meanwhile.
+        let op = unsafe {
+            Op::submit((v, self.sock.clone()), |(_, sock)| {
+                let fd = types::Fd(sock.fd.as_raw_fd());
+                match kind {
+                    SendKind::ZeroCopy => opcode::SendMsgZc::new(fd, msg)
+                        .flags(libc::MSG_NOSIGNAL as u32)
+                        .build(),
+                    SendKind::CopyMore => opcode::SendMsg::new(fd, msg)
+                        .flags((libc::MSG_NOSIGNAL | libc::MSG_MORE) as u32)
+                        .build(),
+                    SendKind::CopyAll => opcode::SendMsg::new(fd, msg)
+                        .flags((libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32)
+                        .build(),
+                    SendKind::Copy => opcode::SendMsg::new(fd, msg)
+                        .flags(libc::MSG_NOSIGNAL as u32)
+                        .build(),
+                }
+            })
+        };
+        match op {
+            Ok(op) => {
+                let (c, (v, _)) = op.await;
+                (c.io_result().map(|n| n as usize), v)
+            }
+            Err((e, (v, _))) => (Err(e), v),
+        }
     }
 
     /// Receives once into the spare capacity of `buf` (`IORING_OP_RECV`), appending to its

@@ -21,7 +21,7 @@ use super::addr::{cvt, listen, DEFAULT_BACKLOG};
 use super::buf::{IoBuf, IoBufMut};
 use super::listener::close_accepted;
 use super::multishot::MultiRecv;
-use super::stream::{Socket, TcpStream};
+use super::stream::{Socket, TcpStream, VectoredSend};
 use crate::engine::op::Op;
 
 /// The address of a Unix domain socket.
@@ -315,6 +315,15 @@ impl UnixStream {
     /// core says so).
     pub(crate) async fn send_all_session<B: IoBuf>(&self, buf: B) -> (io::Result<()>, B) {
         self.inner.send_all_session(buf).await
+    }
+
+    /// Sends a session's transmission vectored; see `TcpStream::send_vectored_session`.
+    pub(crate) async fn send_vectored_session(
+        &self,
+        v: VectoredSend,
+        more: bool,
+    ) -> (io::Result<()>, VectoredSend) {
+        self.inner.send_vectored_session(v, more).await
     }
 
     /// Receives once into the spare capacity of `buf`; see [`TcpStream::recv`].

@@ -115,6 +115,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> BenchStream for Tok<S> {
     }
 }
 
+/// Our tokio driver's stream: like [`Tok`], but the bulk payload goes by
+/// reference (`write_all_bytes`).
+pub struct MuxTok(muxado::tokio::Stream);
+
+impl BenchStream for MuxTok {
+    async fn send(&mut self, payload: &'static [u8]) -> io::Result<()> {
+        AsyncWriteExt::write_all(&mut self.0, payload).await?;
+        AsyncWriteExt::flush(&mut self.0).await
+    }
+
+    /// By reference: a `Bytes` of the static payload (no allocation, no
+    /// copy), which the driver writes vectored beside the frame headers.
+    async fn send_bulk(&mut self, payload: &'static [u8]) -> io::Result<()> {
+        self.0
+            .write_all_bytes(bytes::Bytes::from_static(payload))
+            .await
+            .map_err(io::Error::from)
+    }
+
+    async fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        AsyncReadExt::read(&mut self.0, buf).await
+    }
+
+    async fn finish(&mut self) -> io::Result<()> {
+        AsyncWriteExt::shutdown(&mut self.0).await
+    }
+}
+
 pub struct TcpTokioClient {
     addr: SocketAddr,
 }
@@ -187,7 +215,7 @@ pub struct MuxadoTokioClient {
 }
 
 impl Client for MuxadoTokioClient {
-    type Stream = Tok<muxado::tokio::Stream>;
+    type Stream = MuxTok;
 
     async fn connect(to: &Endpoint, run: &CaseRun) -> io::Result<Self> {
         let conn = tokio_connect(to, run).await?;
@@ -197,7 +225,7 @@ impl Client for MuxadoTokioClient {
     }
 
     async fn open(&self) -> io::Result<Self::Stream> {
-        self.session.open().map(Tok).map_err(io::Error::from)
+        self.session.open().map(MuxTok).map_err(io::Error::from)
     }
 
     async fn close(self) {
@@ -219,7 +247,7 @@ pub struct MuxadoTokioHbClient {
 }
 
 impl Client for MuxadoTokioHbClient {
-    type Stream = Tok<muxado::tokio::Stream>;
+    type Stream = MuxTok;
 
     async fn connect(to: &Endpoint, run: &CaseRun) -> io::Result<Self> {
         use muxado::tokio::{Heartbeat, Session, TypedSession};
@@ -250,7 +278,7 @@ impl Client for MuxadoTokioHbClient {
             .open_typed(WORKLOAD_TYPE)
             .await
             .map_err(io::Error::from)?;
-        Ok(Tok(stream.into_stream()))
+        Ok(MuxTok(stream.into_stream()))
     }
 
     async fn sleep(d: Duration) {

@@ -217,6 +217,7 @@ const NOTES: &[&str] = &[
     "windows: ours auto-tunes a stream to 4 MiB while it is alone on its session (beside another reading stream it stays at 256 KiB); ngrok-muxado (no auto-tuning) is given a fixed 4 MiB (1 MiB for bulk/64: 2 MiB and more stall its sessions); yamux auto-tunes (to 16 MiB) with no connection-wide bound",
     "sinks: muxado and tcp-uring count received bytes in place (read_with, multishot chunks); the tokio systems (muxado-tokio among them) copy into a (pooled) buffer, as AsyncRead offers nothing else",
     "plain-TCP systems carry each stream on its own connection (mixed: two connections)",
+    "bulk senders: muxado and muxado-tokio hand their payload by reference (write_all_bytes with one shared Bytes; the frames go out vectored beside their headers, no user-space copy), as tcp-uring sends from its own buffer with no user-space copy; the other systems' APIs take &[u8] and copy it into their frame or socket buffers",
 ];
 
 /// Named next to the table when it has `+tls` rows.

@@ -75,6 +75,14 @@ impl BenchStream for Stream {
         self.write_all(payload).await.map_err(io::Error::from)
     }
 
+    /// By reference: a `Bytes` of the static payload (no allocation, no
+    /// copy), sent vectored beside the frame headers.
+    async fn send_bulk(&mut self, payload: &'static [u8]) -> io::Result<()> {
+        self.write_all_bytes(bytes::Bytes::from_static(payload))
+            .await
+            .map_err(io::Error::from)
+    }
+
     async fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.read(buf).await.map_err(io::Error::from)
     }

@@ -22,6 +22,12 @@ use crate::model::{
 pub trait BenchStream {
     /// Writes all of `payload`.
     async fn send(&mut self, payload: &'static [u8]) -> io::Result<()>;
+    /// Writes all of `payload` in the `bulk` scenario: by default as
+    /// [`BenchStream::send`]; a system whose API takes the payload by
+    /// reference (muxado's `write_all_bytes`) hands it over that way.
+    async fn send_bulk(&mut self, payload: &'static [u8]) -> io::Result<()> {
+        self.send(payload).await
+    }
     /// Reads some bytes; 0 at the end of the stream.
     async fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     /// Half-closes (FIN); reading goes on.
@@ -127,16 +133,22 @@ async fn recv_exact<S: BenchStream>(s: &mut S, buf: &mut [u8]) -> io::Result<()>
     Ok(())
 }
 
-/// Writes `payload` until `end`, half-closes, and checks the sink's count.
+/// Writes `payload` until `end` (with [`BenchStream::send_bulk`] if
+/// `bulk`), half-closes, and checks the sink's count.
 async fn sink_until<S: BenchStream>(
     s: &mut S,
     payload: &'static [u8],
     end: Instant,
     progress: &Progress,
+    bulk: bool,
 ) -> io::Result<u64> {
     let mut sent = 0u64;
     while Instant::now() < end {
-        s.send(payload).await?;
+        if bulk {
+            s.send_bulk(payload).await?;
+        } else {
+            s.send(payload).await?;
+        }
         sent += payload.len() as u64;
         progress
             .bytes
@@ -165,7 +177,7 @@ async fn bulk<C: Client>(client: &C, run: &CaseRun) -> Result<Measurement, Strin
     let progress = &*run.progress;
     let workers = opened
         .into_iter()
-        .map(|mut s| async move { sink_until(&mut s, payload, end, progress).await });
+        .map(|mut s| async move { sink_until(&mut s, payload, end, progress, true).await });
     let results = join_all(workers).await;
     let seconds = start.elapsed().as_secs_f64();
     let per_stream = results
@@ -345,7 +357,7 @@ async fn mixed<C: Client>(client: &C, run: &CaseRun) -> Result<Measurement, Stri
     let progress = &*run.progress;
     let bulk_side = async {
         bulk.send(&SINK).await?;
-        sink_until(&mut bulk, bulk_payload, end, progress).await
+        sink_until(&mut bulk, bulk_payload, end, progress, false).await
     };
     let rpc_side = async {
         rpc.send(&ECHO).await?;
