@@ -43,11 +43,11 @@ const LEND_MIN: usize = 4096;
 
 /// Most leases one stream holds: past it, its payloads are copied, so that a
 /// stream whose reader is slow holds at most this many ring slots.
-const LEND_PER_STREAM: usize = 8;
+const LEND_PER_STREAM: usize = 16;
 
 /// Most leases all streams of a session hold together (the ring is shared by
 /// every session on the core, which bounds lending again, see `Lender`).
-const LEND_PER_SESSION: usize = 16;
+const LEND_PER_SESSION: usize = 32;
 
 /// Largest receive window: credit must fit a WNDINC's 31 bits with room to spare.
 pub const MAX_WINDOW: u32 = 1 << 30;
@@ -1875,7 +1875,7 @@ mod lend_tests {
         let mut chunks = Vec::new();
         let mut expected: [Vec<u8>; 3] = Default::default();
         for (j, id) in [1u32, 3, 5].into_iter().enumerate() {
-            for i in 0..12u8 {
+            for i in 0..20u8 {
                 let body = payload(i * 3 + j as u8, 5000);
                 expected[j].extend_from_slice(&body);
                 chunks.push(data(id, if i == 0 { FLAG_SYN } else { 0 }, &body));
