@@ -270,8 +270,11 @@ impl BufPool {
 
     /// A guard takes buffer `bid`, which a CQE handed out: its first reference.
     pub(crate) fn hold(&self, bid: u16) {
-        let was = self.mem.refs[bid as usize].swap(1, Ordering::Relaxed);
-        debug_assert_eq!(was, 0, "buffer {bid} held twice");
+        let refs = &self.mem.refs[bid as usize];
+        debug_assert_eq!(refs.load(Ordering::Relaxed), 0, "buffer {bid} held twice");
+        // A plain store, not a read-modify-write: nobody else can reference a buffer that the
+        // kernel just handed out (this runs for every chunk, lent or not).
+        refs.store(1, Ordering::Relaxed);
     }
 
     /// Most buffers lent at once: a quarter of the pool, so that with the multishot's own bound
@@ -322,11 +325,17 @@ impl BufPool {
     ///
     /// The caller is the guard of `bid` and does not read it afterwards.
     pub(crate) unsafe fn unhold(&self, bid: u16, lent: bool) {
-        if self.mem.refs[bid as usize].fetch_sub(1, Ordering::Release) != 1 {
-            return;
-        }
-        fence(Ordering::Acquire);
-        if lent {
+        let refs = &self.mem.refs[bid as usize];
+        if !lent {
+            // Leases are only made by the guard, which then says so: the guard's is the only
+            // reference, and no locked instruction is needed (the common, copying case).
+            debug_assert_eq!(refs.load(Ordering::Relaxed), 1);
+            refs.store(0, Ordering::Relaxed);
+        } else {
+            if refs.fetch_sub(1, Ordering::Release) != 1 {
+                return;
+            }
+            fence(Ordering::Acquire);
             self.lent.set(self.lent.get() - 1);
         }
         // SAFETY: the last reference is gone: nobody reads the buffer any more.

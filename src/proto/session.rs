@@ -607,6 +607,11 @@ impl Session {
     /// returned. An empty slice means the peer finished the stream. `Ok(None)`:
     /// nothing yet (`consume` was not called); wait for [`Event::Readable`].
     /// Errors and crediting as for [`Session::read`].
+    ///
+    /// `consume` sees one contiguous piece of what is buffered: on the
+    /// io_uring engine, a large payload stays in the receive buffer it
+    /// arrived in, so the bytes after it may be in another piece; loop (as
+    /// for `fill_buf`) to take them all.
     pub fn read_with(
         &mut self,
         key: StreamKey,
