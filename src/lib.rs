@@ -31,6 +31,7 @@ pub mod engine;
 pub mod error;
 pub mod frame;
 pub mod heartbeat;
+mod lease;
 pub mod proto;
 mod session;
 #[cfg(feature = "tokio")]

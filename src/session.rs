@@ -605,6 +605,11 @@ async fn reader(shared: Rc<Shared>) {
         if !st.proto.is_dead() {
             st.recvs += 1;
             match r {
+                // Ring buffers lend large payloads to their streams
+                // instead of having them copied; TLS plaintext is copied.
+                Ok(Some(crate::transport::Chunk::Ring(buf))) => {
+                    st.proto.handle_input_lent(Instant::now(), &buf, &buf)
+                }
                 Ok(Some(chunk)) => st.proto.handle_input(Instant::now(), &chunk),
                 Ok(None) => st.proto.handle_eof(),
                 Err(e) => st.proto.handle_transport_error(&e.to_string()),

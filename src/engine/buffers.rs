@@ -5,15 +5,26 @@
 //! the consumer as a [`RecvBuf`](super::net::RecvBuf) guard; dropping the guard writes the buffer
 //! back into the ring at once. The pool is reference counted, so a guard that outlives its core
 //! still points at live memory (after the ring is gone the kernel never writes there again).
+//!
+//! A guard can also lend pieces of its buffer as [`Lease`]s, which the protocol keeps in a
+//! stream's receive queue instead of copying them. Leases must be `Send` (the protocol is shared
+//! with the tokio driver), so the memory and the per-buffer reference counts live apart from the
+//! ring, in [`SlotMem`] (an `Arc`, atomics). A buffer whose last reference is a lease goes back
+//! through a return bitmap, which the core drains into the ring ([`BufPool::reclaim`]) once per
+//! loop turn and whenever a receive finds the ring dry: only the core writes the ring's tail.
+//! The core lends at most a quarter of its buffers at once; past that, payloads are copied.
 
 use std::alloc::{self, Layout};
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::Waker;
 
 use io_uring::types::BufRingEntry;
 use io_uring::Submitter;
+
+use crate::lease::{Lease, LeasePool};
 
 const PAGE: usize = 4096;
 
@@ -22,8 +33,7 @@ pub(crate) struct BufPool {
     bgid: u16,
     entries: *mut BufRingEntry,
     entries_layout: Layout,
-    mem: *mut u8,
-    mem_layout: Layout,
+    mem: Arc<SlotMem>,
     count: u16,
     size: usize,
     /// Our copy of the ring tail (the kernel reads the published one).
@@ -37,6 +47,72 @@ pub(crate) struct BufPool {
     held: RefCell<Vec<bool>>,
     /// Receivers waiting for a buffer after the ring ran dry (ENOBUFS).
     waiters: RefCell<Vec<Waker>>,
+    /// Buffers with leases out (lent by a guard, not yet back in the ring).
+    lent: Cell<usize>,
+}
+
+/// The buffers' memory and their reference counts, shared with the leases (which may be dropped
+/// on any thread, and after the core is gone).
+pub(crate) struct SlotMem {
+    mem: *mut u8,
+    layout: Layout,
+    size: usize,
+    /// References per buffer while user space holds it: its guard and its leases.
+    refs: Box<[AtomicU32]>,
+    /// Buffers whose last reference was a lease: to go back into the ring (one bit each).
+    returned: Box<[AtomicU64]>,
+    /// Some bit of `returned` may be set.
+    any_returned: AtomicBool,
+}
+
+// SAFETY: `mem` is a plain heap block owned by this struct; who may touch which buffer is governed
+// by `refs` (atomics): a buffer is read through leases only while it holds references, and it goes
+// back to the kernel only after the last one is released (Release/Acquire ordered), so no data
+// race on the memory is possible from any thread. Everything else is atomics.
+unsafe impl Send for SlotMem {}
+// SAFETY: as above.
+unsafe impl Sync for SlotMem {}
+
+// SAFETY: a buffer is recycled into the ring (the only way the kernel can write it again) only
+// once its references reach zero, and the memory lives as long as this struct, which every lease
+// keeps alive through its `Arc`.
+unsafe impl LeasePool for SlotMem {
+    unsafe fn bytes(&self, slot: u32, off: u32, len: u32) -> &[u8] {
+        debug_assert!(off as usize + len as usize <= self.size);
+        debug_assert!(self.refs[slot as usize].load(Ordering::Relaxed) > 0);
+        // SAFETY: the caller holds a reference on `slot`, so the kernel does not own it and
+        // nobody writes to it; `slot < count` (it was handed out) and `off + len <= size`, so the
+        // range lies inside `mem`, which lives as long as `self`.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.mem.add(slot as usize * self.size + off as usize),
+                len as usize,
+            )
+        }
+    }
+
+    fn retain(&self, slot: u32) {
+        self.refs[slot as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn release(&self, slot: u32) {
+        if self.refs[slot as usize].fetch_sub(1, Ordering::Release) != 1 {
+            return;
+        }
+        // Every read through other references happens before the buffer goes back.
+        fence(Ordering::Acquire);
+        self.returned[slot as usize / 64].fetch_or(1 << (slot % 64), Ordering::Release);
+        self.any_returned.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for SlotMem {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `BufPool::new` with this layout; the last reference (the pool's and
+        // every lease's) is gone and the ring that could write it is closed (the driver drops its
+        // pool after the ring, or leaks both).
+        unsafe { alloc::dealloc(self.mem, self.layout) };
+    }
 }
 
 impl BufPool {
@@ -65,12 +141,21 @@ impl BufPool {
         if entries.is_null() || mem.is_null() {
             alloc::handle_alloc_error(mem_layout);
         }
+        let mem = Arc::new(SlotMem {
+            mem,
+            layout: mem_layout,
+            size,
+            refs: (0..count).map(|_| AtomicU32::new(0)).collect(),
+            returned: (0..(count as usize).div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            any_returned: AtomicBool::new(false),
+        });
         let pool = BufPool {
             bgid,
             entries,
             entries_layout,
             mem,
-            mem_layout,
             count,
             size,
             tail: Cell::new(0),
@@ -78,6 +163,7 @@ impl BufPool {
             #[cfg(debug_assertions)]
             held: RefCell::new(vec![true; count as usize]),
             waiters: RefCell::new(Vec::new()),
+            lent: Cell::new(0),
         };
         // SAFETY: `entries` is a page-aligned allocation of `count` entries that lives as long as
         // the pool; the pool outlives the registration (the driver unregisters it, or drops the
@@ -133,6 +219,7 @@ impl BufPool {
     /// and must not read it afterwards: the kernel may write into it at once.
     pub(crate) unsafe fn recycle(&self, bid: u16) {
         debug_assert!(bid < self.count);
+        debug_assert_eq!(self.mem.refs[bid as usize].load(Ordering::Relaxed), 0);
         #[cfg(debug_assertions)]
         {
             let mut held = self.held.borrow_mut();
@@ -148,7 +235,7 @@ impl BufPool {
         // entries between its head and the published tail, and this one is past the tail.
         let entry = unsafe { &mut *self.entries.add(idx) };
         // SAFETY: `bid < count`, so the buffer lies inside `mem`.
-        entry.set_addr(unsafe { self.mem.add(bid as usize * self.size) } as u64);
+        entry.set_addr(unsafe { self.mem.mem.add(bid as usize * self.size) } as u64);
         entry.set_len(self.size as u32);
         entry.set_bid(bid);
         let tail = tail.wrapping_add(1);
@@ -178,17 +265,110 @@ impl BufPool {
         debug_assert!(bid < self.count && len <= self.size);
         // SAFETY: `bid < count` and `len <= size`, so the range lies inside `mem`, which lives as
         // long as `self`; the caller promises nobody writes to it meanwhile.
-        unsafe { std::slice::from_raw_parts(self.mem.add(bid as usize * self.size), len) }
+        unsafe { std::slice::from_raw_parts(self.mem.mem.add(bid as usize * self.size), len) }
+    }
+
+    /// A guard takes buffer `bid`, which a CQE handed out: its first reference.
+    pub(crate) fn hold(&self, bid: u16) {
+        let refs = &self.mem.refs[bid as usize];
+        debug_assert_eq!(refs.load(Ordering::Relaxed), 0, "buffer {bid} held twice");
+        // A plain store, not a read-modify-write: nobody else can reference a buffer that the
+        // kernel just handed out (this runs for every chunk, lent or not).
+        refs.store(1, Ordering::Relaxed);
+    }
+
+    /// Most buffers lent at once: a quarter of the pool, so that with the multishot's own bound
+    /// (half the pool queued) the kernel always keeps buffers to receive into, and a reader that
+    /// never reads cannot pin the ring.
+    fn lend_cap(&self) -> usize {
+        (self.count as usize / 4).max(1)
+    }
+
+    /// Buffers with leases out now.
+    #[cfg(test)]
+    pub(crate) fn lent(&self) -> usize {
+        self.lent.get()
+    }
+
+    /// A lease on `len` bytes of buffer `bid` from `off`, whose guard is the caller; `lent` is the
+    /// guard's flag saying it has lent already (a buffer counts once against the cap). `None` when
+    /// the core has lent its share.
+    ///
+    /// # Safety
+    ///
+    /// The caller is the guard of `bid`: it holds a reference on it; `off + len <= size`.
+    pub(crate) unsafe fn lend(
+        &self,
+        bid: u16,
+        off: usize,
+        len: usize,
+        lent: &Cell<bool>,
+    ) -> Option<Lease> {
+        debug_assert!(off + len <= self.size);
+        if !lent.get() {
+            if self.lent.get() >= self.lend_cap() {
+                return None;
+            }
+            self.lent.set(self.lent.get() + 1);
+            lent.set(true);
+        }
+        self.mem.retain(u32::from(bid));
+        let pool: Arc<dyn LeasePool> = self.mem.clone();
+        // SAFETY: the reference just taken goes to the lease; the range is within the buffer.
+        Some(unsafe { Lease::new(pool, u32::from(bid), off as u32, len as u32) })
+    }
+
+    /// The guard of buffer `bid` is done with it (`lent`: it lent pieces). Back into the ring at
+    /// once if no lease holds it; else the last lease returns it (see [`BufPool::reclaim`]).
+    ///
+    /// # Safety
+    ///
+    /// The caller is the guard of `bid` and does not read it afterwards.
+    pub(crate) unsafe fn unhold(&self, bid: u16, lent: bool) {
+        let refs = &self.mem.refs[bid as usize];
+        if !lent {
+            // Leases are only made by the guard, which then says so: the guard's is the only
+            // reference, and no locked instruction is needed (the common, copying case).
+            debug_assert_eq!(refs.load(Ordering::Relaxed), 1);
+            refs.store(0, Ordering::Relaxed);
+        } else {
+            if refs.fetch_sub(1, Ordering::Release) != 1 {
+                return;
+            }
+            fence(Ordering::Acquire);
+            self.lent.set(self.lent.get() - 1);
+        }
+        // SAFETY: the last reference is gone: nobody reads the buffer any more.
+        unsafe { self.recycle(bid) };
+    }
+
+    /// Puts the buffers whose last lease was dropped back into the ring. Cheap when there is none
+    /// (one atomic load): the core calls it every loop turn.
+    pub(crate) fn reclaim(&self) {
+        if !self.mem.any_returned.load(Ordering::Relaxed)
+            || !self.mem.any_returned.swap(false, Ordering::Acquire)
+        {
+            return;
+        }
+        for (w, word) in self.mem.returned.iter().enumerate() {
+            let mut bits = word.swap(0, Ordering::Acquire);
+            while bits != 0 {
+                let bit = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                self.lent.set(self.lent.get() - 1);
+                // SAFETY: the bit was set by the release of the buffer's last reference (a lease),
+                // which also took the buffer out of its guard's hands: nobody reads it any more,
+                // and the bit is cleared here, so it goes back once.
+                unsafe { self.recycle((w * 64 + bit) as u16) };
+            }
+        }
     }
 }
 
 impl Drop for BufPool {
     fn drop(&mut self) {
-        // SAFETY: both blocks were allocated in `new` with these layouts, and the last reference
-        // is gone: no guard reads them and the ring that could write them is closed.
-        unsafe {
-            alloc::dealloc(self.entries as *mut u8, self.entries_layout);
-            alloc::dealloc(self.mem, self.mem_layout);
-        }
+        // SAFETY: allocated in `new` with this layout, and the last reference is gone: the ring
+        // that reads it is closed (the buffers' memory is `SlotMem`'s, freed with its last lease).
+        unsafe { alloc::dealloc(self.entries as *mut u8, self.entries_layout) };
     }
 }

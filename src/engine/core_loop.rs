@@ -113,6 +113,12 @@ impl Core {
             if poll_root() || self.stopping.get() {
                 return Ok(());
             }
+            // Receive buffers whose last lease the tasks just dropped go back to the kernel
+            // before it may need them (wakes receivers waiting for one: before `busy`).
+            let pool = self.driver.borrow().bufs.clone();
+            if let Some(pool) = pool {
+                pool.reclaim();
+            }
             let now = Instant::now();
             let deadline = {
                 let mut timers = self.timers.borrow_mut();

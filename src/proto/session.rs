@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use slab::Slab;
 
 use super::config::Config;
@@ -27,6 +27,7 @@ use super::transmit::{Transmit, ZERO_COPY_MIN};
 use crate::copy;
 use crate::error::{Error, ErrorCode};
 use crate::frame::{self, FrameType, Header, FLAG_FIN, FLAG_SYN, GOAWAY_FIXED_LEN, MAX_PAYLOAD};
+use crate::lease::Lender;
 
 /// How often a session paused by the shared memory budget asks it again.
 const BUDGET_RETRY: Duration = Duration::from_millis(10);
@@ -34,6 +35,20 @@ const BUDGET_RETRY: Duration = Duration::from_millis(10);
 /// Largest drained receive buffer a stream keeps (a larger one goes back
 /// to the session's spares): well within [`STREAM_COST`](super::STREAM_COST).
 const KEEP_RECV_BUF: usize = 256;
+
+/// Smallest payload piece kept as a lease on the transport's receive buffer
+/// instead of copied (see [`Session::handle_input`]): smaller pieces (an
+/// rpc's messages) cost less to copy than to track, and would pin a whole
+/// ring slot for a few bytes.
+const LEND_MIN: usize = 4096;
+
+/// Most leases one stream holds: past it, its payloads are copied, so that a
+/// stream whose reader is slow holds at most this many ring slots.
+const LEND_PER_STREAM: usize = 16;
+
+/// Most leases all streams of a session hold together (the ring is shared by
+/// every session on the core, which bounds lending again, see `Lender`).
+const LEND_PER_SESSION: usize = 32;
 
 /// Largest receive window: credit must fit a WNDINC's 31 bits with room to spare.
 pub const MAX_WINDOW: u32 = 1 << 30;
@@ -83,6 +98,10 @@ pub struct Stats {
     pub streams_opened: u64,
     /// Streams accepted from the peer.
     pub streams_accepted: u64,
+    /// Payload bytes kept in the transport's receive buffers (lent to the
+    /// stream) instead of copied: only on the io_uring engine, for pieces of
+    /// at least 4 KiB, while the stream and session are within their share.
+    pub bytes_lent: u64,
     /// Inbound streams refused (backlog full, limit reached, after GOAWAY).
     pub streams_refused: u64,
 }
@@ -165,6 +184,8 @@ pub struct Session {
 
     out: Transmit,
     events: VecDeque<Event>,
+    /// Leases held by all streams' receive buffers.
+    lent: usize,
 
     local_gone_away: bool,
     remote_goaway: Option<(ErrorCode, Vec<u8>)>,
@@ -207,6 +228,7 @@ impl Session {
             pending_goaway_debug: Vec::new(),
             out: Transmit::new(),
             events: VecDeque::new(),
+            lent: 0,
             local_gone_away: false,
             remote_goaway: None,
             error: None,
@@ -325,7 +347,20 @@ impl Session {
     /// gives the same result; payloads go straight into stream buffers. After
     /// the session dies, input is ignored. A driver should feed input only
     /// while [`Session::wants_input`] says so.
-    pub fn handle_input(&mut self, now: Instant, mut data: &[u8]) {
+    pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
+        self.input(now, data, None);
+    }
+
+    /// [`Session::handle_input`] for a chunk that can lend its bytes: DATA
+    /// payload pieces of at least 4 KiB are kept as leases on `chunk`
+    /// instead of copied, while the stream and the session hold fewer than
+    /// their share of leases (and `chunk`'s pool agrees); the rest is copied.
+    pub(crate) fn handle_input_lent(&mut self, now: Instant, data: &[u8], chunk: &dyn Lender) {
+        self.input(now, data, Some(chunk));
+    }
+
+    fn input(&mut self, now: Instant, mut data: &[u8], lender: Option<&dyn Lender>) {
+        let base = data.as_ptr() as usize;
         self.stats.bytes_in += data.len() as u64;
         let headers_before = self.stats.frames_in;
         if !data.is_empty() {
@@ -341,7 +376,10 @@ impl Session {
                 Step::Header(header) => self.on_header(now, header),
                 Step::Fixed(header, body) => self.on_fixed_body(header, body),
                 Step::Payload { sink, chunk, end } => {
-                    self.on_payload(sink, chunk);
+                    // The piece lies within `data`: its offset there is
+                    // its offset in the lender's chunk.
+                    let lend = lender.map(|l| (l, chunk.as_ptr() as usize - base));
+                    self.on_payload(sink, chunk, lend);
                     if let Some(header) = end {
                         self.on_frame_end(header, sink);
                     }
@@ -607,11 +645,14 @@ impl Session {
         if dst.is_empty() {
             return self.get(key).map(|_| Some(0));
         }
-        self.read_with(key, |buf| {
-            let n = dst.len().min(buf.len());
-            copy::copy(&mut dst[..n], &buf[..n]);
-            n
-        })
+        let s = self.get_mut(key)?;
+        if s.recv_buf.is_empty() {
+            // EOF, an error, or nothing yet: as `read_with` says.
+            return self.read_with(key, |_| 0);
+        }
+        let (n, released) = s.recv_buf.read_into(dst);
+        self.finish_read(key, n, released);
+        Ok(Some(n))
     }
 
     /// Lends the received bytes to `consume` in place, without copying them
@@ -620,6 +661,11 @@ impl Session {
     /// returned. An empty slice means the peer finished the stream. `Ok(None)`:
     /// nothing yet (`consume` was not called); wait for [`Event::Readable`].
     /// Errors and crediting as for [`Session::read`].
+    ///
+    /// `consume` sees one contiguous piece of what is buffered: on the
+    /// io_uring engine, a large payload stays in the receive buffer it
+    /// arrived in, so the bytes after it may be in another piece; loop (as
+    /// for `fill_buf`) to take them all.
     pub fn read_with(
         &mut self,
         key: StreamKey,
@@ -627,31 +673,12 @@ impl Session {
     ) -> Result<Option<usize>, Error> {
         let s = self.get_mut(key)?;
         if !s.recv_buf.is_empty() {
-            let n = consume(&s.recv_buf).min(s.recv_buf.len());
-            s.recv_buf.advance(n);
-            let drained = s.recv_buf.is_empty();
-            if drained {
-                // Reclaim the consumed front (never allocates) to see the
-                // buffer's whole size.
-                s.recv_buf.clear();
-                let _ = s.recv_buf.try_reclaim(s.recv_buf.capacity() + 1);
-            }
-            let large = s.recv_buf.capacity() > KEEP_RECV_BUF;
-            if s.error.is_none() {
-                self.app_read += n as u64;
-            }
-            self.memory.sub_buffered(n);
-            // A small drained buffer stays with its stream (its size is
-            // within the per-stream estimate, STREAM_COST): a stream trading
-            // small messages would otherwise cycle one through the pool on
-            // every message. A large one goes back to the session's spares
-            // for the next stream that receives: an idle stream holds no
-            // large buffer.
-            if drained && large {
-                self.recycle_recv_buf(key.slot as usize);
-            }
-            self.credit(key, n);
-            self.memory.settle(self.streams.len());
+            // Only the front piece: the bytes after it may live elsewhere
+            // (copied, or in another lent receive buffer).
+            let front = s.recv_buf.front();
+            let n = consume(front).min(front.len());
+            let released = s.recv_buf.consume(n);
+            self.finish_read(key, n, released);
             return Ok(Some(n));
         }
         if s.recv_fin {
@@ -666,6 +693,32 @@ impl Session {
         }
         s.want_read = true;
         Ok(None)
+    }
+
+    /// Book-keeping after `n` bytes of a stream were read, which dropped
+    /// `released` leases.
+    fn finish_read(&mut self, key: StreamKey, n: usize, released: usize) {
+        let s = &mut self.streams[key.slot as usize];
+        // Reclaim the consumed front (never allocates) to see the buffer's
+        // whole size.
+        s.recv_buf.reclaim_drained();
+        let drained = s.recv_buf.is_empty();
+        let large = s.recv_buf.capacity() > KEEP_RECV_BUF;
+        if s.error.is_none() {
+            self.app_read += n as u64;
+        }
+        self.lent -= released;
+        self.memory.sub_buffered(n);
+        // A small drained buffer stays with its stream (its size is within
+        // the per-stream estimate, STREAM_COST): a stream trading small
+        // messages would otherwise cycle one through the pool on every
+        // message. A large one goes back to the session's spares for the
+        // next stream that receives: an idle stream holds no large buffer.
+        if drained && large {
+            self.recycle_recv_buf(key.slot as usize);
+        }
+        self.credit(key, n);
+        self.memory.settle(self.streams.len());
     }
 
     /// Half-closes the stream: sends FIN (with SYN if nothing was sent yet).
@@ -692,11 +745,17 @@ impl Session {
             return Ok(());
         }
         s.closed = true;
-        if dead || s.error.is_some() {
+        // The bytes stay readable, but not in the ring's slots: an
+        // application that closes without reading must not pin them.
+        let released = s.recv_buf.unlend();
+        let failed = s.error.is_some();
+        let send_fin = s.send_fin;
+        self.lent -= released;
+        if dead || failed {
             // A reset stream lingers in the table by itself; nothing to send.
             return Ok(());
         }
-        if !s.send_fin {
+        if !send_fin {
             self.send_fin(key);
         }
         let id = self.streams[key.slot as usize].id;
@@ -1009,17 +1068,37 @@ impl Session {
         // announce large frames on many streams and send a byte of each.
         // The buffer grows with the bytes that actually arrive.
         if h.length > 0 && s.recv_buf.capacity() == 0 {
-            s.recv_buf = self.memory.take_buffer();
+            s.recv_buf.set_buffer(self.memory.take_buffer());
         }
         Sink::Stream(key)
     }
 
-    fn on_payload(&mut self, sink: Sink, chunk: &[u8]) {
+    /// A piece of a payload, for `sink`; `lend` is the chunk it lies in and
+    /// its offset there, if that chunk can lend it instead of a copy.
+    fn on_payload(&mut self, sink: Sink, chunk: &[u8], lend: Option<(&dyn Lender, usize)>) {
         match sink {
             Sink::Stream(key) => {
+                let session_share = self.lent < LEND_PER_SESSION;
                 if let Some(s) = self.get_mut_opt(key) {
                     if s.accepts_data() {
-                        copy::extend(&mut s.recv_buf, chunk);
+                        let lease = match lend {
+                            Some((lender, off))
+                                if chunk.len() >= LEND_MIN
+                                    && session_share
+                                    && s.recv_buf.lent() < LEND_PER_STREAM =>
+                            {
+                                lender.lend(off, chunk.len())
+                            }
+                            _ => None,
+                        };
+                        match lease {
+                            Some(lease) => {
+                                s.recv_buf.push_lease(lease);
+                                self.lent += 1;
+                                self.stats.bytes_lent += chunk.len() as u64;
+                            }
+                            None => s.recv_buf.push_copy(chunk),
+                        }
                         self.memory.add_buffered(chunk.len());
                         self.notify_read(key);
                     }
@@ -1138,6 +1217,8 @@ impl Session {
             let s = self.streams.remove(slot);
             self.flow.release(&s);
             self.memory.sub_buffered(s.recv_buf.len());
+            // Its leases go back to their ring as `s` drops.
+            self.lent -= s.recv_buf.lent();
             if self.streams.is_empty() {
                 // An idle session keeps no spare buffers.
                 self.memory.drop_pool();
@@ -1148,9 +1229,9 @@ impl Session {
     /// Empties a stream's receive buffer (the bytes are gone: read or
     /// discarded) and hands the buffer to the session's spares.
     fn recycle_recv_buf(&mut self, slot: usize) {
-        let mut buf = std::mem::take(&mut self.streams[slot].recv_buf);
-        self.memory.sub_buffered(buf.len());
-        buf.clear();
+        let (buf, len, lent) = self.streams[slot].recv_buf.take();
+        self.memory.sub_buffered(len);
+        self.lent -= lent;
         self.memory.give_buffer(buf, self.streams.len());
     }
 
@@ -1202,6 +1283,9 @@ impl Session {
         if s.error.is_none() {
             s.error = Some(error);
         }
+        // What arrived before stays readable, copied: a failed stream (reset
+        // by the peer, or of a dead session) pins no ring slot.
+        self.lent -= s.recv_buf.unlend();
         self.notify_read(key);
         self.notify_write(key);
     }
@@ -1754,5 +1838,232 @@ mod tests {
         frame::encode_goaway(&mut second, 0, ErrorCode::NoError, b"bye").unwrap();
         s.handle_input(t0, &second);
         assert_eq!(s.remote_goaway(), Some((ErrorCode::NoError, &b"bye"[..])));
+    }
+}
+
+/// Lending: payload pieces kept as leases on the receive buffer.
+#[cfg(test)]
+mod lend_tests {
+    use super::*;
+    use crate::lease::testing::{TestChunk, TestPool};
+    use std::sync::Arc;
+
+    /// A payload of `n` bytes recognisable by `tag` and position.
+    fn payload(tag: u8, n: usize) -> Vec<u8> {
+        (0..n).map(|i| tag.wrapping_add((i / 7) as u8)).collect()
+    }
+
+    fn data(id: u32, flags: u8, body: &[u8]) -> Vec<u8> {
+        let mut w = Vec::new();
+        frame::encode_data(&mut w, id, body, flags).unwrap();
+        w
+    }
+
+    /// Feeds each chunk as one slot of a fresh test pool; returns the pool.
+    fn feed(s: &mut Session, now: Instant, chunks: &[Vec<u8>]) -> Arc<TestPool> {
+        let pool = TestPool::new(chunks.to_vec());
+        for (i, _) in chunks.iter().enumerate() {
+            let lender = TestChunk {
+                pool: pool.clone(),
+                slot: i as u32,
+                refuse: false,
+            };
+            s.handle_input_lent(now, pool.slot(i as u32), &lender);
+        }
+        pool
+    }
+
+    fn read_all(s: &mut Session, key: StreamKey, step: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = vec![0; step];
+        while let Ok(Some(n)) = s.read(key, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    }
+
+    /// A server holding stream 1 with small and large payloads, some split
+    /// across chunks; returns the session, key, pool and expected bytes.
+    fn mixed(now: Instant) -> (Session, StreamKey, Arc<TestPool>, Vec<u8>) {
+        let mut s = Session::new(Role::Server, Config::default());
+        let (a, b, c, d) = (
+            payload(1, 100),
+            payload(50, 5000),
+            payload(100, 200),
+            payload(150, 9000),
+        );
+        let mut first = data(1, FLAG_SYN, &a);
+        first.extend(data(1, 0, &b));
+        first.extend(data(1, 0, &c));
+        let big = data(1, 0, &d);
+        // The 9000-byte frame is cut in pieces of 100 (copied), 4200 (lent),
+        // 3000 and 1700 (copied: under LEND_MIN).
+        first.extend_from_slice(&big[..8 + 100]);
+        let chunks = vec![
+            first,
+            big[108..108 + 4200].to_vec(),
+            big[4308..4308 + 3000].to_vec(),
+            big[7308..].to_vec(),
+        ];
+        let pool = feed(&mut s, now, &chunks);
+        let key = s.accept().unwrap().expect("stream 1");
+        let expected = [a, b, c, d].concat();
+        (s, key, pool, expected)
+    }
+
+    #[test]
+    fn copied_and_lent_pieces_read_in_order_at_any_read_size() {
+        let now = Instant::now();
+        for step in [1, 100, 4096, 5001, 1 << 20] {
+            let (mut s, key, pool, expected) = mixed(now);
+            assert_eq!(
+                s.stats().bytes_lent,
+                5000 + 4200,
+                "the large pieces are lent"
+            );
+            assert_eq!(pool.outstanding(), 2);
+            assert_eq!(s.readable_len(key).unwrap(), expected.len());
+            assert_eq!(s.buffered_input(), expected.len());
+            let got = read_all(&mut s, key, step);
+            assert_eq!(got.len(), expected.len(), "read size {step}");
+            assert!(got == expected, "bytes differ at read size {step}");
+            assert_eq!(pool.outstanding(), 0, "read leases go back");
+            assert_eq!(s.buffered_input(), 0);
+            assert_eq!(s.lent, 0);
+        }
+    }
+
+    #[test]
+    fn read_with_lends_the_front_piece_only() {
+        let now = Instant::now();
+        let (mut s, key, pool, expected) = mixed(now);
+        let mut got = Vec::new();
+        let mut calls = 0;
+        loop {
+            let r = s.read_with(key, |bytes| {
+                // Take half of each piece (at least one byte) to test
+                // partial consumption across piece kinds.
+                let n = bytes.len().div_ceil(2);
+                got.extend_from_slice(&bytes[..n]);
+                n
+            });
+            match r {
+                Ok(Some(0)) | Ok(None) => break,
+                Ok(Some(_)) => calls += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(got == expected);
+        assert!(calls > 5);
+        assert_eq!(pool.outstanding(), 0);
+    }
+
+    /// Large payloads of a stream that never reads: `LEND_PER_STREAM`
+    /// leases, then copies; the session as a whole stops at its share too.
+    #[test]
+    fn a_stream_past_its_share_is_copied_and_the_session_too() {
+        let now = Instant::now();
+        let mut s = Session::new(Role::Server, Config::default());
+        let mut chunks = Vec::new();
+        let mut expected: [Vec<u8>; 3] = Default::default();
+        for (j, id) in [1u32, 3, 5].into_iter().enumerate() {
+            for i in 0..20u8 {
+                let body = payload(i * 3 + j as u8, 5000);
+                expected[j].extend_from_slice(&body);
+                chunks.push(data(id, if i == 0 { FLAG_SYN } else { 0 }, &body));
+            }
+        }
+        let pool = feed(&mut s, now, &chunks);
+        assert_eq!(s.lent, LEND_PER_SESSION);
+        assert_eq!(pool.outstanding() as usize, LEND_PER_SESSION);
+        let keys: Vec<StreamKey> = (0..3).map(|_| s.accept().unwrap().unwrap()).collect();
+        let lent: Vec<usize> = keys
+            .iter()
+            .map(|k| s.streams[k.slot as usize].recv_buf.lent())
+            .collect();
+        // Stream 1 and 3 stop at their share, stream 5 finds the session's
+        // share used up.
+        assert_eq!(
+            lent,
+            [LEND_PER_STREAM, LEND_PER_SESSION - LEND_PER_STREAM, 0]
+        );
+        for (k, want) in keys.iter().zip(&expected) {
+            assert!(read_all(&mut s, *k, 3000) == *want);
+        }
+        assert_eq!(pool.outstanding(), 0);
+    }
+
+    /// A lender that refuses (its pool at its cap): everything is copied.
+    #[test]
+    fn a_refusing_lender_gets_copies() {
+        let now = Instant::now();
+        let mut s = Session::new(Role::Server, Config::default());
+        let body = payload(9, 20_000);
+        let pool = TestPool::new(vec![data(1, FLAG_SYN, &body)]);
+        let lender = TestChunk {
+            pool: pool.clone(),
+            slot: 0,
+            refuse: true,
+        };
+        s.handle_input_lent(now, pool.slot(0), &lender);
+        let key = s.accept().unwrap().unwrap();
+        assert_eq!(s.stats().bytes_lent, 0);
+        assert_eq!(pool.outstanding(), 0);
+        assert!(read_all(&mut s, key, 7000) == body);
+    }
+
+    /// Every way a stream ends gives its leases back at once; close, a
+    /// peer's reset and the session's death keep the bytes readable.
+    #[test]
+    fn reset_close_release_and_death_give_every_lease_back() {
+        let now = Instant::now();
+        for how in ["reset", "release", "close", "peer reset", "death"] {
+            let (mut s, key, pool, expected) = mixed(now);
+            assert_eq!(pool.outstanding(), 2);
+            let keeps = match how {
+                "reset" => {
+                    s.reset(now, key, ErrorCode::StreamClosed).unwrap();
+                    false
+                }
+                "release" => {
+                    s.release(key);
+                    false
+                }
+                "close" => {
+                    s.close(key).unwrap();
+                    true
+                }
+                "peer reset" => {
+                    let mut w = Vec::new();
+                    frame::encode_rst(&mut w, 1, ErrorCode::StreamClosed).unwrap();
+                    s.handle_input(now, &w);
+                    true
+                }
+                _ => {
+                    s.close_session();
+                    assert!(s.is_dead());
+                    true
+                }
+            };
+            assert_eq!(pool.outstanding(), 0, "{how}: leases still held");
+            assert_eq!(s.lent, 0, "{how}");
+            if keeps {
+                assert!(read_all(&mut s, key, 1000) == expected, "{how}: bytes lost");
+            } else {
+                assert_eq!(s.buffered_input(), 0, "{how}");
+            }
+        }
+    }
+
+    /// Dropping the session drops its leases.
+    #[test]
+    fn dropping_the_session_gives_every_lease_back() {
+        let (s, _key, pool, _) = mixed(Instant::now());
+        assert_eq!(pool.outstanding(), 2);
+        drop(s);
+        assert_eq!(pool.outstanding(), 0);
     }
 }

@@ -312,7 +312,8 @@ pub(crate) enum Receiver {
 
 /// A chunk of the received byte stream.
 pub(crate) enum Chunk<'a> {
-    /// A provided buffer of the ring (or an owned one): no copy.
+    /// A provided buffer of the ring (or an owned one): no copy. A ring
+    /// buffer can lend pieces of itself to streams (`lease::Lender`).
     Ring(RecvBuf),
     /// Plaintext that TLS decrypted, lent by the receiver.
     Plain(&'a [u8]),

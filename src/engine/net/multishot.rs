@@ -1,5 +1,6 @@
 //! Multishot receive into the core's provided-buffer ring, and the chunks it yields.
 
+use std::cell::Cell;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
@@ -11,6 +12,7 @@ use io_uring::{cqueue, opcode, types};
 use super::stream::{Socket, TcpStream};
 use crate::engine::buffers::BufPool;
 use crate::engine::op::MultiOp;
+use crate::lease::{Lease, Lender};
 
 /// How much of the core's buffer pool one multishot receive may hold in its queue before it is
 /// paused (cancelled, and re-armed when the consumer catches up), so that one slow reader cannot
@@ -22,7 +24,8 @@ fn max_queued(pool: &BufPool) -> usize {
 /// Size of the owned buffers used when no provided-buffer ring is available.
 const FALLBACK_CHUNK: usize = 64 * 1024;
 
-/// A chunk of received bytes. Dropping it returns its provided buffer to the ring.
+/// A chunk of received bytes. Dropping it returns its provided buffer to the ring, unless it lent
+/// pieces of it that are still held (then the last of them returns it).
 pub struct RecvBuf {
     inner: Chunk,
 }
@@ -32,6 +35,8 @@ enum Chunk {
         pool: Rc<BufPool>,
         bid: u16,
         len: usize,
+        /// Pieces were lent (the buffer counts against the core's lending cap).
+        lent: Cell<bool>,
     },
     Owned(Vec<u8>),
 }
@@ -43,7 +48,7 @@ impl std::ops::Deref for RecvBuf {
         match &self.inner {
             // SAFETY: the CQE handed buffer `bid` to us and it is recycled only when this guard
             // drops, so the kernel does not write to it meanwhile; `pool` keeps the memory alive.
-            Chunk::Ring { pool, bid, len } => unsafe { pool.slice(*bid, *len) },
+            Chunk::Ring { pool, bid, len, .. } => unsafe { pool.slice(*bid, *len) },
             Chunk::Owned(v) => v,
         }
     }
@@ -51,9 +56,34 @@ impl std::ops::Deref for RecvBuf {
 
 impl Drop for RecvBuf {
     fn drop(&mut self) {
-        if let Chunk::Ring { pool, bid, .. } = &self.inner {
-            // SAFETY: this guard owns buffer `bid` (its CQE handed it out) and is going away.
-            unsafe { pool.recycle(*bid) };
+        if let Chunk::Ring {
+            pool, bid, lent, ..
+        } = &self.inner
+        {
+            // SAFETY: this guard holds buffer `bid` (its CQE handed it out) and is going away.
+            unsafe { pool.unhold(*bid, lent.get()) };
+        }
+    }
+}
+
+/// Pieces of a ring buffer can be lent (not those of an owned buffer: they are copied).
+impl Lender for RecvBuf {
+    fn lend(&self, off: usize, len: usize) -> Option<Lease> {
+        match &self.inner {
+            Chunk::Ring {
+                pool,
+                bid,
+                len: filled,
+                lent,
+            } => {
+                if off.checked_add(len)? > *filled {
+                    return None;
+                }
+                // SAFETY: this guard holds buffer `bid`; the range is within what the kernel
+                // filled, so within the buffer.
+                unsafe { pool.lend(*bid, off, len, lent) }
+            }
+            Chunk::Owned(_) => None,
         }
     }
 }
@@ -116,6 +146,10 @@ impl MultiRecv {
         loop {
             if self.op.is_none() {
                 if pool.available() == 0 {
+                    // Buffers whose last lease was just dropped go back first.
+                    pool.reclaim();
+                }
+                if pool.available() == 0 {
                     // The ring is dry: wait for some consumer to return a buffer.
                     pool.wait_for_buffer(cx.waker());
                     return Poll::Pending;
@@ -134,11 +168,13 @@ impl MultiRecv {
                     if c.result > 0 {
                         let bid = cqueue::buffer_select(c.flags)
                             .expect("multishot recv completion without a buffer");
+                        pool.hold(bid);
                         return Poll::Ready(Ok(Some(RecvBuf {
                             inner: Chunk::Ring {
                                 pool,
                                 bid,
                                 len: c.result as usize,
+                                lent: Cell::new(false),
                             },
                         })));
                     }
@@ -204,5 +240,68 @@ impl tokio::io::AsyncRead for MultiRecv {
             this.pending = None;
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{self, core_loop, net::TcpListener};
+    use crate::lease::Lender;
+
+    /// A lent buffer stays out of the ring until its last lease drops, then goes back when the
+    /// core reclaims it; the core lends at most a quarter of its buffers; and a lease that
+    /// outlives its core still reads its bytes (and writes no ring when dropped).
+    #[test]
+    fn leases_hold_buffers_until_dropped_and_stop_at_the_cap() {
+        let (lease, want) = engine::Builder::default()
+            .recv_buffers(8, 4096)
+            .block_on(async {
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = listener.local_addr().unwrap();
+                let client = TcpStream::connect(addr).await.unwrap();
+                let (server, _) = listener.accept().await.unwrap();
+                let pool = core_loop::buf_pool().expect("this test needs a provided-buffer ring");
+                let mut rx = server.recv_multishot();
+                let mut leases = Vec::new();
+                let mut refused = 0;
+                for tag in 0..3u8 {
+                    let msg = vec![tag; 1000];
+                    client.send_all(msg.clone()).await.0.unwrap();
+                    let mut got = Vec::new();
+                    while got.len() < msg.len() {
+                        let chunk = rx.next().await.unwrap().expect("data");
+                        got.extend_from_slice(&chunk);
+                        match chunk.lend(0, chunk.len()) {
+                            Some(l) => leases.push((l, chunk.to_vec())),
+                            None => refused += 1,
+                        }
+                        assert!(chunk.lend(0, chunk.len() + 1).is_none(), "past the data");
+                    }
+                    assert_eq!(got, msg);
+                }
+                assert_eq!(pool.lent(), 2, "a quarter of 8 buffers");
+                assert!(refused >= 1);
+                assert_eq!(pool.available(), 8 - 2, "only the lent buffers are out");
+                for (l, bytes) in &leases {
+                    assert_eq!(l.bytes(), &bytes[..]);
+                }
+                // A clone keeps the buffer when the original goes.
+                let (first, bytes) = leases.remove(0);
+                let copy = first.clone();
+                drop(first);
+                pool.reclaim();
+                assert_eq!(pool.available(), 6);
+                assert_eq!(copy.bytes(), &bytes[..]);
+                drop(copy);
+                assert_eq!(pool.available(), 6, "back only once the core reclaims");
+                pool.reclaim();
+                assert_eq!(pool.available(), 7);
+                assert_eq!(pool.lent(), 1);
+                leases.pop().expect("the second lease")
+            })
+            .unwrap();
+        assert_eq!(lease.bytes(), &want[..], "the memory outlives the core");
+        drop(lease);
     }
 }
