@@ -97,14 +97,25 @@ pub(super) fn set_opt(
     name: libc::c_int,
     value: libc::c_int,
 ) -> io::Result<()> {
-    // SAFETY: passes a pointer to a live c_int and its size.
+    set_opt_value(fd, level, name, &value)
+}
+
+/// `setsockopt` with a value of any plain C type (an int, a `linger`).
+pub(super) fn set_opt_value<T: Copy>(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live, initialised `T` and its exact size; the kernel only
+    // reads it.
     cvt(unsafe {
         libc::setsockopt(
             fd,
             level,
             name,
-            (&value as *const libc::c_int).cast(),
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
+            (value as *const T).cast(),
+            mem::size_of::<T>() as libc::socklen_t,
         )
     })
     .map(drop)

@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use io_uring::{opcode, types};
 
-use super::addr::{cvt, new_socket, set_opt, sock_name, to_sockaddr};
+use super::addr::{cvt, new_socket, set_opt, set_opt_value, sock_name, to_sockaddr};
 use super::buf::{IoBuf, IoBufMut};
 use super::multishot::MultiRecv;
 use super::resolve::ToAddrs;
@@ -217,6 +217,17 @@ impl TcpStream {
             libc::TCP_NODELAY,
             on as i32,
         )
+    }
+
+    /// Sets `SO_LINGER`. `Some(Duration::ZERO)` makes the close abort the connection: the peer
+    /// gets a TCP RST instead of a FIN, which is how a proxy tells its client that the far end
+    /// failed (a FIN would read as a complete answer). `None` restores the ordinary close.
+    pub fn set_linger(&self, linger: Option<std::time::Duration>) -> io::Result<()> {
+        let value = libc::linger {
+            l_onoff: linger.is_some() as libc::c_int,
+            l_linger: linger.map_or(0, |d| d.as_secs().min(i32::MAX as u64) as libc::c_int),
+        };
+        set_opt_value(self.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &value)
     }
 
     /// Half-closes: sends FIN after the data already queued. Await your sends first.

@@ -100,16 +100,14 @@ fn payload(size: usize) -> &'static [u8] {
     Box::leak((0..size).map(|i| (i * 7 + 1) as u8).collect::<Box<[u8]>>())
 }
 
-/// CPU seconds (user + system) used by this process so far.
+/// CPU seconds (user + system) used by this process so far (0 if the
+/// kernel will not say, which getrusage(RUSAGE_SELF) never refuses).
 fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage fills the zeroed struct it is given.
-    let ru = unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
-        ru
-    };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    use nix::sys::resource::{getrusage, UsageWho};
+    use nix::sys::time::TimeValLike;
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |ru| {
+        (ru.user_time().num_microseconds() + ru.system_time().num_microseconds()) as f64 / 1e6
+    })
 }
 
 /// Prints a progress line per second on stderr while a case runs.

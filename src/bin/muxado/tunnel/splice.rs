@@ -196,26 +196,8 @@ async fn first_failure(
 /// end); the error is logged. Also for public connections the gateway
 /// refuses: a FIN would read as an empty but complete answer.
 pub fn abort_on_close(tcp: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a descriptor `tcp` keeps open, with a pointer to
-    // a live `linger` and its exact size.
-    let r = unsafe {
-        libc::setsockopt(
-            tcp.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        tracing::debug!(
-            "SO_LINGER 0 refused ({}): the aborted connection ends with a FIN",
-            std::io::Error::last_os_error()
-        );
+    if let Err(e) = tcp.set_linger(Some(Duration::ZERO)) {
+        tracing::debug!("SO_LINGER 0 refused ({e}): the aborted connection ends with a FIN");
     }
 }
 
