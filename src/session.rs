@@ -933,6 +933,11 @@ impl Stream {
     /// It is shown an empty slice once, at the end of the stream. Returns the
     /// count `consume` returned.
     ///
+    /// It lends one contiguous piece at a time, so loop until it returns 0.
+    /// Large payloads are lent straight from the ring buffer the kernel
+    /// received them into (no copy at all); small ones, and those past a
+    /// stream's share of the ring, were copied into the stream on arrival.
+    ///
     /// ```no_run
     /// # async fn sink(stream: &mut muxado::Stream) -> Result<u64, muxado::Error> {
     /// let mut total = 0u64;
