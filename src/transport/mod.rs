@@ -63,7 +63,7 @@ use std::task::Context;
 
 use bytes::BytesMut;
 
-use crate::engine::net::{MultiRecv, RecvBuf, TcpStream, UnixStream};
+use crate::engine::net::{IoBuf, MultiRecv, RecvBuf, TcpStream, UnixStream};
 
 pub use tls::{TlsClientConfig, TlsError, TlsServerConfig, TlsStream, DEFAULT_HANDSHAKE_TIMEOUT};
 
@@ -245,7 +245,7 @@ impl Socket {
         }
     }
 
-    pub(crate) async fn send_all_session(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+    pub(crate) async fn send_all_session<B: IoBuf>(&self, buf: B) -> (io::Result<()>, B) {
         match self {
             Socket::Tcp(s) => s.send_all_session(buf).await,
             Socket::Unix(s) => s.send_all_session(buf).await,

@@ -1,0 +1,1 @@
+//! Tests of the TLS stream and its sans-IO state.
