@@ -75,8 +75,10 @@ impl From<UnbufferedServerConnection> for Conn {
 /// it): everything else is generic over the side's data.
 trait Driven {
     type Data;
-    fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8])
-        -> UnbufferedStatus<'c, 'i, Self::Data>;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data>;
 }
 
 impl Driven for UnbufferedClientConnection {
@@ -327,11 +329,15 @@ fn pump<C: Driven>(conn: &mut C, b: Buffers<'_>, mut action: Action<'_>) -> Resu
                 match std::mem::replace(&mut action, Action::Nothing) {
                     Action::Nothing => {}
                     Action::Encrypt(data) => {
-                        let out = out.as_deref_mut().ok_or_else(|| invalid("TLS: no buffer"))?;
+                        let out = out
+                            .as_deref_mut()
+                            .ok_or_else(|| invalid("TLS: no buffer"))?;
                         encrypt(&mut w, data, out)?;
                     }
                     Action::CloseNotify => {
-                        let out = out.as_deref_mut().ok_or_else(|| invalid("TLS: no buffer"))?;
+                        let out = out
+                            .as_deref_mut()
+                            .ok_or_else(|| invalid("TLS: no buffer"))?;
                         close_notify(&mut w, out)?;
                     }
                     #[cfg(test)]
@@ -350,7 +356,11 @@ fn pump<C: Driven>(conn: &mut C, b: Buffers<'_>, mut action: Action<'_>) -> Resu
                      max_early_data_size to 0)",
                 ));
             }
-            _ => return Err(invalid("TLS: a rustls connection state this module does not know")),
+            _ => {
+                return Err(invalid(
+                    "TLS: a rustls connection state this module does not know",
+                ))
+            }
         };
         inbuf.consume(discard);
         if let Some(quiet) = stop {
@@ -441,6 +451,8 @@ pub(super) struct State {
     inbuf: InBuf,
     queued: Vec<u8>,
     peer_closed: bool,
+    /// Our close_notify is sealed: no data after it.
+    closed_write: bool,
     /// The error that ended the connection, as text (every later call
     /// returns it): nothing is decrypted or encrypted after it.
     failed: Option<String>,
@@ -456,6 +468,7 @@ impl State {
             inbuf: InBuf::default(),
             queued: Vec::new(),
             peer_closed: false,
+            closed_write: false,
             failed: None,
             early_plain: Vec::new(),
         }
@@ -546,6 +559,10 @@ impl State {
     /// buffer holds [`INBUF_MAX`] and the rest must wait.
     pub(super) fn receive(&mut self, bytes: &[u8], plain: &mut Vec<u8>) -> io::Result<usize> {
         self.check_failed()?;
+        if self.peer_closed {
+            // After the peer's close_notify nothing is data: dropped.
+            return Ok(bytes.len());
+        }
         let taken = self.inbuf.append(bytes);
         self.round(Some(plain), None, Action::Nothing)?;
         if taken == 0 && !bytes.is_empty() {
@@ -570,6 +587,12 @@ impl State {
                 self.check_failed()
             };
         }
+        if self.closed_write && !data.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "TLS: the connection is closed for writing (close_notify sent)",
+            ));
+        }
         let action = if data.is_empty() {
             Action::Nothing
         } else {
@@ -592,7 +615,11 @@ impl State {
         if self.failed.is_some() {
             return self.seal(&[], out);
         }
+        if self.closed_write {
+            return self.seal(&[], out);
+        }
         self.round(None, Some(out), Action::CloseNotify)?;
+        self.closed_write = true;
         out.push(&self.queued);
         self.queued.clear();
         Ok(())
