@@ -138,6 +138,30 @@ impl InBuf {
         }
     }
 
+    /// How many bytes the last record in the buffer lacks (0 if the buffer
+    /// ends where a record ends), read from the record headers. Only a hint
+    /// of how much to append next: where rustls moved handshake fragments
+    /// over later headers the walk reads nonsense, which costs at most an
+    /// extra round, never a byte.
+    fn missing(&self) -> usize {
+        let data = &self.buf[self.start..];
+        let mut at = 0;
+        loop {
+            let left = data.len() - at;
+            if left == 0 {
+                return 0;
+            }
+            if left < 5 {
+                return 5 - left;
+            }
+            let len = 5 + usize::from(u16::from_be_bytes([data[at + 3], data[at + 4]]));
+            if len > left {
+                return len - left;
+            }
+            at += len;
+        }
+    }
+
     /// Appends as much of `bytes` as [`INBUF_MAX`] lets in; returns how much.
     /// The live bytes move to the front only when the tail has no room:
     /// then they are at most a record and the parts of a handshake message.
@@ -557,19 +581,39 @@ impl State {
     /// complete record into `plain` (appended) and queues rustls' answers.
     /// Returns how many bytes it took: fewer than offered only when the
     /// buffer holds [`INBUF_MAX`] and the rest must wait.
+    ///
+    /// A record that the last chunk left incomplete is completed first, on
+    /// its own: once it is decrypted the buffer is empty again and the rest
+    /// of the chunk goes to its start, so the live bytes never move.
     pub(super) fn receive(&mut self, bytes: &[u8], plain: &mut Vec<u8>) -> io::Result<usize> {
         self.check_failed()?;
         if self.peer_closed {
             // After the peer's close_notify nothing is data: dropped.
             return Ok(bytes.len());
         }
-        let taken = self.inbuf.append(bytes);
-        self.round(Some(plain), None, Action::Nothing)?;
-        if taken == 0 && !bytes.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "TLS: the peer's records do not fit the receive buffer's limit",
-            ));
+        let mut taken = 0;
+        while taken < bytes.len() {
+            let rest = &bytes[taken..];
+            let missing = self.inbuf.missing();
+            let n = if missing > 0 {
+                self.inbuf.append(&rest[..missing.min(rest.len())])
+            } else {
+                self.inbuf.append(rest)
+            };
+            if n == 0 {
+                if taken == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "TLS: the peer's records do not fit the receive buffer's limit",
+                    ));
+                }
+                break;
+            }
+            taken += n;
+            self.round(Some(plain), None, Action::Nothing)?;
+            if self.peer_closed {
+                return Ok(bytes.len());
+            }
         }
         Ok(taken)
     }
