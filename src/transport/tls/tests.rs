@@ -116,15 +116,21 @@ fn in_memory_pair(tls12: bool) -> (State, rustls::ClientConnection) {
     panic!("the in-memory handshake did not finish in 10 rounds");
 }
 
+/// Hands `piece` to `ours` as the socket would: appended to the lent
+/// receive buffer, then processed (the path the receiver takes).
+fn receive(ours: &mut State, piece: &[u8], plain: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut buf = ours.lend(piece.len())?;
+    assert!(buf.capacity() - buf.len() >= piece.len(), "room as asked");
+    buf.extend_from_slice(piece);
+    ours.take_back(buf);
+    ours.process_received(plain)
+}
+
 /// Feeds `ct` to `ours` in the given pieces; returns all plaintext.
 fn feed(ours: &mut State, pieces: &[&[u8]]) -> Vec<u8> {
     let mut got = Vec::new();
-    for piece in pieces {
-        let mut rest = *piece;
-        while !rest.is_empty() {
-            let n = ours.receive(rest, &mut got).unwrap();
-            rest = &rest[n..];
-        }
+    for piece in pieces.iter().filter(|p| !p.is_empty()) {
+        receive(ours, piece, &mut got).unwrap();
     }
     got
 }
@@ -292,14 +298,14 @@ fn a_bad_record_fails_with_an_alert() {
     let (mut ours, _peer) = in_memory_pair(false);
     let mut bad = vec![0x17, 0x03, 0x03, 0x00, 0x20];
     bad.extend_from_slice(&[0xAB; 32]);
-    let e = ours.receive(&bad, &mut Vec::new()).unwrap_err();
+    let e = receive(&mut ours, &bad, &mut Vec::new()).unwrap_err();
     assert!(e.to_string().contains("TLS"), "{e}");
     assert!(ours.wants_send(), "the alert waits to be sent");
     let mut out = Sealed::default();
     ours.seal(&[], &mut out).unwrap();
     assert!(!drain(&mut out).is_empty());
     assert!(ours.seal(b"data", &mut out).is_err());
-    assert!(ours.receive(b"x", &mut Vec::new()).is_err());
+    assert!(receive(&mut ours, b"x", &mut Vec::new()).is_err());
 }
 
 /// A peer that sends a record header announcing more than TLS allows is
@@ -308,9 +314,7 @@ fn a_bad_record_fails_with_an_alert() {
 #[test]
 fn oversized_input_is_refused() {
     let (mut ours, _peer) = in_memory_pair(false);
-    let e = ours
-        .receive(&[0x17, 0x03, 0x03, 0xff, 0xff], &mut Vec::new())
-        .unwrap_err();
+    let e = receive(&mut ours, &[0x17, 0x03, 0x03, 0xff, 0xff], &mut Vec::new()).unwrap_err();
     assert!(e.to_string().contains("TLS"), "{e}");
 
     let (server_cfg, _) = configs(false);
@@ -538,4 +542,96 @@ fn a_buffered_peer_updates_keys_mid_transfer() {
 fn an_idle_connection_is_open() {
     let (mut ours, _peer) = in_memory_pair(false);
     assert_eq!(ours.handshake_step().unwrap(), Quiet::Open);
+}
+
+/// While a receive is in flight (the buffer lent to the socket), the sender
+/// seals with a stand-in; the partial record in the buffer is finished and
+/// read afterwards as if nothing happened.
+#[test]
+fn sealing_while_the_buffer_is_lent() {
+    let (mut ours, mut peer) = in_memory_pair(false);
+    let mut out = Sealed::default();
+    peer.writer().write_all(&[5u8; 3000]).unwrap();
+    let ct = peer_output(&mut peer);
+    assert_eq!(feed(&mut ours, &[&ct[..1000]]), b"");
+    let mut buf = ours.lend(4096).unwrap();
+    ours.seal(b"while lent", &mut out).unwrap();
+    peer_input(&mut peer, &drain(&mut out));
+    assert_eq!(peer_plaintext(&mut peer), b"while lent");
+    buf.extend_from_slice(&ct[1000..]);
+    ours.take_back(buf);
+    let mut got = Vec::new();
+    ours.process_received(&mut got).unwrap();
+    assert_eq!(got, vec![5u8; 3000]);
+}
+
+/// Ours as the client, the peer a server that cuts its records to 64 bytes:
+/// its session tickets (handshake messages) come in many records, so rustls
+/// keeps the first parts in our buffer while the rest is missing. A receive
+/// in flight then, and a send meanwhile, must not disturb that.
+#[test]
+fn handshake_messages_split_over_records_survive_a_lent_buffer() {
+    let (server_cfg, client_cfg) = configs(false);
+    let mut server_config = (*server_cfg.inner).clone();
+    server_config.max_fragment_size = Some(64);
+    server_config.send_tls13_tickets = 2;
+    // Stateless tickets: the ticket carries the encrypted session (~150 bytes).
+    server_config.ticketer = rustls::crypto::ring::Ticketer::new().unwrap();
+    let mut peer = rustls::ServerConnection::new(Arc::new(server_config)).unwrap();
+    let mut ours = State::new(
+        rustls::client::UnbufferedClientConnection::new(
+            client_cfg.inner.clone(),
+            "localhost".try_into().unwrap(),
+        )
+        .unwrap(),
+    );
+    let mut server_out = Vec::new();
+    for _ in 0..10 {
+        ours.handshake_step().unwrap();
+        let mut rd = &ours.take_queued()[..];
+        while !rd.is_empty() {
+            peer.read_tls(&mut rd).unwrap();
+            peer.process_new_packets().unwrap();
+        }
+        while peer.wants_write() {
+            peer.write_tls(&mut server_out).unwrap();
+        }
+        if !peer.is_handshaking() && !ours.common().is_handshaking() {
+            break;
+        }
+        ours.feed_handshake(&server_out).unwrap();
+        server_out.clear();
+    }
+    assert!(!ours.common().is_handshaking());
+    // What is left: the tickets (and whatever the handshake left over), in
+    // 64-byte records. Then data.
+    peer.writer().write_all(b"after the tickets").unwrap();
+    while peer.wants_write() {
+        peer.write_tls(&mut server_out).unwrap();
+    }
+    assert!(
+        server_out.len() > 300,
+        "tickets in many records: {}",
+        server_out.len()
+    );
+    let mut out = Sealed::default();
+    let mut got = Vec::new();
+    // In pieces of 50 bytes: each lent while the parts are kept, with a send.
+    for (i, piece) in server_out.chunks(50).enumerate() {
+        let mut buf = ours.lend(50).unwrap();
+        let msg = format!("send {i}");
+        ours.seal(msg.as_bytes(), &mut out).unwrap();
+        let mut rd = &drain(&mut out)[..];
+        while !rd.is_empty() {
+            peer.read_tls(&mut rd).unwrap();
+            peer.process_new_packets().unwrap();
+        }
+        let mut read = vec![0u8; msg.len()];
+        peer.reader().read_exact(&mut read).unwrap();
+        assert_eq!(read, msg.as_bytes());
+        buf.extend_from_slice(piece);
+        ours.take_back(buf);
+        ours.process_received(&mut got).unwrap();
+    }
+    assert_eq!(got, b"after the tickets");
 }
