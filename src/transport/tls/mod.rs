@@ -216,7 +216,10 @@ impl TlsStream {
             // One send at a time (the session's writer); a second one, if
             // any, gets a fresh buffer rather than the one in flight.
             let mut out = std::mem::take(&mut sh.out);
-            seal(&mut sh.tls, &mut out)?;
+            if let Err(e) = seal(&mut sh.tls, &mut out) {
+                sh.out = out;
+                return Err(e);
+            }
             out
         };
         if out.is_empty() {

@@ -586,7 +586,8 @@ impl State {
     /// Lends the receive buffer for the socket to append received
     /// ciphertext to its spare capacity, which is made at least `room` bytes
     /// (less only under [`INBUF_MAX`]); the live bytes (at most a partial
-    /// record, normally) first move to its front. Give it back with
+    /// record, normally) move to its front first if the room after them is
+    /// short. Give it back with
     /// [`Self::take_back`], then call [`Self::process_received`].
     ///
     /// Meanwhile the sender's calls hand rustls a stand-in: nothing when the
@@ -606,22 +607,28 @@ impl State {
             ));
         }
         let mut buf = std::mem::take(&mut self.inbuf.buf);
-        if self.inbuf.start > 0 {
+        let room = room.clamp(1, INBUF_MAX - live);
+        // The live bytes move to the front only when the room after them is
+        // short (so about every other receive of bulk traffic).
+        if self.inbuf.start > 0 && buf.capacity() - buf.len() < room {
             buf.copy_within(self.inbuf.start.., 0);
             buf.truncate(live);
             self.inbuf.start = 0;
         }
-        let room = room.clamp(1, INBUF_MAX - live);
-        if buf.capacity() > 2 * (live + room) && buf.capacity() > 16 * 1024 {
+        if self.inbuf.start == 0 && buf.capacity() > 2 * (live + room) && buf.capacity() > 16 * 1024
+        {
             // Traffic got smaller: give memory back.
             buf.shrink_to(live + room);
         }
         buf.reserve_exact(room);
+        self.inbuf.buf = buf;
         self.stand_in.buf.clear();
         self.stand_in.start = 0;
-        self.inbuf.buf = buf;
         if self.inbuf.may_be_kept() {
-            self.stand_in.buf.extend_from_slice(&self.inbuf.buf);
+            let start = self.inbuf.start;
+            self.stand_in
+                .buf
+                .extend_from_slice(&self.inbuf.buf[start..]);
         }
         self.stand_in_len = self.stand_in.len();
         self.lent = true;
@@ -631,7 +638,6 @@ impl State {
     /// Takes the lent buffer back, with what the socket appended.
     pub(super) fn take_back(&mut self, buf: Vec<u8>) {
         self.inbuf.buf = buf;
-        self.inbuf.start = 0;
         self.lent = false;
         // Whatever rustls discarded from the stand-in is gone from the buffer too.
         self.inbuf.consume(self.stand_in_len - self.stand_in.len());
