@@ -211,6 +211,9 @@ impl From<TcpStream> for Socket {
     }
 }
 
+/// The multishot receive of a [`Socket`].
+pub(crate) type SocketRecv = MultiRecv;
+
 impl Socket {
     /// The local socket address, if there is one.
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -246,6 +249,13 @@ impl Socket {
         match self {
             Socket::Tcp(s) => s.send_all_session(buf).await,
             Socket::Unix(s) => s.send_all_session(buf).await,
+        }
+    }
+
+    pub(crate) fn recv_multishot(&self) -> SocketRecv {
+        match self {
+            Socket::Tcp(s) => s.recv_multishot(),
+            Socket::Unix(s) => s.recv_multishot(),
         }
     }
 

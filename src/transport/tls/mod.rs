@@ -1,15 +1,14 @@
 //! TLS on the engine: rustls driven sans-IO over a ring socket, through its
 //! unbuffered API.
 //!
-//! rustls never touches the socket. The socket receives ciphertext straight
-//! into the connection's receive buffer, where `process_tls_records` decrypts
-//! it in place; the plaintext goes to the protocol. Outgoing frames are
-//! sealed by `WriteTraffic::encrypt` straight into a send buffer that is
-//! reused from send to send. (rustls 0.23 itself still copies each record
-//! once more and allocates for it, each way: see `state`.) The handshake is
-//! finished before a [`TlsStream`] exists, so a failed handshake is an error
-//! of [`TlsStream::connect`] / [`TlsStream::accept`] that names its cause,
-//! never a session that dies later for no clear reason.
+//! rustls never touches the socket. Ciphertext comes in through the ring's
+//! receive, is copied once into the connection's receive buffer and decrypted
+//! there by `process_tls_records`; the plaintext goes to the protocol.
+//! Outgoing frames are sealed by `WriteTraffic::encrypt` straight into a send
+//! buffer that is reused from send to send. The handshake is finished before
+//! a [`TlsStream`] exists, so a failed handshake is an error of
+//! [`TlsStream::connect`] / [`TlsStream::accept`] that names its cause, never
+//! a session that dies later for no clear reason.
 //!
 //! Parts: `config` (PEM files, trust, errors), `state` (the sans-IO
 //! connection: buffers, processing, sealing) and this file (the stream: the
@@ -190,11 +189,11 @@ impl TlsStream {
     pub(crate) fn receiver(&self) -> TlsReceiver {
         let early = std::mem::take(&mut self.shared.borrow_mut().tls.early_plain);
         TlsReceiver {
-            socket: self.socket.clone(),
+            raw: self.socket.recv_multishot(),
             shared: self.shared.clone(),
             unread: !early.is_empty(),
             plain: early,
-            room: RECV_ROOM_MIN,
+            pending: None,
             eof: false,
         }
     }
@@ -281,30 +280,18 @@ impl TlsStream {
     }
 }
 
-/// The receive room the receiver starts with, and its floor: what a quiet
-/// connection keeps.
-const RECV_ROOM_MIN: usize = 4 * 1024;
-
-/// The receive room at most: one receive of bulk traffic.
-const RECV_ROOM_MAX: usize = 64 * 1024;
-
 /// Turns received ciphertext into plaintext chunks.
-///
-/// One receive at a time, straight into the connection's receive buffer
-/// (not the ring's provided buffers: those would have to be copied, and
-/// rustls decrypts in place). How much room a receive gets follows the
-/// traffic: it doubles when a receive fills it and halves when one uses
-/// less than a quarter, between [`RECV_ROOM_MIN`] and [`RECV_ROOM_MAX`].
 pub(crate) struct TlsReceiver {
-    socket: Socket,
+    raw: super::SocketRecv,
     shared: Rc<RefCell<Shared>>,
     /// Decrypted data, lent to the caller until the next call; it grows to
-    /// what one receive decrypts to.
+    /// what one received chunk decrypts to.
     plain: Vec<u8>,
     /// `plain` holds data not handed out yet (what came with the handshake).
     unread: bool,
-    /// The room the next receive gets.
-    room: usize,
+    /// A received chunk the receive buffer has not taken all of yet, and how
+    /// far it got.
+    pending: Option<(crate::engine::net::RecvBuf, usize)>,
     /// The socket reached its end.
     eof: bool,
 }
@@ -319,33 +306,32 @@ impl TlsReceiver {
         }
         self.plain.clear();
         loop {
+            if let Some((chunk, off)) = &mut self.pending {
+                let mut sh = self.shared.borrow_mut();
+                let taken = sh.tls.receive(&chunk[*off..], &mut self.plain);
+                if sh.tls.wants_send() {
+                    if let Some(w) = sh.sender.take() {
+                        w.wake();
+                    }
+                }
+                *off += taken?;
+                if *off == chunk.len() {
+                    self.pending = None;
+                }
+                if !self.plain.is_empty() {
+                    return Ok(Some(&self.plain));
+                }
+                if sh.tls.peer_closed() {
+                    return Ok(None);
+                }
+                continue;
+            }
             if self.eof || self.shared.borrow().tls.peer_closed() {
                 return Ok(None);
             }
-            let buf = self.shared.borrow_mut().tls.lend(self.room)?;
-            let spare = buf.capacity() - buf.len();
-            let (r, buf) = self.socket.recv(buf).await;
-            let mut sh = self.shared.borrow_mut();
-            sh.tls.take_back(buf);
-            let n = r?;
-            if n == 0 {
-                self.eof = true;
-                continue;
-            }
-            if n >= spare {
-                self.room = (self.room * 2).min(RECV_ROOM_MAX);
-            } else if n < self.room / 4 {
-                self.room = (self.room / 2).max(RECV_ROOM_MIN);
-            }
-            let processed = sh.tls.process_received(&mut self.plain);
-            if sh.tls.wants_send() {
-                if let Some(w) = sh.sender.take() {
-                    w.wake();
-                }
-            }
-            processed?;
-            if !self.plain.is_empty() {
-                return Ok(Some(&self.plain));
+            match self.raw.next().await? {
+                Some(chunk) => self.pending = Some((chunk, 0)),
+                None => self.eof = true,
             }
         }
     }

@@ -6,10 +6,10 @@
 //! Why the unbuffered API: the buffered one reads received ciphertext in
 //! 4 KiB steps into a buffer it grows, shrinks and compacts per record, keeps
 //! decrypted records in a queue of its own that `reader()` copies out of, and
-//! queues every sealed record for `write_tls` to copy. Here the socket
-//! receives straight into [`InBuf`] (no copy: the kernel writes there), and
-//! rustls decrypts in place there; sealed records land straight in the
-//! sender's reused [`Sealed`] buffer.
+//! queues every sealed record for `write_tls` to copy. Here received
+//! ciphertext is copied once, from the ring's chunk into [`InBuf`], and rustls
+//! decrypts it in place there; sealed records land straight in the sender's
+//! reused [`Sealed`] buffer.
 //!
 //! What rustls 0.23 still does per record, inside, whatever we hand it
 //! (`conn/unbuffered.rs` and `common_state.rs` of rustls 0.23.48): a received
@@ -23,10 +23,8 @@
 //! One rule keeps the two users of a connection apart: only the receiver
 //! hands rustls new ciphertext, and it processes every complete record before
 //! it returns. rustls keeps positions into the receive buffer between calls
-//! (the parts of a handshake message), so the sender passes the same buffer
-//! when it asks for the right to encrypt, and finds nothing there to decrypt;
-//! while the buffer is lent to the socket, a stand-in that rustls cannot
-//! tell from it (see [`State::lend`]).
+//! (parts of a handshake message), so the sender passes the same buffer when
+//! it asks for the right to encrypt, and finds nothing there to decrypt.
 
 use std::io;
 
@@ -114,8 +112,8 @@ macro_rules! with_conn {
 }
 
 /// Received ciphertext rustls has not let go of yet: a partial record, the
-/// parts of a handshake message, and, only inside
-/// [`State::process_received`], the records it is decrypting in place.
+/// parts of a handshake message, and, only inside [`State::receive`], the
+/// records it is decrypting in place.
 #[derive(Default)]
 pub(super) struct InBuf {
     buf: Vec<u8>,
@@ -128,15 +126,6 @@ impl InBuf {
         &mut self.buf[self.start..]
     }
 
-    /// True if the live bytes start with a complete record: then rustls may
-    /// be keeping processed records in the buffer (the parts of a handshake
-    /// message). If they start with an incomplete record (or there are
-    /// none), rustls keeps nothing: it never holds on to part of a record.
-    fn may_be_kept(&self) -> bool {
-        let data = &self.buf[self.start..];
-        data.len() >= 5 && data.len() >= 5 + usize::from(u16::from_be_bytes([data[3], data[4]]))
-    }
-
     fn len(&self) -> usize {
         self.buf.len() - self.start
     }
@@ -146,6 +135,30 @@ impl InBuf {
         if self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
+        }
+    }
+
+    /// How many bytes the last record in the buffer lacks (0 if the buffer
+    /// ends where a record ends), read from the record headers. Only a hint
+    /// of how much to append next: where rustls moved handshake fragments
+    /// over later headers the walk reads nonsense, which costs at most an
+    /// extra round, never a byte.
+    fn missing(&self) -> usize {
+        let data = &self.buf[self.start..];
+        let mut at = 0;
+        loop {
+            let left = data.len() - at;
+            if left == 0 {
+                return 0;
+            }
+            if left < 5 {
+                return 5 - left;
+            }
+            let len = 5 + usize::from(u16::from_be_bytes([data[at + 3], data[at + 4]]));
+            if len > left {
+                return len - left;
+            }
+            at += len;
         }
     }
 
@@ -460,12 +473,6 @@ fn collect_alert<C: Driven>(conn: &mut C, inbuf: &mut InBuf, queued: &mut Vec<u8
 pub(super) struct State {
     conn: Conn,
     inbuf: InBuf,
-    /// The receive buffer is lent to the socket (a receive is in flight):
-    /// calls made meanwhile see `stand_in` instead (see [`Self::lend`]).
-    lent: bool,
-    stand_in: InBuf,
-    /// How many live bytes `stand_in` had when it was made.
-    stand_in_len: usize,
     queued: Vec<u8>,
     peer_closed: bool,
     /// Our close_notify is sealed: no data after it.
@@ -483,9 +490,6 @@ impl State {
         State {
             conn: conn.into(),
             inbuf: InBuf::default(),
-            lent: false,
-            stand_in: InBuf::default(),
-            stand_in_len: 0,
             queued: Vec::new(),
             peer_closed: false,
             closed_write: false,
@@ -522,13 +526,8 @@ impl State {
         out: Option<&mut Sealed>,
         action: Action<'_>,
     ) -> Result<Quiet, Failure> {
-        let inbuf = if self.lent {
-            &mut self.stand_in
-        } else {
-            &mut self.inbuf
-        };
         let b = Buffers {
-            inbuf,
+            inbuf: &mut self.inbuf,
             queued: &mut self.queued,
             peer_closed: &mut self.peer_closed,
             plain,
@@ -543,12 +542,7 @@ impl State {
                 });
             }
             if matches!(e, Failure::Tls(_)) {
-                let inbuf = if self.lent {
-                    &mut self.stand_in
-                } else {
-                    &mut self.inbuf
-                };
-                with_conn!(&mut self.conn, c => collect_alert(c, inbuf, &mut self.queued));
+                with_conn!(&mut self.conn, c => collect_alert(c, &mut self.inbuf, &mut self.queued));
             }
         }
         r
@@ -583,79 +577,45 @@ impl State {
         Ok(())
     }
 
-    /// Lends the receive buffer for the socket to append received
-    /// ciphertext to its spare capacity, which is made at least `room` bytes
-    /// (less only under [`INBUF_MAX`]); the live bytes (at most a partial
-    /// record, normally) move to its front first if the room after them is
-    /// short. Give it back with
-    /// [`Self::take_back`], then call [`Self::process_received`].
+    /// Takes what fits of `bytes` (received ciphertext), decrypts every
+    /// complete record into `plain` (appended) and queues rustls' answers.
+    /// Returns how many bytes it took: fewer than offered only when the
+    /// buffer holds [`INBUF_MAX`] and the rest must wait.
     ///
-    /// Meanwhile the sender's calls hand rustls a stand-in: nothing when the
-    /// buffer starts with an incomplete record (rustls keeps no positions
-    /// into it then), else a copy of the live bytes (rare: the parts of a
-    /// handshake message split over records).
-    pub(super) fn lend(&mut self, room: usize) -> io::Result<Vec<u8>> {
-        self.check_failed()?;
-        if self.lent {
-            return Err(io::Error::other("TLS: a receive is already in flight"));
-        }
-        let live = self.inbuf.len();
-        if live >= INBUF_MAX {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "TLS: the peer's records do not fit the receive buffer's limit",
-            ));
-        }
-        let mut buf = std::mem::take(&mut self.inbuf.buf);
-        let room = room.clamp(1, INBUF_MAX - live);
-        // The live bytes move to the front only when the room after them is
-        // short (so about every other receive of bulk traffic).
-        if self.inbuf.start > 0 && buf.capacity() - buf.len() < room {
-            buf.copy_within(self.inbuf.start.., 0);
-            buf.truncate(live);
-            self.inbuf.start = 0;
-        }
-        if self.inbuf.start == 0 && buf.capacity() > 2 * (live + room) && buf.capacity() > 16 * 1024
-        {
-            // Traffic got smaller: give memory back.
-            buf.shrink_to(live + room);
-        }
-        buf.reserve_exact(room);
-        self.inbuf.buf = buf;
-        self.stand_in.buf.clear();
-        self.stand_in.start = 0;
-        if self.inbuf.may_be_kept() {
-            let start = self.inbuf.start;
-            self.stand_in
-                .buf
-                .extend_from_slice(&self.inbuf.buf[start..]);
-        }
-        self.stand_in_len = self.stand_in.len();
-        self.lent = true;
-        Ok(std::mem::take(&mut self.inbuf.buf))
-    }
-
-    /// Takes the lent buffer back, with what the socket appended.
-    pub(super) fn take_back(&mut self, buf: Vec<u8>) {
-        self.inbuf.buf = buf;
-        self.lent = false;
-        // Whatever rustls discarded from the stand-in is gone from the buffer too.
-        self.inbuf.consume(self.stand_in_len - self.stand_in.len());
-        self.stand_in.buf.clear();
-        self.stand_in.start = 0;
-    }
-
-    /// Decrypts every complete record of the receive buffer into `plain`
-    /// (appended) and queues rustls' answers.
-    pub(super) fn process_received(&mut self, plain: &mut Vec<u8>) -> io::Result<()> {
+    /// A record that the last chunk left incomplete is completed first, on
+    /// its own: once it is decrypted the buffer is empty again and the rest
+    /// of the chunk goes to its start, so the live bytes never move.
+    pub(super) fn receive(&mut self, bytes: &[u8], plain: &mut Vec<u8>) -> io::Result<usize> {
         self.check_failed()?;
         if self.peer_closed {
             // After the peer's close_notify nothing is data: dropped.
-            self.inbuf = InBuf::default();
-            return Ok(());
+            return Ok(bytes.len());
         }
-        self.round(Some(plain), None, Action::Nothing)?;
-        Ok(())
+        let mut taken = 0;
+        while taken < bytes.len() {
+            let rest = &bytes[taken..];
+            let missing = self.inbuf.missing();
+            let n = if missing > 0 {
+                self.inbuf.append(&rest[..missing.min(rest.len())])
+            } else {
+                self.inbuf.append(rest)
+            };
+            if n == 0 {
+                if taken == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "TLS: the peer's records do not fit the receive buffer's limit",
+                    ));
+                }
+                break;
+            }
+            taken += n;
+            self.round(Some(plain), None, Action::Nothing)?;
+            if self.peer_closed {
+                return Ok(bytes.len());
+            }
+        }
+        Ok(taken)
     }
 
     /// Puts into `out` what rustls queued on its own, then `data` sealed
