@@ -7,12 +7,13 @@
 //!   a Linux abstract name): chunks straight from the core's multishot
 //!   receive, frames straight to the ring's send, no copy and no allocation
 //!   per frame;
-//! - TLS ([`TlsStream`], rustls driven sans-IO): ciphertext from the ring goes
-//!   through `read_tls` / `process_new_packets` and comes out as plaintext for
-//!   the protocol; frames go in through `writer()` and leave, encrypted, through
-//!   `write_tls` and the ring's send. rustls' buffered API copies each way
-//!   and allocates per TLS record (up to 16 KiB), so TLS is not zero-alloc
-//!   per frame the way TCP and Unix are.
+//! - TLS ([`TlsStream`], rustls' unbuffered API driven sans-IO): ciphertext
+//!   from the ring's multishot receive is gathered into the stream's own
+//!   receive buffer, rustls opens each record there and the plaintext goes to
+//!   the protocol; outgoing frames are sealed record by record into a reused
+//!   send buffer for the ring's send. rustls 0.23 still decrypts and seals each
+//!   record through a `Vec` of its own (one allocation and one copy per record
+//!   each way), so TLS is not zero-alloc per frame the way TCP and Unix are.
 //!
 //! Dispatch is a `match` on a small enum, not a trait object: the TCP path
 //! costs one branch per chunk and per send.
@@ -63,7 +64,7 @@ use std::task::Context;
 
 use bytes::BytesMut;
 
-use crate::engine::net::{MultiRecv, RecvBuf, TcpStream, UnixStream, VectoredSend};
+use crate::engine::net::{IoBuf, MultiRecv, RecvBuf, TcpStream, UnixStream, VectoredSend};
 
 pub use tls::{TlsClientConfig, TlsError, TlsServerConfig, TlsStream, DEFAULT_HANDSHAKE_TIMEOUT};
 
@@ -280,7 +281,7 @@ impl Socket {
         }
     }
 
-    pub(crate) async fn send_all_session(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+    pub(crate) async fn send_all_session<B: IoBuf>(&self, buf: B) -> (io::Result<()>, B) {
         match self {
             Socket::Tcp(s) => s.send_all_session(buf).await,
             Socket::Unix(s) => s.send_all_session(buf).await,

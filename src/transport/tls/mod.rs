@@ -1,21 +1,27 @@
-//! TLS on the engine: rustls driven sans-IO over a ring socket.
+//! TLS on the engine: rustls driven sans-IO over a ring socket, through its
+//! unbuffered API.
 //!
 //! rustls never touches the socket. Ciphertext comes in through the ring's
-//! receive and is handed to `read_tls` / `process_new_packets`; the plaintext
-//! is read out of `reader()` for the protocol. Outgoing frames go into
-//! `writer()`, and `write_tls` fills a ciphertext buffer that the ring sends.
-//! The handshake is finished before a [`TlsStream`] exists, so a failed
-//! handshake is an error of [`TlsStream::connect`] / [`TlsStream::accept`]
-//! that names its cause, never a session that dies later for no clear reason.
+//! receive, is copied once into the connection's receive buffer and decrypted
+//! there by `process_tls_records`; the plaintext goes to the protocol.
+//! Outgoing frames are sealed by `WriteTraffic::encrypt` straight into a send
+//! buffer that is reused from send to send. The handshake is finished before
+//! a [`TlsStream`] exists, so a failed handshake is an error of
+//! [`TlsStream::connect`] / [`TlsStream::accept`] that names its cause, never
+//! a session that dies later for no clear reason.
 //!
-//! Parts: `config` (PEM files, trust, errors) and this file (the stream: the
-//! handshake, sealing frames, opening received records).
+//! Parts: `config` (PEM files, trust, errors), `state` (the sans-IO
+//! connection: buffers, processing, sealing) and this file (the stream: the
+//! handshake over the socket, sends, the receiver).
 
 mod config;
+mod state;
+#[cfg(test)]
+mod tests;
 
 use std::cell::RefCell;
 use std::fmt;
-use std::io::{self, Read as _, Write as _};
+use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::task::{Context, Waker};
@@ -26,55 +32,24 @@ use rustls::pki_types::ServerName;
 
 use super::Socket;
 use crate::engine;
+use state::{Quiet, Sealed, State};
 
 pub use config::{TlsClientConfig, TlsError, TlsServerConfig, DEFAULT_HANDSHAKE_TIMEOUT};
 
 /// How long closing the write side waits for the close_notify alert to leave.
 const CLOSE_NOTIFY_GRACE: Duration = Duration::from_millis(250);
 
-/// How many ciphertext bytes one handshake receive takes: at most one TLS
-/// record and its header, so that rustls' plaintext buffer can always take
-/// what follows the handshake in the same receive.
+/// How many ciphertext bytes one handshake receive takes at most.
 const HANDSHAKE_RECV: usize = 16 * 1024 + 256;
 
-/// The plaintext buffer of a receiver: how much decrypted data one chunk
-/// hands to the protocol at most.
-const PLAIN_CHUNK: usize = 64 * 1024;
-
-/// The TLS state the receiver and the sender share (one core, no locks).
-struct State {
-    conn: rustls::Connection,
+/// What the stream's halves share (one core, no locks).
+struct Shared {
+    tls: State,
     /// The session's writer, waiting for TLS output of rustls' own (alerts,
     /// key-update answers) that the receiver caused.
     sender: Option<Waker>,
-    /// The ciphertext buffer of the last send, kept for its capacity.
-    spare: Vec<u8>,
-}
-
-impl State {
-    /// Encrypts `plain` (possibly empty: then only what rustls queued itself)
-    /// into a ciphertext buffer to send.
-    fn seal(&mut self, mut plain: &[u8]) -> io::Result<Vec<u8>> {
-        let mut ct = std::mem::take(&mut self.spare);
-        ct.clear();
-        loop {
-            while self.conn.wants_write() {
-                self.conn.write_tls(&mut ct)?;
-            }
-            if plain.is_empty() {
-                return Ok(ct);
-            }
-            // Takes up to rustls' buffer limit, which the loop drains each time.
-            let n = self.conn.writer().write(plain)?;
-            if n == 0 && !self.conn.wants_write() {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "TLS: the connection takes no more data (closed for writing)",
-                ));
-            }
-            plain = &plain[n..];
-        }
-    }
+    /// The send buffer, between sends (taken while one is in flight).
+    out: Sealed,
 }
 
 /// A TLS connection on a ring socket, handshake done.
@@ -83,15 +58,15 @@ impl State {
 /// (server), then start a [`Session`](crate::Session) over it.
 pub struct TlsStream {
     socket: Socket,
-    state: Rc<RefCell<State>>,
+    shared: Rc<RefCell<Shared>>,
 }
 
 impl fmt::Debug for TlsStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let st = self.state.borrow();
+        let sh = self.shared.borrow();
         f.debug_struct("TlsStream")
             .field("socket", &self.socket)
-            .field("version", &st.conn.protocol_version())
+            .field("version", &sh.tls.common().protocol_version())
             .finish()
     }
 }
@@ -108,9 +83,9 @@ impl TlsStream {
     ) -> Result<TlsStream, TlsError> {
         let name = ServerName::try_from(server_name.to_owned())
             .map_err(|_| TlsError::ServerName(server_name.to_owned()))?;
-        let conn =
-            rustls::ClientConnection::new(config.inner.clone(), name).map_err(TlsError::Config)?;
-        Self::handshake_within(socket.into(), conn.into(), config.handshake_timeout).await
+        let conn = rustls::client::UnbufferedClientConnection::new(config.inner.clone(), name)
+            .map_err(TlsError::Config)?;
+        Self::handshake_within(socket.into(), State::new(conn), config.handshake_timeout).await
     }
 
     /// The server side: handshakes over `socket` with `config`'s certificate.
@@ -120,38 +95,50 @@ impl TlsStream {
         socket: impl Into<Socket>,
         config: &TlsServerConfig,
     ) -> Result<TlsStream, TlsError> {
-        let conn = rustls::ServerConnection::new(config.inner.clone()).map_err(TlsError::Config)?;
-        Self::handshake_within(socket.into(), conn.into(), config.handshake_timeout).await
+        let conn = rustls::server::UnbufferedServerConnection::new(config.inner.clone())
+            .map_err(TlsError::Config)?;
+        Self::handshake_within(socket.into(), State::new(conn), config.handshake_timeout).await
     }
 
     async fn handshake_within(
         socket: Socket,
-        conn: rustls::Connection,
+        tls: State,
         timeout: Option<Duration>,
     ) -> Result<TlsStream, TlsError> {
         match timeout {
-            None => Self::handshake(socket, conn).await,
-            Some(t) => engine::timeout(t, Self::handshake(socket, conn))
+            None => Self::handshake(socket, tls).await,
+            Some(t) => engine::timeout(t, Self::handshake(socket, tls))
                 .await
                 .unwrap_or(Err(TlsError::HandshakeTimeout(t))),
         }
     }
 
-    async fn handshake(
-        socket: Socket,
-        mut conn: rustls::Connection,
-    ) -> Result<TlsStream, TlsError> {
+    async fn handshake(socket: Socket, mut tls: State) -> Result<TlsStream, TlsError> {
         let mut inbuf = Vec::with_capacity(HANDSHAKE_RECV);
         loop {
-            if conn.wants_write() {
-                let mut out = Vec::new();
-                while conn.wants_write() {
-                    conn.write_tls(&mut out).map_err(TlsError::Io)?;
+            let step = tls.handshake_step();
+            let out = tls.take_queued();
+            let quiet = match step {
+                Ok(quiet) => quiet,
+                Err(e) => {
+                    // Tell the peer why (rustls queued an alert), best effort.
+                    if !out.is_empty() {
+                        let _ = engine::timeout(CLOSE_NOTIFY_GRACE, socket.send_all(out)).await;
+                    }
+                    return Err(match e {
+                        state::Failure::Tls(e) => TlsError::Handshake(e),
+                        state::Failure::Io(e) => TlsError::Io(e),
+                    });
                 }
+            };
+            if !out.is_empty() {
                 socket.send_all(out).await.map_err(TlsError::Io)?;
             }
-            if !conn.is_handshaking() {
+            if !tls.common().is_handshaking() {
                 break;
+            }
+            if quiet == Quiet::Closed {
+                return Err(TlsError::HandshakeEof);
             }
             inbuf.clear();
             let (r, buf) = socket.recv(inbuf).await;
@@ -159,30 +146,14 @@ impl TlsStream {
             if r.map_err(TlsError::Io)? == 0 {
                 return Err(TlsError::HandshakeEof);
             }
-            let mut rd = &inbuf[..];
-            while !rd.is_empty() {
-                let n = conn.read_tls(&mut rd).map_err(TlsError::Io)?;
-                if let Err(e) = conn.process_new_packets() {
-                    // Tell the peer why (rustls queued an alert), best effort.
-                    let mut out = Vec::new();
-                    if conn.write_tls(&mut out).is_ok() && !out.is_empty() {
-                        let _ = engine::timeout(CLOSE_NOTIFY_GRACE, socket.send_all(out)).await;
-                    }
-                    return Err(TlsError::Handshake(e));
-                }
-                if n == 0 {
-                    return Err(TlsError::Io(io::Error::other(
-                        "rustls took no handshake bytes",
-                    )));
-                }
-            }
+            tls.feed_handshake(&inbuf).map_err(TlsError::Io)?;
         }
         Ok(TlsStream {
             socket,
-            state: Rc::new(RefCell::new(State {
-                conn,
+            shared: Rc::new(RefCell::new(Shared {
+                tls,
                 sender: None,
-                spare: Vec::new(),
+                out: Sealed::default(),
             })),
         })
     }
@@ -194,12 +165,17 @@ impl TlsStream {
 
     /// The negotiated protocol version (TLS 1.2 or 1.3).
     pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
-        self.state.borrow().conn.protocol_version()
+        self.shared.borrow().tls.common().protocol_version()
     }
 
     /// The ALPN protocol agreed on, if any.
     pub fn alpn_protocol(&self) -> Option<Vec<u8>> {
-        self.state.borrow().conn.alpn_protocol().map(<[u8]>::to_vec)
+        self.shared
+            .borrow()
+            .tls
+            .common()
+            .alpn_protocol()
+            .map(<[u8]>::to_vec)
     }
 
     pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
@@ -211,10 +187,12 @@ impl TlsStream {
     }
 
     pub(crate) fn receiver(&self) -> TlsReceiver {
+        let early = std::mem::take(&mut self.shared.borrow_mut().tls.early_plain);
         TlsReceiver {
             raw: self.socket.recv_multishot(),
-            state: self.state.clone(),
-            plain: vec![0; PLAIN_CHUNK],
+            shared: self.shared.clone(),
+            unread: !early.is_empty(),
+            plain: early,
             pending: None,
             eof: false,
         }
@@ -222,42 +200,62 @@ impl TlsStream {
 
     /// Encrypts and sends all of `buf`; gives it back for reuse.
     pub(crate) async fn send_all(&self, buf: BytesMut) -> (io::Result<()>, BytesMut) {
-        let r = self.send_sealed(&buf).await;
+        let r = self.send_sealed(|tls, out| tls.seal(&buf, out)).await;
         (r, buf)
     }
 
-    async fn send_sealed(&self, plain: &[u8]) -> io::Result<()> {
-        let ct = self.state.borrow_mut().seal(plain)?;
-        if ct.is_empty() {
-            self.state.borrow_mut().spare = ct;
+    /// Seals with `seal` into the send buffer, then sends what it holds.
+    async fn send_sealed(
+        &self,
+        seal: impl FnOnce(&mut State, &mut Sealed) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut out = {
+            let mut sh = self.shared.borrow_mut();
+            let sh = &mut *sh;
+            // One send at a time (the session's writer); a second one, if
+            // any, gets a fresh buffer rather than the one in flight.
+            let mut out = std::mem::take(&mut sh.out);
+            if let Err(e) = seal(&mut sh.tls, &mut out) {
+                sh.out = out;
+                return Err(e);
+            }
+            out
+        };
+        if out.is_empty() {
+            self.shared.borrow_mut().out = out;
             return Ok(());
         }
-        let (r, ct) = self.socket.send_all_session(ct).await;
-        self.state.borrow_mut().spare = ct;
+        let (head, tail) = out.split();
+        let (r, head) = self.socket.send_all_session(head).await;
+        out.rejoin(head, tail);
+        self.shared.borrow_mut().out = out;
         r
     }
 
     pub(crate) fn poll_wants_send(&self, cx: &Context<'_>) -> bool {
-        let mut st = self.state.borrow_mut();
-        if st.conn.wants_write() {
+        let mut sh = self.shared.borrow_mut();
+        if sh.tls.wants_send() {
             return true;
         }
-        match &st.sender {
+        match &sh.sender {
             Some(w) if w.will_wake(cx.waker()) => {}
-            _ => st.sender = Some(cx.waker().clone()),
+            _ => sh.sender = Some(cx.waker().clone()),
         }
         false
     }
 
     /// Sends what rustls queued on its own.
     pub(crate) async fn flush(&self) -> io::Result<()> {
-        self.send_sealed(&[]).await
+        self.send_sealed(|tls, out| tls.seal(&[], out)).await
     }
 
     /// close_notify, then FIN.
     pub(crate) async fn close_write(&self) -> io::Result<()> {
-        self.state.borrow_mut().conn.send_close_notify();
-        let sent = engine::timeout(CLOSE_NOTIFY_GRACE, self.send_sealed(&[])).await;
+        let sent = engine::timeout(
+            CLOSE_NOTIFY_GRACE,
+            self.send_sealed(|tls, out| tls.seal_close_notify(out)),
+        )
+        .await;
         let shut = self.socket.shutdown(Shutdown::Write);
         match sent {
             Ok(r) => r.and(shut),
@@ -268,17 +266,33 @@ impl TlsStream {
     pub(crate) fn shutdown_both(&self) -> io::Result<()> {
         self.socket.shutdown(Shutdown::Both)
     }
+
+    /// Starts a TLS 1.3 key update (the next send carries it, and asks the
+    /// peer to update its keys too). Fails before TLS 1.3.
+    #[cfg(test)]
+    pub(crate) fn refresh_traffic_keys(&self) -> io::Result<()> {
+        let mut sh = self.shared.borrow_mut();
+        sh.tls.refresh_traffic_keys()?;
+        if let Some(w) = sh.sender.take() {
+            w.wake();
+        }
+        Ok(())
+    }
 }
 
 /// Turns received ciphertext into plaintext chunks.
 pub(crate) struct TlsReceiver {
     raw: super::SocketRecv,
-    state: Rc<RefCell<State>>,
-    /// Where plaintext is read out of rustls, lent to the caller.
+    shared: Rc<RefCell<Shared>>,
+    /// Decrypted data, lent to the caller until the next call; it grows to
+    /// what one received chunk decrypts to.
     plain: Vec<u8>,
-    /// A received chunk rustls has not taken all of yet, and how far it got.
+    /// `plain` holds data not handed out yet (what came with the handshake).
+    unread: bool,
+    /// A received chunk the receive buffer has not taken all of yet, and how
+    /// far it got.
     pending: Option<(crate::engine::net::RecvBuf, usize)>,
-    /// The socket reached its end (rustls was told).
+    /// The socket reached its end.
     eof: bool,
 }
 
@@ -287,57 +301,38 @@ impl TlsReceiver {
     /// peer's close_notify, or the socket's end without one: muxado frames
     /// carry their own ends, so a cut stream fails in the protocol, not here).
     pub(crate) async fn next(&mut self) -> io::Result<Option<&[u8]>> {
-        let n = loop {
-            {
-                let mut st = self.state.borrow_mut();
-                match st.conn.reader().read(&mut self.plain) {
-                    Ok(0) => break 0,
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break 0,
-                    Err(e) => return Err(e),
+        if std::mem::take(&mut self.unread) {
+            return Ok(Some(&self.plain));
+        }
+        self.plain.clear();
+        loop {
+            if let Some((chunk, off)) = &mut self.pending {
+                let mut sh = self.shared.borrow_mut();
+                let taken = sh.tls.receive(&chunk[*off..], &mut self.plain);
+                if sh.tls.wants_send() {
+                    if let Some(w) = sh.sender.take() {
+                        w.wake();
+                    }
                 }
-                if let Some((chunk, off)) = &mut self.pending {
-                    let mut rd = &chunk[*off..];
-                    let taken = st.conn.read_tls(&mut rd)?;
-                    *off += taken;
-                    if *off == chunk.len() {
-                        self.pending = None;
-                    }
-                    let processed = st.conn.process_new_packets();
-                    if st.conn.wants_write() {
-                        if let Some(w) = st.sender.take() {
-                            w.wake();
-                        }
-                    }
-                    if let Err(e) = processed {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("TLS: {e}"),
-                        ));
-                    }
-                    if taken == 0 {
-                        return Err(io::Error::other("TLS: rustls took no received bytes"));
-                    }
-                    continue;
+                *off += taken?;
+                if *off == chunk.len() {
+                    self.pending = None;
                 }
-                if self.eof {
-                    break 0;
+                if !self.plain.is_empty() {
+                    return Ok(Some(&self.plain));
                 }
+                if sh.tls.peer_closed() {
+                    return Ok(None);
+                }
+                continue;
+            }
+            if self.eof || self.shared.borrow().tls.peer_closed() {
+                return Ok(None);
             }
             match self.raw.next().await? {
                 Some(chunk) => self.pending = Some((chunk, 0)),
-                None => {
-                    self.eof = true;
-                    // An empty read tells rustls the socket ended.
-                    let mut st = self.state.borrow_mut();
-                    st.conn.read_tls(&mut io::empty())?;
-                    st.conn.process_new_packets().map_err(|e| {
-                        io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
-                    })?;
-                }
+                None => self.eof = true,
             }
-        };
-        Ok((n > 0).then(|| &self.plain[..n]))
+        }
     }
 }
