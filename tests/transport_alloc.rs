@@ -1,6 +1,7 @@
 //! Steady-state DATA over a Unix socket allocates nothing per frame, as over
 //! TCP (the same multishot receive and sends); over TLS the count per frame is
-//! printed and bounded (rustls 0.23, even through its unbuffered API, opens and seals each record through a Vec of its own).
+//! printed and bounded (rustls 0.23, even through its unbuffered API, opens
+//! and seals each record through a `Vec` of its own).
 //!
 //! A counting global allocator (this test binary only) counts every
 //! allocation made while the measured loop runs. One test in this binary, so
