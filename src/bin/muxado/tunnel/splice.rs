@@ -283,23 +283,44 @@ async fn stream_to_tcp(
         let mut buf: Option<Vec<u8>> = None;
         let r = poll_fn(|cx| {
             let mut s = stream.borrow_mut();
-            let slot = &mut buf;
-            // A fresh `read_with` future per poll: it only registers our waker
-            // when nothing is there, so dropping it when pending loses nothing.
-            let read = s.read_with(|bytes| {
-                if bytes.is_empty() {
-                    return 0;
+            // `read_with` lends one piece at a time (a ring buffer's worth at
+            // most, when the bytes stay where the kernel received them):
+            // gather what is there now, up to one chunk, so that a bulk
+            // transfer still leaves in one large send instead of one per piece.
+            let mut got = 0;
+            loop {
+                let slot = &mut buf;
+                let room = CHUNK - got;
+                // A fresh `read_with` future per poll: it only registers our
+                // waker when nothing is there, so dropping it when pending
+                // loses nothing.
+                let read = s.read_with(|bytes| {
+                    if bytes.is_empty() {
+                        return 0;
+                    }
+                    let b = slot.get_or_insert_with(take_buf);
+                    let n = bytes.len().min(room);
+                    b.extend_from_slice(&bytes[..n]);
+                    n
+                });
+                // The future borrows `s`: poll it in a statement, so it is
+                // dropped before the next one.
+                #[allow(clippy::let_and_return)]
+                let out = pin!(read).poll(cx);
+                match out {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        got += n;
+                        if got == CHUNK {
+                            return Poll::Ready(Ok(got));
+                        }
+                    }
+                    // The end of the stream, an error or nothing more yet:
+                    // what was gathered goes first (the end and errors stay
+                    // and are seen by the next read).
+                    _ if got > 0 => return Poll::Ready(Ok(got)),
+                    other => return other,
                 }
-                let b = slot.get_or_insert_with(take_buf);
-                let n = bytes.len().min(CHUNK);
-                b.extend_from_slice(&bytes[..n]);
-                n
-            });
-            // The future borrows `s`: poll it in a statement, so it is
-            // dropped before `s`.
-            #[allow(clippy::let_and_return)]
-            let out = pin!(read).poll(cx);
-            out
+            }
         })
         .await;
         match (r, buf) {
