@@ -6,67 +6,16 @@
 //! - A stream whose application never reads holds only its share of the ring: past it, its
 //!   payloads are copied, so other streams keep flowing on a small ring; its bytes stay intact.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use muxado::engine::{self, net::TcpListener, net::TcpStream};
 use muxado::{Config, Session, Stream};
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-/// A backtrace of the first counted allocation, with `MUXADO_ALLOC_TRACE=1`.
-static FIRST: Mutex<Option<String>> = Mutex::new(None);
-static TRACE: AtomicBool = AtomicBool::new(false);
-
-thread_local! {
-    /// Only the engine thread of the measuring test counts, and only while measuring.
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn note() {
-    if COUNTING.with(Cell::get) {
-        let n = ALLOCS.fetch_add(1, Ordering::Relaxed);
-        if n == 0 && TRACE.load(Ordering::Relaxed) {
-            // The backtrace allocates: not counted.
-            COUNTING.with(|c| c.set(false));
-            let bt = std::backtrace::Backtrace::force_capture().to_string();
-            *FIRST.lock().unwrap() = Some(bt);
-            COUNTING.with(|c| c.set(true));
-        }
-    }
-}
-
-// SAFETY: forwards to the system allocator; the counting touches only an atomic and a const
-// thread-local.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note();
-        // SAFETY: forwarded as is.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note();
-        // SAFETY: forwarded as is.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note();
-        // SAFETY: forwarded as is.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded as is.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+#[path = "common/counting.rs"]
+mod counting;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 /// Runs `f` on an engine core of its own thread, failing the test if it takes over `limit`.
 fn on_engine<T: Send + 'static>(
@@ -155,10 +104,6 @@ async fn source(stream: &mut Stream, tag: u8, total: usize, write: usize) {
 /// but the small pieces (under 4 KiB, where a frame ends inside a ring buffer) are lent.
 #[test]
 fn steady_state_bulk_lends_and_allocates_nothing() {
-    TRACE.store(
-        std::env::var_os("MUXADO_ALLOC_TRACE").is_some(),
-        Ordering::Relaxed,
-    );
     const WARMUP: usize = 32 << 20;
     const MEASURED: usize = 64 << 20;
     let (allocs, lent, received) = on_engine(
@@ -180,11 +125,9 @@ fn steady_state_bulk_lends_and_allocates_nothing() {
             let mut rx = server.accept().await.unwrap();
             sink(&mut rx, &want, 0, WARMUP).await;
             let s0 = server.stats().proto;
-            ALLOCS.store(0, Ordering::SeqCst);
-            COUNTING.with(|c| c.set(true));
+            counting::start();
             sink(&mut rx, &want, WARMUP, WARMUP + MEASURED).await;
-            COUNTING.with(|c| c.set(false));
-            let allocs = ALLOCS.load(Ordering::SeqCst);
+            let allocs = counting::stop();
             let s1 = server.stats().proto;
             let tx = writer.await;
             drop((tx, rx));
@@ -208,7 +151,7 @@ fn steady_state_bulk_lends_and_allocates_nothing() {
         lent >= received / 10 * 9,
         "most bulk bytes must be lent, not copied: {lent} of {received}"
     );
-    if let Some(bt) = FIRST.lock().unwrap().take() {
+    if let Some(bt) = counting::first_trace() {
         eprintln!("first allocation:\n{bt}");
     }
     assert_eq!(

@@ -15,8 +15,6 @@
 //!   measuring thread while the loop runs (both drivers run on that thread),
 //!   so other tests of this binary, on other threads, do not disturb it.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -31,60 +29,17 @@ use muxado::{Config, Session};
 
 mod transport_util;
 
-// ---- counting allocator ---------------------------------------------------
-
-struct Counting;
-
-thread_local! {
-    /// Allocations counted on this thread while `Some`.
-    static COUNT: Cell<Option<u64>> = const { Cell::new(None) };
-}
-
-fn note() {
-    let _ = COUNT.try_with(|c| {
-        if let Some(n) = c.get() {
-            c.set(Some(n + 1));
-        }
-    });
-}
-
-// SAFETY: forwards to the system allocator; the counting touches only a
-// const-initialized thread-local `Cell` (no allocation, no destructor).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note();
-        System.alloc(layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note();
-        System.alloc_zeroed(layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note();
-        System.realloc(ptr, layout, new_size)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-}
+#[path = "common/counting.rs"]
+mod counting;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 /// Runs `f` counting this thread's allocations; returns them with `f`'s output.
 async fn counting<T>(f: impl std::future::Future<Output = T>) -> (u64, T) {
-    // The counter counts: one allocation while counting is seen.
-    COUNT.with(|c| c.set(Some(0)));
-    drop(std::hint::black_box(Box::new([0u8; 64])));
-    assert_eq!(
-        COUNT.with(|c| c.get()),
-        Some(1),
-        "the counting allocator counts"
-    );
-    COUNT.with(|c| c.set(Some(0)));
+    counting::start();
     let out = f.await;
-    let n = COUNT.with(|c| c.take()).expect("counting");
-    (n, out)
+    (counting::stop(), out)
 }
 
 // ---- payloads ---------------------------------------------------------------

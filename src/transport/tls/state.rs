@@ -422,29 +422,25 @@ fn encrypt_error(e: EncryptError) -> Failure {
 /// Seals `data` into `out` (after whatever rustls still had queued).
 fn encrypt<D>(w: &mut WriteTraffic<'_, D>, data: &[u8], out: &mut Sealed) -> Result<(), Failure> {
     let records = data.len().div_ceil(MAX_FRAGMENT).max(1);
-    let mut want = data.len() + records * RECORD_OVERHEAD;
-    loop {
-        let room = out.room(want);
-        let have = room.len();
-        match w.encrypt(data, room) {
-            Ok(n) => {
-                out.filled += n;
-                return Ok(());
-            }
-            Err(EncryptError::InsufficientSize(s)) if s.required_size > have => {
-                want = s.required_size;
-            }
-            Err(e) => return Err(encrypt_error(e)),
-        }
-    }
+    let want = data.len() + records * RECORD_OVERHEAD;
+    write_into(out, want, |room| w.encrypt(data, room))
 }
 
 fn close_notify<D>(w: &mut WriteTraffic<'_, D>, out: &mut Sealed) -> Result<(), Failure> {
-    let mut want = 64;
+    write_into(out, 64, |room| w.queue_close_notify(room))
+}
+
+/// Runs one of rustls' writing calls on room at the end of `out`, starting
+/// with `want` bytes and growing to what rustls says it needs.
+fn write_into(
+    out: &mut Sealed,
+    mut want: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+) -> Result<(), Failure> {
     loop {
         let room = out.room(want);
         let have = room.len();
-        match w.queue_close_notify(room) {
+        match write(room) {
             Ok(n) => {
                 out.filled += n;
                 return Ok(());
