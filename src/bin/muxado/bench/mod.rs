@@ -10,12 +10,14 @@
 //! of a system (both on [`workload`], the client half written once);
 //! [`stats`] summarises the samples, [`goals`] checks them, [`report`]
 //! prints and writes them, [`baseline`] compares them with a saved run
-//! ([`json`] writes and reads that file). All of them import
+//! ([`json`] writes and reads that file); [`loopback`] gives every case's
+//! server an address of its own. All of them import
 //! [`crate::model`]; none imports this module or a module above it.
 
 mod baseline;
 mod goals;
 mod json;
+mod loopback;
 mod peers;
 mod plots;
 mod report;

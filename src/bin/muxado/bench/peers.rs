@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
+use super::loopback;
 use super::workload::{self, BenchStream, Client};
 use crate::model::{
     bench_config, CaseRun, Endpoint, Measurement, Mode, Placement, System, TAG_SINK,
@@ -622,17 +623,33 @@ fn client_future(to: Endpoint, run: CaseRun) -> LocalFuture<Result<Measurement, 
     })
 }
 
-fn bind() -> Result<(std::net::TcpListener, SocketAddr), String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    l.set_nonblocking(true).map_err(|e| e.to_string())?;
-    let addr = l.local_addr().map_err(|e| e.to_string())?;
-    Ok((l, addr))
+/// The listeners of a local case ([`loopback::addresses`] of them, one
+/// port, non-blocking for tokio) and the first one's address.
+fn bind(run: &CaseRun) -> Result<(Vec<std::net::TcpListener>, SocketAddr), String> {
+    let bind = |at: SocketAddr| {
+        let l = std::net::TcpListener::bind(at)?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    };
+    loopback::bind_all(loopback::addresses(run), bind, |l| l.local_addr())
+        .map_err(|e| e.to_string())
+}
+
+/// A server on each listener, run together.
+fn serve_all(run: &CaseRun, listeners: Vec<std::net::TcpListener>) -> LocalFuture<()> {
+    let servers: Vec<_> = listeners
+        .into_iter()
+        .map(|l| server_future(run, l))
+        .collect();
+    Box::pin(async move {
+        futures::future::join_all(servers).await;
+    })
 }
 
 /// Runs one case of a tokio-based system.
 pub fn run_case(run: &CaseRun) -> Result<Measurement, String> {
     let system = run.system;
-    let (listener, addr) = bind()?;
+    let (listeners, addr) = bind(run)?;
     let server_run = run.clone();
     let run = run.clone();
     match run.placement {
@@ -641,7 +658,7 @@ pub fn run_case(run: &CaseRun) -> Result<Measurement, String> {
                 pin_like_core(0);
                 block_on(system, move || {
                     Box::pin(async move {
-                        let server = server_future(&server_run, listener);
+                        let server = serve_all(&server_run, listeners);
                         let client = client_future(Endpoint::Tcp(addr), run);
                         match select(client, server).await {
                             Either::Left((m, _)) => m,
@@ -659,7 +676,7 @@ pub fn run_case(run: &CaseRun) -> Result<Measurement, String> {
                 pin_like_core(1);
                 block_on(system, move || {
                     Box::pin(async move {
-                        let _ = select(server_future(&server_run, listener), stop_rx).await;
+                        let _ = select(serve_all(&server_run, listeners), stop_rx).await;
                     })
                 })
             });

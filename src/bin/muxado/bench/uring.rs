@@ -15,6 +15,7 @@ use muxado::transport::{Socket, TlsServerConfig, TlsStream, Transport};
 use muxado::typed::TypedSession;
 use muxado::{Session, Stream};
 
+use super::loopback;
 use super::workload::{self, BenchStream, Client};
 use crate::model::{
     bench_config, CaseRun, Endpoint, HeartbeatOpts, Measurement, Mode, Placement, System,
@@ -234,6 +235,28 @@ async fn server(
     }
 }
 
+/// The listeners of a local case ([`loopback::addresses`] of them, one
+/// port) and the first one's address.
+fn listen(run: &CaseRun) -> io::Result<(Vec<TcpListener>, SocketAddr)> {
+    loopback::bind_all(loopback::addresses(run), TcpListener::bind, |l| {
+        l.local_addr()
+    })
+}
+
+/// A server on each listener; dropping the handles stops them.
+fn serve_all(
+    listeners: Vec<TcpListener>,
+    system: System,
+    mode: Mode,
+    hb: Option<HeartbeatOpts>,
+    tls: Option<TlsServerConfig>,
+) -> Vec<JoinHandle<()>> {
+    listeners
+        .into_iter()
+        .map(|l| engine::spawn(server(system, l, mode, hb, tls.clone())))
+        .collect()
+}
+
 async fn client(to: &Endpoint, run: &CaseRun) -> Result<Measurement, String> {
     match (run.system, run.heartbeat) {
         (System::TcpUring, _) => workload::drive::<TcpUringClient>(to, run).await,
@@ -262,12 +285,10 @@ pub fn run_case(run: &CaseRun) -> Result<Measurement, String> {
                 .run(move |_| {
                     let (run, tls) = (run.clone(), tls.clone());
                     async move {
-                        let listener =
-                            TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-                        let addr = listener.local_addr().map_err(|e| e.to_string())?;
-                        let server = engine::spawn(server(system, listener, mode, hb, tls));
+                        let (listeners, addr) = listen(&run).map_err(|e| e.to_string())?;
+                        let servers = serve_all(listeners, system, mode, hb, tls);
                         let m = client(&Endpoint::Tcp(addr), &run).await;
-                        drop(server);
+                        drop(servers);
                         m
                     }
                 })
@@ -293,9 +314,9 @@ pub fn run_case(run: &CaseRun) -> Result<Measurement, String> {
                     let (run, tls) = (run.clone(), tls.clone());
                     async move {
                         if core == 1 {
-                            let listener = TcpListener::bind("127.0.0.1:0").ok()?;
-                            port_tx.send(listener.local_addr().ok()?).ok()?;
-                            let _server = engine::spawn(server(system, listener, mode, hb, tls));
+                            let (listeners, addr) = listen(&run).ok()?;
+                            port_tx.send(addr).ok()?;
+                            let _servers = serve_all(listeners, system, mode, hb, tls);
                             while !stop.load(Ordering::Acquire) {
                                 engine::sleep(Duration::from_millis(20)).await;
                             }

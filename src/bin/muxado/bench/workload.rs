@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use futures::future::{join, join_all};
 use hdrhistogram::Histogram;
 
+use super::loopback;
 use crate::model::{
     new_histogram, CaseRun, Endpoint, Measurement, Progress, Scenario, TAG_ECHO, TAG_SINK,
 };
@@ -286,8 +287,9 @@ async fn connect<C: Client>(to: &Endpoint, run: &CaseRun) -> Result<Measurement,
     let measure_from = Instant::now() + warmup(run.duration);
     let end = measure_from + run.duration;
     let progress = &*run.progress;
-    let workers = (0..run.case.streams).map(|_| {
+    let workers = (0..run.case.streams).map(|k| {
         let hist = hist.clone();
+        let to = loopback::for_worker(to, run, k);
         async move {
             let mut ops = 0u64;
             loop {
@@ -295,7 +297,7 @@ async fn connect<C: Client>(to: &Endpoint, run: &CaseRun) -> Result<Measurement,
                 if t >= end {
                     break;
                 }
-                let client = C::connect(to, run).await?;
+                let client = C::connect(&to, run).await?;
                 let mut s = client.open().await?;
                 echo_once(&mut s, run.payload).await?;
                 drop(s);
