@@ -74,7 +74,7 @@ use std::thread;
 
 pub(crate) use executor::try_spawn_detached;
 pub use executor::{spawn, try_spawn, yield_now, Join, JoinError, JoinHandle, RemoteJoinHandle};
-pub use time::{sleep, sleep_until, timeout, timeout_at, Elapsed, Sleep};
+pub use time::{sleep, sleep_until, timeout, timeout_at, Elapsed, Sleep, Timeout};
 
 /// Why the engine could not start or do what was asked.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -140,19 +140,65 @@ impl From<Elapsed> for std::io::Error {
 }
 
 /// Runs `future`, giving up with [`Elapsed`] after `duration` (the future is then dropped).
-pub async fn timeout<F: Future>(duration: Duration, future: F) -> Result<F::Output, Elapsed> {
-    timeout_at(Instant::now() + duration, future).await
+pub fn timeout<F: Future>(duration: Duration, future: F) -> Timeout<F> {
+    timeout_at(Instant::now() + duration, future)
 }
 
 /// Like [`timeout`] with an absolute deadline.
-pub async fn timeout_at<F: Future>(deadline: Instant, future: F) -> Result<F::Output, Elapsed> {
-    let mut future = pin!(future);
-    let mut sleep = sleep_until(deadline);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(v) = future.as_mut().poll(cx) {
+pub fn timeout_at<F: Future>(deadline: Instant, future: F) -> Timeout<F> {
+    Timeout {
+        future,
+        sleep: sleep_until(deadline),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`timeout`] and [`timeout_at`].
+    ///
+    /// A struct rather than an `async fn`: an `async fn` keeps the future it
+    /// is given both as its argument and as the pinned local it moves it
+    /// into, so a timeout around a 1.3 KiB send grew to 4 KiB, and every
+    /// session's writer task with it; the engine copies a task's future into
+    /// place when it spawns it, and those copies were the largest user-space
+    /// cost of a short session (perf, the bench's `connect` case).
+    #[must_use = "futures do nothing unless awaited"]
+    #[derive(Debug)]
+    pub struct Timeout<F> {
+        #[pin]
+        future: F,
+        sleep: Sleep,
+    }
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.future.poll(cx) {
             return Poll::Ready(Ok(v));
         }
-        Pin::new(&mut sleep).poll(cx).map(|()| Err(Elapsed))
-    })
-    .await
+        Pin::new(this.sleep).poll(cx).map(|()| Err(Elapsed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_is_as_big_as_its_future_and_a_sleep_not_three_times_it() {
+        let big = async {
+            let buf = [0u8; 2048];
+            std::future::ready(()).await;
+            buf.len()
+        };
+        let inner = std::mem::size_of_val(&big);
+        let t = timeout(Duration::from_secs(1), big);
+        assert!(
+            std::mem::size_of_val(&t) <= inner + std::mem::size_of::<Sleep>() + 8,
+            "timeout {} bytes around a future of {inner}",
+            std::mem::size_of_val(&t)
+        );
+    }
 }
