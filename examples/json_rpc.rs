@@ -28,10 +28,8 @@ fn tls() -> Result<(TlsAcceptor, TlsConnector)> {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
     let cert: CertificateDer<'static> = ck.cert.der().clone();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
-    // ring: no post-quantum key exchange (hence deprecated), but no C
-    // toolchain build of aws-lc either.
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // rustls' default provider (aws-lc-rs), as the library uses.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()

@@ -87,9 +87,8 @@ async fn echo_indexed<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, seed: u64, wh
     assert_eq!(n, sizes(seed)[i as usize], "{who}: received length of {i}");
 }
 
-fn ring_provider() -> Arc<rustls::crypto::CryptoProvider> {
-    #[allow(deprecated)]
-    Arc::new(rustls::crypto::ring::default_provider())
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Their side's rustls configurations, built from the same PEM text.
@@ -100,7 +99,7 @@ fn their_server_config(pki: &Pki) -> Arc<rustls::ServerConfig> {
         .unwrap();
     let key = PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes()).unwrap();
     Arc::new(
-        rustls::ServerConfig::builder_with_provider(ring_provider())
+        rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
@@ -116,7 +115,7 @@ fn their_client_config(pki: &Pki) -> Arc<rustls::ClientConfig> {
         roots.add(ca.unwrap()).unwrap();
     }
     Arc::new(
-        rustls::ClientConfig::builder_with_provider(ring_provider())
+        rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots)

@@ -69,8 +69,7 @@ fn tls12_with_swapped_roles() {
         roots.add(ca.unwrap()).unwrap();
     }
     let tls12 = rustls::ClientConfig::builder_with_provider(Arc::new(
-        #[allow(deprecated)]
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_protocol_versions(&[&rustls::version::TLS12])
     .unwrap()

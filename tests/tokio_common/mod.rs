@@ -290,11 +290,8 @@ impl Tls {
             .expect("generate a certificate");
         let cert: CertificateDer<'static> = ck.cert.der().clone();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
-        // ring rather than aws-lc-rs: no C toolchain build of aws-lc for the
-        // tests; post-quantum key exchange (why this is deprecated) does not
-        // matter on loopback.
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // rustls' default provider, as the library's own configurations.
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .unwrap()

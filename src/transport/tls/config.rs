@@ -73,12 +73,13 @@ impl From<TlsError> for io::Error {
     }
 }
 
-/// rustls with *ring*: it builds with a C compiler alone (aws-lc-rs needs
-/// cmake). rustls 0.23.48 deprecates ring's provider only because it lacks
-/// the post-quantum key exchange; TLS 1.3 with X25519 is what we get.
+/// rustls' default provider, aws-lc-rs: its AES-GCM uses the wide vector
+/// units (VAES, AVX-512) where the CPU has them, which on the machine of
+/// perf/ moves TLS bulk faster than *ring*'s, and it offers the
+/// post-quantum hybrid key exchange (X25519MLKEM768) first. It builds with a
+/// C compiler alone (no cmake) on Linux.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    #[allow(deprecated)]
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 fn in_memory() -> PathBuf {

@@ -23,7 +23,7 @@ const BOUND: Duration = Duration::from_secs(60);
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     #[allow(deprecated)]
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// A self-signed certificate for "localhost" and the configurations of both
@@ -552,7 +552,7 @@ fn handshake_messages_split_over_records_survive_sends_between_receives() {
     server_config.max_fragment_size = Some(64);
     server_config.send_tls13_tickets = 2;
     // Stateless tickets: the ticket carries the encrypted session (~150 bytes).
-    server_config.ticketer = rustls::crypto::ring::Ticketer::new().unwrap();
+    server_config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().unwrap();
     let mut peer = rustls::ServerConnection::new(Arc::new(server_config)).unwrap();
     let mut ours = State::new(
         rustls::client::UnbufferedClientConnection::new(
