@@ -155,9 +155,9 @@ impl Transport {
     /// Sends all of a session's transmission and gives its buffers back. A
     /// transmission without parts goes the single-buffer way
     /// ([`Transport::send_all`]); one with payloads held by reference goes out
-    /// vectored on TCP and Unix sockets (no copy), and flattened into `v.flat`
-    /// for TLS (which copies into records anyway). With `more` (the last bytes
-    /// before a FIN), TCP and Unix send with `MSG_MORE`.
+    /// vectored on TCP and Unix sockets (no copy); TLS seals each piece where
+    /// it lies. With `more` (the last bytes before a FIN), TCP and Unix send
+    /// with `MSG_MORE`.
     pub(crate) async fn send_transmit(
         &self,
         mut v: VectoredSend,
@@ -176,12 +176,7 @@ impl Transport {
             Transport::Tcp(s) => s.send_vectored_session(v, more).await,
             Transport::Unix(s) => s.send_vectored_session(v, more).await,
             Transport::Tls(s) => {
-                let mut flat = std::mem::take(&mut v.flat);
-                flat.clear();
-                v.t.flatten_into(&mut flat);
-                let (r, mut flat) = s.send_all(flat).await;
-                flat.clear();
-                v.flat = flat;
+                let r = s.send_transmit(&v.t).await;
                 (r, v)
             }
         }

@@ -26,8 +26,6 @@ const IOV_MAX: usize = 1024;
 pub(crate) struct VectoredSend {
     /// What to send; filled by the session.
     pub(crate) t: Transmit,
-    /// A flat copy, for a transport that cannot take the pieces (TLS copies anyway).
-    pub(crate) flat: bytes::BytesMut,
     iov: Vec<libc::iovec>,
     /// Boxed so that its address stays put while the op (which the future moves) owns it.
     msg: Option<Box<libc::msghdr>>,
@@ -46,7 +44,6 @@ impl VectoredSend {
     pub(crate) fn new() -> VectoredSend {
         VectoredSend {
             t: Transmit::new(),
-            flat: bytes::BytesMut::new(),
             iov: Vec::new(),
             msg: None,
         }

@@ -39,6 +39,13 @@ pub use config::{TlsClientConfig, TlsError, TlsServerConfig, DEFAULT_HANDSHAKE_T
 /// How long closing the write side waits for the close_notify alert to leave.
 const CLOSE_NOTIFY_GRACE: Duration = Duration::from_millis(250);
 
+/// The smallest piece of a transmission sealed where it lies rather than
+/// gathered with its neighbours: two full records. Bulk payloads (64 KiB
+/// writes held by reference) are; the 16 KiB shares of 64 streams are not,
+/// as sealing each on its own (with its frame header as a record of its own)
+/// made twice the records and cost more than the copy it saved.
+const SEAL_IN_PLACE_MIN: usize = 32 * 1024;
+
 /// How many ciphertext bytes one handshake receive takes at most.
 const HANDSHAKE_RECV: usize = 16 * 1024 + 256;
 
@@ -50,6 +57,9 @@ struct Shared {
     sender: Option<Waker>,
     /// The send buffer, between sends (taken while one is in flight).
     out: Sealed,
+    /// Where small pieces of a transmission gather into one record (see
+    /// [`TlsStream::send_transmit`]); reused.
+    stage: Vec<u8>,
 }
 
 /// A TLS connection on a ring socket, handshake done.
@@ -154,6 +164,7 @@ impl TlsStream {
                 tls,
                 sender: None,
                 out: Sealed::default(),
+                stage: Vec::new(),
             })),
         })
     }
@@ -198,6 +209,32 @@ impl TlsStream {
         }
     }
 
+    /// Encrypts and sends what a session queued. A piece of at least
+    /// [`SEAL_IN_PLACE_MIN`] (a large payload held by reference) goes into
+    /// records straight from the caller's memory; smaller ones (frame
+    /// headers, small frames, the pieces of many streams sharing the link)
+    /// are gathered and sealed together, so that records stay full.
+    pub(crate) async fn send_transmit(&self, t: &crate::proto::Transmit) -> io::Result<()> {
+        self.send_sealed_staged(|tls, out, stage| {
+            stage.clear();
+            for c in t.chunks() {
+                if c.len() < SEAL_IN_PLACE_MIN {
+                    stage.extend_from_slice(c);
+                    continue;
+                }
+                if !stage.is_empty() {
+                    tls.seal(stage, out)?;
+                    stage.clear();
+                }
+                tls.seal(c, out)?;
+            }
+            let r = tls.seal(stage, out);
+            stage.clear();
+            r
+        })
+        .await
+    }
+
     /// Encrypts and sends all of `buf`; gives it back for reuse.
     pub(crate) async fn send_all(&self, buf: BytesMut) -> (io::Result<()>, BytesMut) {
         let r = self.send_sealed(|tls, out| tls.seal(&buf, out)).await;
@@ -209,13 +246,21 @@ impl TlsStream {
         &self,
         seal: impl FnOnce(&mut State, &mut Sealed) -> io::Result<()>,
     ) -> io::Result<()> {
+        self.send_sealed_staged(|tls, out, _| seal(tls, out)).await
+    }
+
+    /// [`Self::send_sealed`] with the staging buffer at hand.
+    async fn send_sealed_staged(
+        &self,
+        seal: impl FnOnce(&mut State, &mut Sealed, &mut Vec<u8>) -> io::Result<()>,
+    ) -> io::Result<()> {
         let mut out = {
             let mut sh = self.shared.borrow_mut();
             let sh = &mut *sh;
             // One send at a time (the session's writer); a second one, if
             // any, gets a fresh buffer rather than the one in flight.
             let mut out = std::mem::take(&mut sh.out);
-            if let Err(e) = seal(&mut sh.tls, &mut out) {
+            if let Err(e) = seal(&mut sh.tls, &mut out, &mut sh.stage) {
                 sh.out = out;
                 return Err(e);
             }
