@@ -48,7 +48,14 @@ pub fn bind_all<L>(
         let addr = local_addr(&first)?;
         let mut all = vec![first];
         let rest = (1..n).try_for_each(|k| {
-            all.push(bind(nth(addr, k))?);
+            let at = nth(addr, k);
+            let l = bind(at).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("listening on {at} for the connect case: {e}"),
+                )
+            })?;
+            all.push(l);
             io::Result::Ok(())
         });
         match rest {
