@@ -5,13 +5,13 @@
 //! client's FIN going first (it half-closes to mark its request complete), so
 //! the client's port stays in TIME_WAIT for a minute, and the kernel lets a
 //! new connection to the same address and port reuse it only after a second.
-//! At 16–40 k sessions/s against one address that exhausts the ports a
+//! At 13–54 k sessions/s against one address that exhausts the ports a
 //! connect may take, and the kernel searches longer for every new one. How
 //! long depended on how full the TIME_WAIT table already was (past
 //! `tcp_max_tw_buckets` the kernel stops keeping them), so the same binary
-//! measured tcp-uring at 15 k or 40 k sessions/s depending on what ran in the
-//! minute before, and "connect ≥ 0.9× tcp-best" flipped between consecutive
-//! runs. Spread over [`SPREAD`] addresses (all of 127.0.0.0/8 is local), each
+//! measured tcp-uring at 13 k or 54 k sessions/s depending on what ran in the
+//! minute before (perf/connect-spread-2026-12-05), and "connect ≥ 0.9×
+//! tcp-best" flipped between consecutive runs. Spread over [`SPREAD`] addresses (all of 127.0.0.0/8 is local), each
 //! address sees a sixteenth of the rate and the search never runs long:
 //! one client connecting to many gateway addresses stands in for the many
 //! clients a gateway really has.
