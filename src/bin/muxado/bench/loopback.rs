@@ -11,10 +11,10 @@
 //! `tcp_max_tw_buckets` the kernel stops keeping them), so the same binary
 //! measured tcp-uring at 13 k or 54 k sessions/s depending on what ran in the
 //! minute before (perf/connect-spread-2026-12-05), and "connect ≥ 0.9×
-//! tcp-best" flipped between consecutive runs. Spread over [`SPREAD`] addresses (all of 127.0.0.0/8 is local), each
-//! address sees a sixteenth of the rate and the search never runs long:
-//! one client connecting to many gateway addresses stands in for the many
-//! clients a gateway really has.
+//! tcp-best" flipped between consecutive runs. Spread over [`SPREAD`]
+//! addresses (all of 127.0.0.0/8 is local), each address sees a sixteenth of
+//! the rate and the search never runs long: one client connecting to many
+//! gateway addresses stands in for the many clients a gateway really has.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
