@@ -13,11 +13,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use muxado::engine::{
-    self,
-    net::{TcpListener, TcpStream, UnixStream},
-};
-use muxado::transport::{TlsClientConfig, TlsServerConfig, TlsStream, Transport};
+use muxado::engine::{self, net::UnixStream};
+use muxado::transport::Transport;
 use muxado::{Config, Session, Stream};
 use transport_util::{thread_bounded, Pki};
 
@@ -106,25 +103,13 @@ async fn per_frame(what: &str, (a, b): (Transport, Transport)) -> f64 {
 #[test]
 fn steady_state_frames_over_unix_allocate_nothing_and_tls_is_bounded() {
     let pki = Pki::new();
-    let server_cfg =
-        TlsServerConfig::from_pem(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes()).unwrap();
-    let client_cfg = TlsClientConfig::from_ca_pem(pki.ca_pem.as_bytes()).unwrap();
     let (unix, tls) = thread_bounded(move || {
         engine::block_on(async move {
             let (a, b) = UnixStream::pair().unwrap();
             let unix = per_frame("unix", (a.into(), b.into())).await;
 
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = listener.local_addr().unwrap();
-            let server = engine::spawn(async move {
-                let (tcp, _) = listener.accept().await.unwrap();
-                TlsStream::accept(tcp, &server_cfg).await.unwrap()
-            });
-            let tcp = TcpStream::connect(addr).await.unwrap();
-            let c = TlsStream::connect(tcp, &client_cfg, "localhost")
-                .await
-                .unwrap();
-            let tls = per_frame("tls", (c.into(), server.await.into())).await;
+            let (c, s) = pki.tls_pair(|_| {}).await;
+            let tls = per_frame("tls", (c.into(), s.into())).await;
             (unix, tls)
         })
         .unwrap()

@@ -24,7 +24,6 @@ use bytes::Bytes;
 use muxado::engine::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use muxado::engine::{self, Builder};
 use muxado::proto::ZERO_COPY_MIN;
-use muxado::transport::{TlsClientConfig, TlsServerConfig, TlsStream};
 use muxado::{Config, Session};
 
 mod transport_util;
@@ -167,24 +166,106 @@ async fn engine_pair(link: Link) -> (Session, Session) {
         }
         Link::Tls => {
             let pki = transport_util::Pki::new();
-            let server_cfg =
-                TlsServerConfig::from_pem(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes()).unwrap();
-            let client_cfg = TlsClientConfig::from_ca_pem(pki.ca_pem.as_bytes()).unwrap();
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = listener.local_addr().unwrap();
-            let accept = engine::spawn(async move {
-                let (tcp, _) = listener.accept().await.unwrap();
-                TlsStream::accept(tcp, &server_cfg).await.unwrap()
-            });
-            let tcp = TcpStream::connect(addr).await.unwrap();
-            set_sndbuf(tcp.as_raw_fd(), 16 * 1024);
-            let tls = TlsStream::connect(tcp, &client_cfg, "localhost")
-                .await
-                .unwrap();
-            let server = Session::server(accept.await, Config::default());
-            (Session::client(tls, Config::default()), server)
+            let (client, server) = pki
+                .tls_pair(|tcp| set_sndbuf(tcp.as_raw_fd(), 16 * 1024))
+                .await;
+            let server = Session::server(server, Config::default());
+            (Session::client(client, Config::default()), server)
         }
     }
+}
+
+/// The stream methods the transfers use, the same on both drivers' streams,
+/// so that each half of a transfer is written once.
+#[allow(async_fn_in_trait)]
+trait DriverStream {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, muxado::Error>;
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), muxado::Error>;
+    async fn read_with(&mut self, f: impl FnOnce(&[u8]) -> usize) -> Result<usize, muxado::Error>;
+    async fn write_all(&mut self, data: &[u8]) -> Result<(), muxado::Error>;
+    async fn write_all_bytes(&mut self, data: Bytes) -> Result<(), muxado::Error>;
+    fn close_write(&mut self) -> Result<(), muxado::Error>;
+    /// A pause of the driver's own timer.
+    async fn nap(d: Duration);
+}
+
+macro_rules! driver_stream {
+    ($stream:ty, $sleep:path) => {
+        impl DriverStream for $stream {
+            async fn read(&mut self, buf: &mut [u8]) -> Result<usize, muxado::Error> {
+                <$stream>::read(self, buf).await
+            }
+            async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), muxado::Error> {
+                <$stream>::read_exact(self, buf).await
+            }
+            async fn read_with(
+                &mut self,
+                f: impl FnOnce(&[u8]) -> usize,
+            ) -> Result<usize, muxado::Error> {
+                <$stream>::read_with(self, f).await
+            }
+            async fn write_all(&mut self, data: &[u8]) -> Result<(), muxado::Error> {
+                <$stream>::write_all(self, data).await
+            }
+            async fn write_all_bytes(&mut self, data: Bytes) -> Result<(), muxado::Error> {
+                <$stream>::write_all_bytes(self, data).await
+            }
+            fn close_write(&mut self) -> Result<(), muxado::Error> {
+                <$stream>::close_write(self)
+            }
+            async fn nap(d: Duration) {
+                $sleep(d).await
+            }
+        }
+    };
+}
+
+driver_stream!(muxado::Stream, engine::sleep);
+driver_stream!(muxado::tokio::Stream, tokio::time::sleep);
+
+/// The server half of a transfer: reads slowly (small reads, pauses),
+/// checks every byte and answers with the length.
+async fn receive_checked<S: DriverStream>(mut s: S) {
+    let mut got = Vec::with_capacity(PER_STREAM + 8);
+    let mut buf = vec![0u8; 7000];
+    let mut reads = 0u32;
+    loop {
+        let n = s.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        reads += 1;
+        if reads % 64 == 0 {
+            S::nap(Duration::from_millis(1)).await;
+        }
+    }
+    let seed = u64::from_be_bytes(got[..8].try_into().unwrap());
+    check_body(seed, &got[8..]);
+    s.write_all(&((got.len() - 8) as u64).to_be_bytes())
+        .await
+        .unwrap();
+    s.close_write().unwrap();
+}
+
+/// The client half: stream `seed`'s bytes in [`plan`]'s mix of copied and
+/// by-reference writes, then the server's count of them.
+async fn send_planned<S: DriverStream>(mut s: S, seed: u64) {
+    let data = stream_bytes(seed);
+    s.write_all(&seed.to_be_bytes()).await.unwrap();
+    let mut off = 0;
+    for (n, by_ref) in plan(seed) {
+        if by_ref {
+            s.write_all_bytes(data.slice(off..off + n)).await.unwrap();
+        } else {
+            s.write_all(&data[off..off + n]).await.unwrap();
+        }
+        off += n;
+    }
+    s.close_write().unwrap();
+    let mut len = [0u8; 8];
+    s.read_exact(&mut len).await.unwrap();
+    assert_eq!(u64::from_be_bytes(len), PER_STREAM as u64);
 }
 
 /// Streams of mixed writes from client to server; the server reads slowly
@@ -196,29 +277,8 @@ fn engine_transfer(builder: Builder, link: Link) {
             let serve = engine::spawn(async move {
                 let mut tasks = Vec::new();
                 for _ in 0..STREAMS {
-                    let mut s = server.accept().await.unwrap();
-                    tasks.push(engine::spawn(async move {
-                        let mut got = Vec::with_capacity(PER_STREAM + 8);
-                        let mut buf = vec![0u8; 7000];
-                        let mut reads = 0u32;
-                        loop {
-                            let n = s.read(&mut buf).await.unwrap();
-                            if n == 0 {
-                                break;
-                            }
-                            got.extend_from_slice(&buf[..n]);
-                            reads += 1;
-                            if reads % 64 == 0 {
-                                engine::sleep(Duration::from_millis(1)).await;
-                            }
-                        }
-                        let seed = u64::from_be_bytes(got[..8].try_into().unwrap());
-                        check_body(seed, &got[8..]);
-                        s.write_all(&((got.len() - 8) as u64).to_be_bytes())
-                            .await
-                            .unwrap();
-                        s.close_write().unwrap();
-                    }));
+                    let s = server.accept().await.unwrap();
+                    tasks.push(engine::spawn(receive_checked(s)));
                 }
                 for t in tasks {
                     t.await;
@@ -227,24 +287,8 @@ fn engine_transfer(builder: Builder, link: Link) {
             });
             let mut tasks = Vec::new();
             for seed in 1..=STREAMS {
-                let mut s = client.open().unwrap();
-                tasks.push(engine::spawn(async move {
-                    let data = stream_bytes(seed);
-                    s.write_all(&seed.to_be_bytes()).await.unwrap();
-                    let mut off = 0;
-                    for (n, by_ref) in plan(seed) {
-                        if by_ref {
-                            s.write_all_bytes(data.slice(off..off + n)).await.unwrap();
-                        } else {
-                            s.write_all(&data[off..off + n]).await.unwrap();
-                        }
-                        off += n;
-                    }
-                    s.close_write().unwrap();
-                    let mut len = [0u8; 8];
-                    s.read_exact(&mut len).await.unwrap();
-                    assert_eq!(u64::from_be_bytes(len), PER_STREAM as u64);
-                }));
+                let s = client.open().unwrap();
+                tasks.push(engine::spawn(send_planned(s, seed)));
             }
             for t in tasks {
                 t.await;
@@ -333,7 +377,7 @@ fn engine_more_pieces_than_iov_max() {
 
 /// One lock-step bulk frame: a by-reference write of a clone of `payload`
 /// (no allocation: the `Bytes` is shared), read in place on the other side.
-async fn engine_round(tx: &mut muxado::Stream, rx: &mut muxado::Stream, payload: &Bytes) {
+async fn round<S: DriverStream>(tx: &mut S, rx: &mut S, payload: &Bytes) {
     tx.write_all_bytes(payload.clone()).await.unwrap();
     let mut left = payload.len();
     while left > 0 {
@@ -349,14 +393,69 @@ async fn engine_round(tx: &mut muxado::Stream, rx: &mut muxado::Stream, payload:
     }
 }
 
+/// The lock-step rounds of the allocation tests: 64 KiB by reference each.
+const FRAME: usize = 64 * 1024;
+const WARMUP: usize = 500;
+const MEASURED: usize = 1000;
+
+/// What [`measure_rounds`] saw: allocations on the counting thread, and the
+/// client's bytes sent by reference and frames sent, over the measured rounds.
+struct Rounds {
+    allocs: u64,
+    by_ref: u64,
+    frames: u64,
+}
+
+impl Rounds {
+    fn check(&self, driver: &str) {
+        let Rounds {
+            allocs,
+            by_ref,
+            frames,
+        } = self;
+        eprintln!("{driver}: {allocs} allocations in {frames} frames");
+        assert_eq!(
+            *by_ref,
+            (MEASURED * FRAME) as u64,
+            "every payload by reference"
+        );
+        assert!(*frames >= MEASURED as u64);
+        assert_eq!(*allocs, 0, "allocations in {MEASURED} by-reference frames");
+    }
+}
+
+/// [`WARMUP`] rounds of a `FRAME` of `byte`s, then [`MEASURED`] rounds
+/// counted; `stats` reads the client session's protocol counters.
+async fn measure_rounds<S: DriverStream>(
+    tx: &mut S,
+    rx: &mut S,
+    byte: u8,
+    stats: impl Fn() -> muxado::proto::Stats,
+) -> Rounds {
+    let payload = Bytes::from(vec![byte; FRAME]);
+    for _ in 0..WARMUP {
+        round(tx, rx, &payload).await;
+    }
+    let before = stats();
+    let (allocs, ()) = counting(async {
+        for _ in 0..MEASURED {
+            round(tx, rx, &payload).await;
+        }
+    })
+    .await;
+    let after = stats();
+    Rounds {
+        allocs,
+        by_ref: after.bytes_by_reference - before.bytes_by_reference,
+        frames: after.frames_out - before.frames_out,
+    }
+}
+
 /// Bulk by reference on the engine, lock-step, one frame at a time: no
 /// allocation per frame once warm.
 #[test]
 fn engine_bulk_write_bytes_allocates_nothing() {
-    const FRAME: usize = 64 * 1024;
-    const WARMUP: usize = 500;
-    const MEASURED: usize = 1000;
-    let (allocs, by_ref, frames) = on_engine(Builder::default(), |b| {
+    let rounds = on_engine(Builder::default(), |b| {
         b.block_on(async {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
@@ -369,25 +468,7 @@ fn engine_bulk_write_bytes_allocates_nothing() {
             let mut rx = server.accept().await.unwrap();
             let mut one = [0u8];
             rx.read_exact(&mut one).await.unwrap();
-            let payload = Bytes::from(vec![0xA5u8; FRAME]);
-            let body = async {
-                for _ in 0..WARMUP {
-                    engine_round(&mut tx, &mut rx, &payload).await;
-                }
-                let before = client.stats();
-                let (n, ()) = counting(async {
-                    for _ in 0..MEASURED {
-                        engine_round(&mut tx, &mut rx, &payload).await;
-                    }
-                })
-                .await;
-                let after = client.stats();
-                (
-                    n,
-                    after.proto.bytes_by_reference - before.proto.bytes_by_reference,
-                    after.proto.frames_out - before.proto.frames_out,
-                )
-            };
+            let body = measure_rounds(&mut tx, &mut rx, 0xA5, || client.stats().proto);
             let r = engine::timeout(Duration::from_secs(60), body)
                 .await
                 .expect("frames stalled");
@@ -395,14 +476,7 @@ fn engine_bulk_write_bytes_allocates_nothing() {
             r
         })
     });
-    eprintln!("engine: {allocs} allocations in {frames} frames");
-    assert_eq!(
-        by_ref,
-        (MEASURED * FRAME) as u64,
-        "every payload by reference"
-    );
-    assert!(frames >= MEASURED as u64);
-    assert_eq!(allocs, 0, "allocations in {MEASURED} by-reference frames");
+    rounds.check("engine");
 }
 
 // ---- tokio --------------------------------------------------------------------
@@ -463,29 +537,8 @@ async fn tokio_transfer(client: muxado::tokio::Session, server: muxado::tokio::S
     let serve = tokio::spawn(async move {
         let mut tasks = Vec::new();
         for _ in 0..STREAMS {
-            let mut s = server.accept().await.unwrap();
-            tasks.push(tokio::spawn(async move {
-                let mut got = Vec::with_capacity(PER_STREAM + 8);
-                let mut buf = vec![0u8; 7000];
-                let mut reads = 0u32;
-                loop {
-                    let n = s.read(&mut buf).await.unwrap();
-                    if n == 0 {
-                        break;
-                    }
-                    got.extend_from_slice(&buf[..n]);
-                    reads += 1;
-                    if reads % 64 == 0 {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                }
-                let seed = u64::from_be_bytes(got[..8].try_into().unwrap());
-                check_body(seed, &got[8..]);
-                s.write_all(&((got.len() - 8) as u64).to_be_bytes())
-                    .await
-                    .unwrap();
-                s.close_write().unwrap();
-            }));
+            let s = server.accept().await.unwrap();
+            tasks.push(tokio::spawn(receive_checked(s)));
         }
         for t in tasks {
             t.await.unwrap();
@@ -494,24 +547,8 @@ async fn tokio_transfer(client: muxado::tokio::Session, server: muxado::tokio::S
     });
     let mut tasks = Vec::new();
     for seed in 1..=STREAMS {
-        let mut s = client.open().unwrap();
-        tasks.push(tokio::spawn(async move {
-            let data = stream_bytes(seed);
-            s.write_all(&seed.to_be_bytes()).await.unwrap();
-            let mut off = 0;
-            for (n, by_ref) in plan(seed) {
-                if by_ref {
-                    s.write_all_bytes(data.slice(off..off + n)).await.unwrap();
-                } else {
-                    s.write_all(&data[off..off + n]).await.unwrap();
-                }
-                off += n;
-            }
-            s.close_write().unwrap();
-            let mut len = [0u8; 8];
-            s.read_exact(&mut len).await.unwrap();
-            assert_eq!(u64::from_be_bytes(len), PER_STREAM as u64);
-        }));
+        let s = client.open().unwrap();
+        tasks.push(tokio::spawn(send_planned(s, seed)));
     }
     for t in tasks {
         t.await.unwrap();
@@ -522,11 +559,17 @@ async fn tokio_transfer(client: muxado::tokio::Session, server: muxado::tokio::S
     by_ref
 }
 
-#[test]
-fn tokio_vectored_mixed_writes_arrive_intact() {
+/// [`tokio_transfer`] over loopback TCP with a small send buffer, the
+/// client's socket wrapped by `wrap`, which writes vectored or not as
+/// `vectored` says.
+fn tokio_mixed<T>(wrap: fn(tokio::net::TcpStream) -> T, vectored: bool)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let by_ref = tokio_rt().block_on(async {
         let (c, s) = tokio_tcp(true).await;
-        assert!(tokio::io::AsyncWrite::is_write_vectored(&c));
+        let c = wrap(c);
+        assert_eq!(tokio::io::AsyncWrite::is_write_vectored(&c), vectored);
         let client = muxado::tokio::Session::client(c, Config::default());
         let server = muxado::tokio::Session::server(s, Config::default());
         tokio::time::timeout(Duration::from_secs(90), tokio_transfer(client, server))
@@ -534,53 +577,24 @@ fn tokio_vectored_mixed_writes_arrive_intact() {
             .expect("transfer stalled")
     });
     assert!(by_ref > (STREAMS as usize * PER_STREAM / 2) as u64);
+}
+
+#[test]
+fn tokio_vectored_mixed_writes_arrive_intact() {
+    tokio_mixed(|c| c, true);
 }
 
 #[test]
 fn tokio_plain_mixed_writes_arrive_intact() {
-    let by_ref = tokio_rt().block_on(async {
-        let (c, s) = tokio_tcp(true).await;
-        let c = Plain(c);
-        assert!(!tokio::io::AsyncWrite::is_write_vectored(&c));
-        let client = muxado::tokio::Session::client(c, Config::default());
-        let server = muxado::tokio::Session::server(s, Config::default());
-        tokio::time::timeout(Duration::from_secs(90), tokio_transfer(client, server))
-            .await
-            .expect("transfer stalled")
-    });
-    assert!(by_ref > (STREAMS as usize * PER_STREAM / 2) as u64);
-}
-
-/// [`engine_round`] on tokio.
-async fn tokio_round(
-    tx: &mut muxado::tokio::Stream,
-    rx: &mut muxado::tokio::Stream,
-    payload: &Bytes,
-) {
-    tx.write_all_bytes(payload.clone()).await.unwrap();
-    let mut left = payload.len();
-    while left > 0 {
-        let n = rx
-            .read_with(|b| {
-                assert!(b.iter().all(|&x| x == payload[0]));
-                b.len()
-            })
-            .await
-            .unwrap();
-        assert!(n > 0, "EOF");
-        left -= n;
-    }
+    tokio_mixed(Plain, false);
 }
 
 /// Bulk by reference on tokio (current-thread runtime: the driver runs on
 /// the counting thread), lock-step: no allocation per frame once warm.
 #[test]
 fn tokio_bulk_write_bytes_allocates_nothing() {
-    const FRAME: usize = 64 * 1024;
-    const WARMUP: usize = 500;
-    const MEASURED: usize = 1000;
     let rt = tokio_rt();
-    let (allocs, by_ref, frames) = rt.block_on(async {
+    let rounds = rt.block_on(async {
         let (c, s) = tokio_tcp(false).await;
         let client = muxado::tokio::Session::client(c, Config::default());
         let server = muxado::tokio::Session::server(s, Config::default());
@@ -589,25 +603,7 @@ fn tokio_bulk_write_bytes_allocates_nothing() {
         let mut rx = server.accept().await.unwrap();
         let mut one = [0u8];
         rx.read_exact(&mut one).await.unwrap();
-        let payload = Bytes::from(vec![0x3Cu8; FRAME]);
-        let body = async {
-            for _ in 0..WARMUP {
-                tokio_round(&mut tx, &mut rx, &payload).await;
-            }
-            let before = client.stats();
-            let (n, ()) = counting(async {
-                for _ in 0..MEASURED {
-                    tokio_round(&mut tx, &mut rx, &payload).await;
-                }
-            })
-            .await;
-            let after = client.stats();
-            (
-                n,
-                after.proto.bytes_by_reference - before.proto.bytes_by_reference,
-                after.proto.frames_out - before.proto.frames_out,
-            )
-        };
+        let body = measure_rounds(&mut tx, &mut rx, 0x3C, || client.stats().proto);
         let r = tokio::time::timeout(Duration::from_secs(60), body)
             .await
             .expect("frames stalled");
@@ -615,12 +611,5 @@ fn tokio_bulk_write_bytes_allocates_nothing() {
         r
     });
     rt.shutdown_timeout(Duration::from_secs(1));
-    eprintln!("tokio: {allocs} allocations in {frames} frames");
-    assert_eq!(
-        by_ref,
-        (MEASURED * FRAME) as u64,
-        "every payload by reference"
-    );
-    assert!(frames >= MEASURED as u64);
-    assert_eq!(allocs, 0, "allocations in {MEASURED} by-reference frames");
+    rounds.check("tokio");
 }

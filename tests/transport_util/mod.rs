@@ -9,6 +9,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use muxado::engine;
+use muxado::engine::net::{TcpListener, TcpStream};
+use muxado::transport::{TlsClientConfig, TlsServerConfig, TlsStream};
 use muxado::{ErrorCode, Session, Stream};
 
 /// Every test fails instead of hanging once this much time has passed.
@@ -113,6 +115,27 @@ impl Pki {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         }
+    }
+
+    /// A client and a server TLS stream of ours over loopback TCP, with this
+    /// certificate, handshakes done; `client_tcp` may set options on the
+    /// client's socket first. On an engine core.
+    pub async fn tls_pair(&self, client_tcp: impl FnOnce(&TcpStream)) -> (TlsStream, TlsStream) {
+        let server_cfg =
+            TlsServerConfig::from_pem(self.cert_pem.as_bytes(), self.key_pem.as_bytes()).unwrap();
+        let client_cfg = TlsClientConfig::from_ca_pem(self.ca_pem.as_bytes()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = engine::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            TlsStream::accept(tcp, &server_cfg).await.unwrap()
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        client_tcp(&tcp);
+        let client = TlsStream::connect(tcp, &client_cfg, "localhost")
+            .await
+            .unwrap();
+        (client, server.await)
     }
 
     /// Writes ca.pem, cert.pem and key.pem into `dir`; returns their paths.
