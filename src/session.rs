@@ -596,24 +596,45 @@ async fn reader(shared: Rc<Shared>) {
             }
         })
         .await;
-        let r = rx.next().await;
-        let mut st = shared.state.borrow_mut();
-        let ended = !matches!(r, Ok(Some(_)));
-        // After the session's death, input is still read but dropped: a socket
-        // closed with unread input answers with RST, and the peer could lose
-        // the last bytes we sent (our GOAWAY among them).
-        if !st.proto.is_dead() {
-            st.recvs += 1;
-            match r {
-                // Ring buffers lend large payloads to their streams
-                // instead of having them copied; TLS plaintext is copied.
-                Ok(Some(crate::transport::Chunk::Ring(buf))) => {
-                    st.proto.handle_input_lent(Instant::now(), &buf, &buf)
+        // Input is handed over as it is taken from the receiver (TLS:
+        // record by record); the tasks it woke are dispatched once after.
+        // After the session's death, input is still read but dropped: a
+        // socket closed with unread input answers with RST, and the peer
+        // could lose the last bytes we sent (our GOAWAY among them).
+        let (mut now, mut fed) = (None, false);
+        let r = rx
+            .next_with(|chunk| {
+                let mut st = shared.state.borrow_mut();
+                if st.proto.is_dead() {
+                    return;
                 }
-                Ok(Some(chunk)) => st.proto.handle_input(Instant::now(), &chunk),
-                Ok(None) => st.proto.handle_eof(),
+                fed = true;
+                let now = *now.get_or_insert_with(Instant::now);
+                match chunk {
+                    // Ring buffers lend large payloads to their streams
+                    // instead of having them copied; TLS plaintext is copied.
+                    crate::transport::Chunk::Ring(buf) => {
+                        st.proto.handle_input_lent(now, &buf, &buf)
+                    }
+                    crate::transport::Chunk::Plain(p) => st.proto.handle_input(now, p),
+                }
+            })
+            .await;
+        let mut st = shared.state.borrow_mut();
+        let ended = !matches!(r, Ok(true));
+        if fed {
+            st.recvs += 1;
+        }
+        // Input that killed the session is dispatched too: its GOAWAY must
+        // leave and its handles learn why.
+        if !st.proto.is_dead() {
+            match r {
+                Ok(true) => {}
+                Ok(false) => st.proto.handle_eof(),
                 Err(e) => st.proto.handle_transport_error(&e.to_string()),
             }
+            st.dispatch(&shared);
+        } else if fed {
             st.dispatch(&shared);
         }
         if ended {

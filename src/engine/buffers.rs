@@ -268,6 +268,20 @@ impl BufPool {
         unsafe { std::slice::from_raw_parts(self.mem.mem.add(bid as usize * self.size), len) }
     }
 
+    /// [`BufPool::slice`], writable: TLS decrypts records where the kernel put them.
+    ///
+    /// # Safety
+    ///
+    /// As for [`BufPool::slice`], and more: the caller's guard is the only reference to buffer
+    /// `bid` (it lent no piece of it), so nothing else reads or writes it while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice_mut(&self, bid: u16, len: usize) -> &mut [u8] {
+        debug_assert!(bid < self.count && len <= self.size);
+        // SAFETY: the range lies inside `mem`, which lives as long as `self` (as in `slice`);
+        // the caller promises that its guard holds the only reference to the buffer.
+        unsafe { std::slice::from_raw_parts_mut(self.mem.mem.add(bid as usize * self.size), len) }
+    }
+
     /// A guard takes buffer `bid`, which a CQE handed out: its first reference.
     pub(crate) fn hold(&self, bid: u16) {
         let refs = &self.mem.refs[bid as usize];

@@ -311,7 +311,7 @@ pub(crate) enum Chunk<'a> {
     /// A provided buffer of the ring (or an owned one): no copy. A ring
     /// buffer can lend pieces of itself to streams (`lease::Lender`).
     Ring(RecvBuf),
-    /// Plaintext that TLS decrypted, lent by the receiver.
+    /// The plaintext of one TLS record, lent by rustls until the call returns.
     Plain(&'a [u8]),
 }
 
@@ -327,11 +327,22 @@ impl std::ops::Deref for Chunk<'_> {
 }
 
 impl Receiver {
-    /// The next chunk; `Ok(None)` at the end of the stream.
-    pub(crate) async fn next(&mut self) -> io::Result<Option<Chunk<'_>>> {
+    /// Waits for input and hands it to `deliver`: a ring chunk as it came,
+    /// or TLS plaintext record by record. True once something was
+    /// delivered, false at the end of the stream.
+    pub(crate) async fn next_with(
+        &mut self,
+        mut deliver: impl FnMut(Chunk<'_>),
+    ) -> io::Result<bool> {
         match self {
-            Receiver::Plain(rx) => Ok(rx.next().await?.map(Chunk::Ring)),
-            Receiver::Tls(rx) => Ok(rx.next().await?.map(Chunk::Plain)),
+            Receiver::Plain(rx) => Ok(match rx.next().await? {
+                Some(buf) => {
+                    deliver(Chunk::Ring(buf));
+                    true
+                }
+                None => false,
+            }),
+            Receiver::Tls(rx) => rx.next_with(&mut |p| deliver(Chunk::Plain(p))).await,
         }
     }
 }

@@ -54,6 +54,30 @@ impl std::ops::Deref for RecvBuf {
     }
 }
 
+impl RecvBuf {
+    /// The received bytes, writable, unless pieces of them were lent to streams (then `None`:
+    /// the leases read them). TLS decrypts its records in place here rather than in a copy.
+    pub(crate) fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
+        match &mut self.inner {
+            Chunk::Ring {
+                pool,
+                bid,
+                len,
+                lent,
+            } => {
+                if lent.get() {
+                    return None;
+                }
+                // SAFETY: the CQE handed buffer `bid` to this guard, which lent no piece of it,
+                // and `&mut self` keeps every other use of the guard away while the slice
+                // lives; the buffer is recycled only when the guard drops.
+                Some(unsafe { pool.slice_mut(*bid, *len) })
+            }
+            Chunk::Owned(v) => Some(v),
+        }
+    }
+}
+
 impl Drop for RecvBuf {
     fn drop(&mut self) {
         if let Chunk::Ring {

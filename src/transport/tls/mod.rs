@@ -2,8 +2,10 @@
 //! unbuffered API.
 //!
 //! rustls never touches the socket. Ciphertext comes in through the ring's
-//! receive, is copied once into the connection's receive buffer and decrypted
-//! there by `process_tls_records`; the plaintext goes to the protocol.
+//! receive; `process_tls_records` decrypts whole records where the kernel
+//! put them, and only a record cut by a chunk's end is completed in the
+//! connection's receive buffer first. The plaintext goes to the protocol
+//! record by record.
 //! Outgoing frames are sealed by `WriteTraffic::encrypt` straight into a send
 //! buffer that is reused from send to send. The handshake is finished before
 //! a [`TlsStream`] exists, so a failed handshake is an error of
@@ -202,8 +204,7 @@ impl TlsStream {
         TlsReceiver {
             raw: self.socket.recv_multishot(),
             shared: self.shared.clone(),
-            unread: !early.is_empty(),
-            plain: early,
+            early,
             pending: None,
             eof: false,
         }
@@ -325,15 +326,13 @@ impl TlsStream {
     }
 }
 
-/// Turns received ciphertext into plaintext chunks.
+/// Turns received ciphertext into plaintext, handed out record by record.
 pub(crate) struct TlsReceiver {
     raw: super::SocketRecv,
     shared: Rc<RefCell<Shared>>,
-    /// Decrypted data, lent to the caller until the next call; it grows to
-    /// what one received chunk decrypts to.
-    plain: Vec<u8>,
-    /// `plain` holds data not handed out yet (what came with the handshake).
-    unread: bool,
+    /// Application data that came with the end of the handshake, handed out
+    /// first.
+    early: Vec<u8>,
     /// A received chunk the receive buffer has not taken all of yet, and how
     /// far it got.
     pending: Option<(crate::engine::net::RecvBuf, usize)>,
@@ -342,18 +341,31 @@ pub(crate) struct TlsReceiver {
 }
 
 impl TlsReceiver {
-    /// The next plaintext chunk; `Ok(None)` at the end of the stream (the
-    /// peer's close_notify, or the socket's end without one: muxado frames
-    /// carry their own ends, so a cut stream fails in the protocol, not here).
-    pub(crate) async fn next(&mut self) -> io::Result<Option<&[u8]>> {
-        if std::mem::take(&mut self.unread) {
-            return Ok(Some(&self.plain));
+    /// Waits for ciphertext and hands each record's plaintext to `deliver`
+    /// as rustls lends it, without gathering the records of a chunk into one
+    /// buffer first (that copy was a measurable part of a TLS receiver's
+    /// time). Returns true once something was delivered, false at the end of
+    /// the stream (the peer's close_notify, or the socket's end without one:
+    /// muxado frames carry their own ends, so a cut stream fails in the
+    /// protocol, not here).
+    pub(crate) async fn next_with(&mut self, deliver: &mut dyn FnMut(&[u8])) -> io::Result<bool> {
+        if !self.early.is_empty() {
+            deliver(&std::mem::take(&mut self.early));
+            return Ok(true);
         }
-        self.plain.clear();
         loop {
             if let Some((chunk, off)) = &mut self.pending {
+                let Some(bytes) = chunk.as_mut_slice() else {
+                    return Err(io::Error::other(
+                        "TLS: a received chunk was lent before it was decrypted (a bug of this module)",
+                    ));
+                };
+                let mut delivered = false;
                 let mut sh = self.shared.borrow_mut();
-                let taken = sh.tls.receive(&chunk[*off..], &mut self.plain);
+                let taken = sh.tls.receive(&mut bytes[*off..], &mut |p: &[u8]| {
+                    delivered = true;
+                    deliver(p);
+                });
                 if sh.tls.wants_send() {
                     if let Some(w) = sh.sender.take() {
                         w.wake();
@@ -363,16 +375,16 @@ impl TlsReceiver {
                 if *off == chunk.len() {
                     self.pending = None;
                 }
-                if !self.plain.is_empty() {
-                    return Ok(Some(&self.plain));
+                if delivered {
+                    return Ok(true);
                 }
                 if sh.tls.peer_closed() {
-                    return Ok(None);
+                    return Ok(false);
                 }
                 continue;
             }
             if self.eof || self.shared.borrow().tls.peer_closed() {
-                return Ok(None);
+                return Ok(false);
             }
             match self.raw.next().await? {
                 Some(chunk) => self.pending = Some((chunk, 0)),

@@ -6,10 +6,10 @@
 //! Why the unbuffered API: the buffered one reads received ciphertext in
 //! 4 KiB steps into a buffer it grows, shrinks and compacts per record, keeps
 //! decrypted records in a queue of its own that `reader()` copies out of, and
-//! queues every sealed record for `write_tls` to copy. Here received
-//! ciphertext is copied once, from the ring's chunk into [`InBuf`], and rustls
-//! decrypts it in place there; sealed records land straight in the sender's
-//! reused [`Sealed`] buffer.
+//! queues every sealed record for `write_tls` to copy. Here rustls decrypts
+//! whole records where they were received, in the ring's chunk ([`InPlace`]);
+//! only a record cut by the chunk's end is completed in [`InBuf`] first.
+//! Sealed records land straight in the sender's reused [`Sealed`] buffer.
 //!
 //! What rustls 0.23 still does per record, inside, whatever we hand it
 //! (`conn/unbuffered.rs` and `common_state.rs` of rustls 0.23.48): a received
@@ -178,6 +178,59 @@ impl InBuf {
     }
 }
 
+/// Received ciphertext as rustls sees it in one round: the connection's
+/// [`InBuf`], or whole records still in the ring's chunk ([`InPlace`]).
+trait Incoming {
+    /// The bytes rustls has not discarded yet.
+    fn data_mut(&mut self) -> &mut [u8];
+    /// rustls is done with the first `n` of them.
+    fn consume(&mut self, n: usize);
+}
+
+impl Incoming for InBuf {
+    fn data_mut(&mut self) -> &mut [u8] {
+        InBuf::data_mut(self)
+    }
+
+    fn consume(&mut self, n: usize) {
+        InBuf::consume(self, n)
+    }
+}
+
+/// Whole records decrypted where they were received, with no copy: rustls
+/// decrypts in the caller's buffer, whichever it is, as long as the bytes it
+/// has not discarded keep their places relative to the front (they move to
+/// the [`InBuf`] after the round).
+struct InPlace<'a> {
+    buf: &'a mut [u8],
+    /// Discarded so far.
+    done: usize,
+}
+
+impl Incoming for InPlace<'_> {
+    fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.done..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.done = (self.done + n).min(self.buf.len());
+    }
+}
+
+/// The length of the longest prefix of `bytes` made of whole records (as
+/// their headers tell; rustls checks them).
+fn whole_records(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(header) = bytes.get(at..at + 5) {
+        let len = 5 + usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if bytes.len() - at < len {
+            break;
+        }
+        at += len;
+    }
+    at
+}
+
 /// Ciphertext to send: `buf[..filled]`. The bytes of `buf` past `filled` are
 /// room left from earlier sends, written over without being zeroed again.
 #[derive(Default)]
@@ -269,20 +322,31 @@ impl From<Failure> for io::Error {
     }
 }
 
+/// Received records that would take the receive buffer past [`INBUF_MAX`].
+fn too_large() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "TLS: the peer's records do not fit the receive buffer's limit",
+    )
+}
+
 fn invalid(msg: &'static str) -> Failure {
     Failure::Io(io::Error::new(io::ErrorKind::InvalidData, msg))
 }
 
+/// Where a round hands decrypted application data, record by record.
+type Plain<'p> = dyn FnMut(&[u8]) + 'p;
+
 /// The buffers one round works on, beside the connection.
-struct Buffers<'a> {
-    inbuf: &'a mut InBuf,
+struct Buffers<'a, 'p> {
+    inbuf: &'a mut dyn Incoming,
     /// TLS output of rustls' own (handshake flights, alerts, key updates),
     /// in order; it leaves before anything encrypted after it.
     queued: &'a mut Vec<u8>,
     peer_closed: &'a mut bool,
-    /// Where decrypted application data goes; `None` for the sender, which
-    /// never finds any (see the module's rule).
-    plain: Option<&'a mut Vec<u8>>,
+    /// Where decrypted application data goes, record by record; `None` for
+    /// the sender, which never finds any (see the module's rule).
+    plain: Option<&'a mut Plain<'p>>,
     /// Where the sender's ciphertext goes.
     out: Option<&'a mut Sealed>,
 }
@@ -291,7 +355,11 @@ struct Buffers<'a> {
 /// doing on the way what needs no I/O: decrypted records into `plain`,
 /// rustls' own output into `queued`, the peer's close_notify noted. When
 /// rustls lets us write, does `action`.
-fn pump<C: Driven>(conn: &mut C, b: Buffers<'_>, mut action: Action<'_>) -> Result<Quiet, Failure> {
+fn pump<C: Driven>(
+    conn: &mut C,
+    b: Buffers<'_, '_>,
+    mut action: Action<'_>,
+) -> Result<Quiet, Failure> {
     let Buffers {
         inbuf,
         queued,
@@ -310,14 +378,14 @@ fn pump<C: Driven>(conn: &mut C, b: Buffers<'_>, mut action: Action<'_>) -> Resu
         };
         let stop = match state {
             ConnectionState::ReadTraffic(mut records) => {
-                let Some(plain) = plain.as_deref_mut() else {
+                let Some(plain) = plain.as_mut() else {
                     return Err(invalid(
                         "TLS: application data reached the sender (a bug of this module)",
                     ));
                 };
                 while let Some(record) = records.next_record() {
                     let record = record?;
-                    plain.extend_from_slice(record.payload);
+                    plain(record.payload);
                     discard += record.discard;
                 }
                 None
@@ -457,7 +525,7 @@ fn write_into(
 /// peer why, before it looks at the buffer again; collects it into `queued`.
 /// Exactly one call: a second would decrypt the bad record again, and rustls
 /// asserts (in debug builds) that it sends only one fatal alert.
-fn collect_alert<C: Driven>(conn: &mut C, inbuf: &mut InBuf, queued: &mut Vec<u8>) {
+fn collect_alert<C: Driven>(conn: &mut C, inbuf: &mut dyn Incoming, queued: &mut Vec<u8>) {
     let UnbufferedStatus { discard, state } = conn.process(inbuf.data_mut());
     if let Ok(ConnectionState::EncodeTlsData(mut tls)) = state {
         let _ = encode(&mut tls, queued);
@@ -518,12 +586,27 @@ impl State {
 
     fn round(
         &mut self,
-        plain: Option<&mut Vec<u8>>,
+        plain: Option<&mut Plain<'_>>,
+        out: Option<&mut Sealed>,
+        action: Action<'_>,
+    ) -> Result<Quiet, Failure> {
+        let mut inbuf = std::mem::take(&mut self.inbuf);
+        let r = self.round_over(&mut inbuf, plain, out, action);
+        self.inbuf = inbuf;
+        r
+    }
+
+    /// One round over the ciphertext in `incoming` (see [`pump`]); a failure
+    /// is kept, and the alert rustls made for it queued.
+    fn round_over(
+        &mut self,
+        incoming: &mut dyn Incoming,
+        plain: Option<&mut Plain<'_>>,
         out: Option<&mut Sealed>,
         action: Action<'_>,
     ) -> Result<Quiet, Failure> {
         let b = Buffers {
-            inbuf: &mut self.inbuf,
+            inbuf: incoming,
             queued: &mut self.queued,
             peer_closed: &mut self.peer_closed,
             plain,
@@ -538,7 +621,7 @@ impl State {
                 });
             }
             if matches!(e, Failure::Tls(_)) {
-                with_conn!(&mut self.conn, c => collect_alert(c, &mut self.inbuf, &mut self.queued));
+                with_conn!(&mut self.conn, c => collect_alert(c, incoming, &mut self.queued));
             }
         }
         r
@@ -556,7 +639,11 @@ impl State {
     /// `common().is_handshaking()` is false.
     pub(super) fn handshake_step(&mut self) -> Result<Quiet, Failure> {
         let mut early = std::mem::take(&mut self.early_plain);
-        let r = self.round(Some(&mut early), None, Action::Nothing);
+        let r = self.round(
+            Some(&mut |p: &[u8]| early.extend_from_slice(p)),
+            None,
+            Action::Nothing,
+        );
         self.early_plain = early;
         r
     }
@@ -573,15 +660,21 @@ impl State {
         Ok(())
     }
 
-    /// Takes what fits of `bytes` (received ciphertext), decrypts every
-    /// complete record into `plain` (appended) and queues rustls' answers.
+    /// Takes what fits of `bytes` (received ciphertext), hands every complete
+    /// record's plaintext to `plain` as it is decrypted (no gathering copy:
+    /// the protocol reads it where rustls lends it) and queues rustls'
+    /// answers.
     /// Returns how many bytes it took: fewer than offered only when the
     /// buffer holds [`INBUF_MAX`] and the rest must wait.
     ///
     /// A record that the last chunk left incomplete is completed first, on
     /// its own: once it is decrypted the buffer is empty again and the rest
     /// of the chunk goes to its start, so the live bytes never move.
-    pub(super) fn receive(&mut self, bytes: &[u8], plain: &mut Vec<u8>) -> io::Result<usize> {
+    pub(super) fn receive(
+        &mut self,
+        bytes: &mut [u8],
+        plain: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<usize> {
         self.check_failed()?;
         if self.peer_closed {
             // After the peer's close_notify nothing is data: dropped.
@@ -589,7 +682,31 @@ impl State {
         }
         let mut taken = 0;
         while taken < bytes.len() {
-            let rest = &bytes[taken..];
+            let rest = &mut bytes[taken..];
+            if self.inbuf.len() == 0 {
+                // Whole records are decrypted where they lie; what rustls
+                // keeps of them (parts of a handshake message) moves to the
+                // buffer, in order, as if it had been copied there first.
+                let whole = whole_records(rest);
+                if whole > 0 {
+                    let mut records = InPlace {
+                        buf: &mut rest[..whole],
+                        done: 0,
+                    };
+                    self.round_over(&mut records, Some(plain), None, Action::Nothing)?;
+                    let kept = &records.buf[records.done..];
+                    if self.inbuf.append(kept) < kept.len() {
+                        return Err(too_large());
+                    }
+                    taken += whole;
+                    if self.peer_closed {
+                        return Ok(bytes.len());
+                    }
+                    continue;
+                }
+            }
+            // A record cut by the chunk's end (or the parts of a handshake
+            // message) is completed in the buffer.
             let missing = self.inbuf.missing();
             let n = if missing > 0 {
                 self.inbuf.append(&rest[..missing.min(rest.len())])
@@ -598,10 +715,7 @@ impl State {
             };
             if n == 0 {
                 if taken == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "TLS: the peer's records do not fit the receive buffer's limit",
-                    ));
+                    return Err(too_large());
                 }
                 break;
             }

@@ -122,7 +122,9 @@ fn feed(ours: &mut State, pieces: &[&[u8]]) -> Vec<u8> {
     for piece in pieces {
         let mut rest = *piece;
         while !rest.is_empty() {
-            let n = ours.receive(rest, &mut got).unwrap();
+            let n = ours
+                .receive(&mut rest.to_vec(), &mut |p: &[u8]| got.extend_from_slice(p))
+                .unwrap();
             rest = &rest[n..];
         }
     }
@@ -182,6 +184,46 @@ fn records_split_at_every_byte_boundary(tls12: bool) {
         );
     }
     assert!(!ours.peer_closed());
+}
+
+/// Whole records are decrypted in the received buffer itself (no copy):
+/// after the call, each record's plaintext stands where its ciphertext was.
+/// A record cut by the buffer's end is completed from the next one.
+#[test]
+fn whole_records_are_decrypted_where_they_were_received() {
+    let (mut ours, mut peer) = in_memory_pair(false);
+    let msgs = messages(1);
+    for m in &msgs {
+        peer.writer().write_all(m).unwrap();
+    }
+    let first = peer_output(&mut peer);
+    peer.writer().write_all(b"the next record").unwrap();
+    let second = peer_output(&mut peer);
+    let cut = 9;
+    let mut buf = [&first[..], &second[..cut]].concat();
+    let mut got = Vec::new();
+    let n = ours
+        .receive(&mut buf, &mut |p: &[u8]| got.extend_from_slice(p))
+        .unwrap();
+    assert_eq!(n, buf.len());
+    assert_eq!(got, msgs.concat());
+    let mut at = 0;
+    for m in &msgs {
+        // TLS 1.3: a 5-byte header, then the plaintext (and its type).
+        assert_eq!(&buf[at + 5..at + 5 + m.len()], &m[..], "record at {at}");
+        at += 5 + usize::from(u16::from_be_bytes([buf[at + 3], buf[at + 4]]));
+    }
+    assert_eq!(at, first.len());
+    assert_eq!(
+        &buf[at..],
+        &second[..cut],
+        "the cut record is left as it came"
+    );
+    got.clear();
+    let mut rest = second[cut..].to_vec();
+    ours.receive(&mut rest, &mut |p: &[u8]| got.extend_from_slice(p))
+        .unwrap();
+    assert_eq!(got, b"the next record");
 }
 
 #[test]
@@ -292,14 +334,16 @@ fn a_bad_record_fails_with_an_alert() {
     let (mut ours, _peer) = in_memory_pair(false);
     let mut bad = vec![0x17, 0x03, 0x03, 0x00, 0x20];
     bad.extend_from_slice(&[0xAB; 32]);
-    let e = ours.receive(&bad, &mut Vec::new()).unwrap_err();
+    let e = ours.receive(&mut bad, &mut |_: &[u8]| {}).unwrap_err();
     assert!(e.to_string().contains("TLS"), "{e}");
     assert!(ours.wants_send(), "the alert waits to be sent");
     let mut out = Sealed::default();
     ours.seal(&[], &mut out).unwrap();
     assert!(!drain(&mut out).is_empty());
     assert!(ours.seal(b"data", &mut out).is_err());
-    assert!(ours.receive(b"x", &mut Vec::new()).is_err());
+    assert!(ours
+        .receive(&mut b"x".to_vec(), &mut |_: &[u8]| {})
+        .is_err());
 }
 
 /// A peer that sends a record header announcing more than TLS allows is
@@ -309,7 +353,7 @@ fn a_bad_record_fails_with_an_alert() {
 fn oversized_input_is_refused() {
     let (mut ours, _peer) = in_memory_pair(false);
     let e = ours
-        .receive(&[0x17, 0x03, 0x03, 0xff, 0xff], &mut Vec::new())
+        .receive(&mut [0x17, 0x03, 0x03, 0xff, 0xff], &mut |_: &[u8]| {})
         .unwrap_err();
     assert!(e.to_string().contains("TLS"), "{e}");
 
@@ -394,19 +438,24 @@ async fn receive_pattern(
 ) -> usize {
     let mut got = from;
     while total.map_or(true, |t| got < t) {
-        let Some(chunk) = rx.next().await.unwrap() else {
+        let more = rx
+            .next_with(&mut |chunk| {
+                for (j, b) in chunk.iter().enumerate() {
+                    assert_eq!(
+                        *b,
+                        pattern(seed, got + j),
+                        "byte {} of seed {seed}",
+                        got + j
+                    );
+                }
+                got += chunk.len();
+            })
+            .await
+            .unwrap();
+        if !more {
             assert!(total.is_none(), "the end came after {got} bytes");
             break;
-        };
-        for (j, b) in chunk.iter().enumerate() {
-            assert_eq!(
-                *b,
-                pattern(seed, got + j),
-                "byte {} of seed {seed}",
-                got + j
-            );
         }
-        got += chunk.len();
         if let Some((tls, flushes)) = flush {
             flush_if_wanted(tls, flushes).await;
         }
@@ -604,7 +653,9 @@ fn handshake_messages_split_over_records_survive_sends_between_receives() {
         assert_eq!(read, msg.as_bytes());
         let mut rest = piece;
         while !rest.is_empty() {
-            let n = ours.receive(rest, &mut got).unwrap();
+            let n = ours
+                .receive(&mut rest.to_vec(), &mut |p: &[u8]| got.extend_from_slice(p))
+                .unwrap();
             rest = &rest[n..];
         }
     }

@@ -221,7 +221,7 @@ const NOTES: &[&str] = &[
 ];
 
 /// Named next to the table when it has `+tls` rows.
-const TLS_NOTE: &str = "+tls: the system over TLS 1.3 (rustls with ring; one self-signed certificate and one rustls configuration for every end: the engine's sans-IO TlsStream for muxado+tls, tokio-rustls for the others), with the same windows and buffers as its plain row; the handshake is part of connecting, outside the measured time except in connect";
+const TLS_NOTE: &str = "+tls: the system over TLS 1.3 (rustls on aws-lc-rs; one self-signed certificate and one rustls configuration for every end: the engine's sans-IO TlsStream for muxado+tls, tokio-rustls for the others), with the same windows and buffers as its plain row; the handshake is part of connecting, outside the measured time except in connect";
 
 /// The notes for these rows.
 fn notes(rows: &[Row]) -> impl Iterator<Item = &'static str> {
