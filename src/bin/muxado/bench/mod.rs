@@ -254,7 +254,7 @@ fn tls_description(t: &BenchTls) -> String {
         "the server's certificate (--tls-ca)"
     };
     format!(
-        "rustls 0.23 (ring), TLS 1.3, cipher suite {} (the first of the one rustls \
+        "rustls 0.23 (aws-lc-rs), TLS 1.3, cipher suite {} (the first of the one rustls \
          configuration every end shares: the engine's TlsStream and tokio-rustls alike); {cert}",
         suites.join(", ")
     )
