@@ -663,13 +663,14 @@ impl State {
     /// Takes what fits of `bytes` (received ciphertext), hands every complete
     /// record's plaintext to `plain` as it is decrypted (no gathering copy:
     /// the protocol reads it where rustls lends it) and queues rustls'
-    /// answers.
-    /// Returns how many bytes it took: fewer than offered only when the
-    /// buffer holds [`INBUF_MAX`] and the rest must wait.
+    /// answers. Returns how many bytes it took: fewer than offered only when
+    /// the buffer holds [`INBUF_MAX`] and the rest must wait.
     ///
-    /// A record that the last chunk left incomplete is completed first, on
-    /// its own: once it is decrypted the buffer is empty again and the rest
-    /// of the chunk goes to its start, so the live bytes never move.
+    /// `bytes` is written over: whole records are decrypted where they lie
+    /// ([`InPlace`]), so a caller must not read them as ciphertext after.
+    /// A record that the last chunk left incomplete is completed first, in
+    /// the buffer and on its own: once it is decrypted the buffer is empty
+    /// again, and the rest of the chunk is decrypted in place.
     pub(super) fn receive(
         &mut self,
         bytes: &mut [u8],
