@@ -625,16 +625,17 @@ async fn reader(shared: Rc<Shared>) {
         if fed {
             st.recvs += 1;
         }
-        // Input that killed the session is dispatched too: its GOAWAY must
-        // leave and its handles learn why.
-        if !st.proto.is_dead() {
+        let alive = !st.proto.is_dead();
+        if alive {
             match r {
                 Ok(true) => {}
                 Ok(false) => st.proto.handle_eof(),
                 Err(e) => st.proto.handle_transport_error(&e.to_string()),
             }
-            st.dispatch(&shared);
-        } else if fed {
+        }
+        // Input that killed the session is dispatched too: its GOAWAY must
+        // leave and its handles learn why.
+        if alive || fed {
             st.dispatch(&shared);
         }
         if ended {

@@ -315,17 +315,6 @@ pub(crate) enum Chunk<'a> {
     Plain(&'a [u8]),
 }
 
-impl std::ops::Deref for Chunk<'_> {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        match self {
-            Chunk::Ring(b) => b,
-            Chunk::Plain(s) => s,
-        }
-    }
-}
-
 impl Receiver {
     /// Waits for input and hands it to `deliver`: a ring chunk as it came,
     /// or TLS plaintext record by record. True once something was

@@ -671,11 +671,7 @@ impl State {
     /// A record that the last chunk left incomplete is completed first, in
     /// the buffer and on its own: once it is decrypted the buffer is empty
     /// again, and the rest of the chunk is decrypted in place.
-    pub(super) fn receive(
-        &mut self,
-        bytes: &mut [u8],
-        plain: &mut dyn FnMut(&[u8]),
-    ) -> io::Result<usize> {
+    pub(super) fn receive(&mut self, bytes: &mut [u8], plain: &mut Plain<'_>) -> io::Result<usize> {
         self.check_failed()?;
         if self.peer_closed {
             // After the peer's close_notify nothing is data: dropped.
